@@ -1,0 +1,97 @@
+"""The `vidstyle` command line."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from vidstyle.errors import VidstyleError
+from vidstyle.inference import Stylizer, resolve_device
+from vidstyle.pipeline import EncodeOptions, default_output_path, is_image, stylize_file
+from vidstyle.sample import make_sample_video
+from vidstyle.styles import available_styles, find_style
+
+
+@click.group()
+@click.version_option(package_name="vidstyle")
+def cli() -> None:
+    """Fast feed-forward style transfer for videos and images."""
+
+
+@cli.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("--style", "-s", required=True, help="Style name (see `vidstyle styles`) or path to a .pth weights file.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), help="Output file [default: INPUT.STYLE.EXT beside the input].")
+@click.option("--batch-size", type=click.IntRange(1), help="Frames per network batch [default: from frame size and device memory].")
+@click.option("--device", help="cpu, cuda or cuda:N [default: cuda when available].")
+@click.option("--codec", default="libx264", show_default=True, help="Video encoder (any FFmpeg encoder in PyAV, e.g. libx265, h264_nvenc).")
+@click.option("--crf", default=18, show_default=True, type=click.IntRange(0, 51), help="x264/x265 quality (lower is better).")
+@click.option("--preset", default="medium", show_default=True, help="x264/x265 speed preset.")
+@click.option("--compile/--no-compile", "compile_network", default=None,
+              help="torch.compile the network: faster per frame, slower to start [default: on; VIDSTYLE_COMPILE=0 turns it off].")
+@click.option("--force", "-f", is_flag=True, help="Overwrite an existing output.")
+def submit(input_path: Path, style: str, output: Path | None, batch_size: int | None, device: str | None,
+           codec: str, crf: int, preset: str, compile_network: bool | None, force: bool) -> None:
+    """Stylize a video (or a still image) with a trained style."""
+    chosen = find_style(style)
+    output = output or default_output_path(input_path, chosen.name)
+    stylizer = Stylizer(chosen.load_network(), resolve_device(device), compile=compile_network)
+    with tqdm(total=0, unit="frame", desc=f"{input_path.name} -> {chosen.name}", disable=is_image(input_path)) as bar:
+        def on_progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        result = stylize_file(input_path, output, stylizer, batch_size=batch_size,
+                              encode=EncodeOptions(codec=codec, crf=crf, preset=preset),
+                              force=force, on_progress=on_progress)
+    click.echo(str(result))
+
+
+@cli.command()
+def styles() -> None:
+    """List the available styles."""
+    found = available_styles()
+    if not found:
+        click.echo("no styles installed (add a folder of NAME.pth + NAME.json to VIDSTYLE_STYLES_PATH)")
+    for name, style in sorted(found.items()):
+        card = style.card
+        detail = ", ".join(f"{k} {card[k]}" for k in ("style_image", "image_size", "iterations") if k in card)
+        click.echo(f"{name:<16} {detail or '(no model card)'}  {style.weights_path}")
+
+
+@cli.command()
+@click.argument("output", type=click.Path(path_type=Path))
+@click.option("--size", default="640x360", show_default=True, help="WIDTHxHEIGHT.")
+@click.option("--frames", default=72, show_default=True, type=click.IntRange(1))
+@click.option("--fps", default=24, show_default=True, type=click.IntRange(1))
+def sample(output: Path, size: str, frames: int, fps: int) -> None:
+    """Write a synthetic sample clip (moving shapes and a 440 Hz tone) to try vidstyle on."""
+    try:
+        width, height = (int(v) for v in size.lower().split("x"))
+    except ValueError as exc:
+        raise VidstyleError(f"--size must look like 640x360, not '{size}'") from exc
+    click.echo(str(make_sample_video(output, width=width, height=height, frames=frames, fps=fps)))
+
+
+def main() -> None:
+    """Console entry point: user errors become one line on stderr and exit status 1."""
+    try:
+        cli.main(standalone_mode=False)
+    except VidstyleError as exc:
+        click.echo(f"vidstyle: error: {exc}", err=True)
+        sys.exit(1)
+    except click.exceptions.Abort:
+        click.echo("vidstyle: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("vidstyle: interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

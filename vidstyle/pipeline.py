@@ -1,0 +1,338 @@
+"""Stylize a video or a still image: the one pipeline function that the CLI and
+the workers both call.
+
+A video flows through three stages joined by bounded queues, so memory does not
+grow with the video's length and the network never waits on I/O:
+
+    reader thread  -- demux + decode (PyAV) -> batches of RGB frames, audio packets
+    calling thread -- the style network on each batch (vidstyle.inference)
+    writer thread  -- encode + mux (PyAV): video re-encoded, audio copied
+
+The output goes to a hidden temporary file beside the destination and is renamed
+into place only when complete.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import secrets
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from vidstyle.errors import VidstyleError
+from vidstyle.inference import Stylizer, default_batch_size
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+QUEUE_BATCHES = 3  # batches in flight between two stages: enough to absorb jitter
+
+# Called with (frames done, frames expected) after every batch; raising from it
+# (a cancelled job, say) stops the run and removes the partial output.
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    codec: str = "libx264"
+    crf: int = 18
+    preset: str = "medium"
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    width: int
+    height: int
+    frames: int  # from the container, or estimated from duration x rate
+    rate: Fraction
+    rotation: int
+    audio_streams: int
+
+
+def default_output_path(input_path: Path, style_name: str) -> Path:
+    """movie.mp4 + udnie -> movie.udnie.mp4, beside the input."""
+    return input_path.with_name(f"{input_path.stem}.{style_name}{input_path.suffix}")
+
+
+def is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def stylize_file(
+    input_path: str | Path,
+    output_path: str | Path,
+    stylizer: Stylizer,
+    *,
+    batch_size: int | None = None,
+    encode: EncodeOptions = EncodeOptions(),
+    force: bool = False,
+    on_progress: ProgressCallback | None = None,
+) -> Path:
+    """Stylize a video or image at `input_path` into `output_path` and return it."""
+    input_path, output_path = Path(input_path), Path(output_path)
+    if not input_path.is_file():
+        raise VidstyleError(f"input not found: {input_path}")
+    if output_path.exists() and not force:
+        raise VidstyleError(f"output exists: {output_path} (use --force to overwrite)")
+    if not output_path.parent.is_dir() or not os.access(output_path.parent, os.W_OK):
+        raise VidstyleError(f"cannot write to output directory {output_path.parent} (missing or not writable)")
+    partial = output_path.with_name(f".{output_path.stem}.partial-{secrets.token_hex(4)}{output_path.suffix}")
+    try:
+        if is_image(input_path):
+            _stylize_image(input_path, partial, output_path.suffix, stylizer)
+            if on_progress:
+                on_progress(1, 1)
+        else:
+            _stylize_video(input_path, partial, stylizer, batch_size, encode, on_progress)
+        os.replace(partial, output_path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return output_path
+
+
+def _stylize_image(input_path: Path, partial: Path, suffix: str, stylizer: Stylizer) -> None:
+    try:
+        with Image.open(input_path) as image:
+            # Phones store portrait photos sideways plus an EXIF flag: apply it.
+            pixels = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    except (UnidentifiedImageError, OSError) as exc:
+        raise VidstyleError(f"not a readable image: {input_path}") from exc
+    out = Image.fromarray(stylizer(pixels[None])[0])
+    try:
+        out.save(partial, format=Image.registered_extensions().get(suffix.lower()), quality=95)
+    except (KeyError, ValueError) as exc:
+        raise VidstyleError(f"cannot write an image with suffix '{suffix}' (use .jpg, .png or .webp)") from exc
+
+
+def probe_video(path: Path) -> VideoInfo:
+    """What the pipeline needs to know before it starts; raises VidstyleError for non-videos."""
+    with _open_input(path) as container:
+        if not container.streams.video:
+            raise VidstyleError(f"no video stream in {path}")
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+        frames = stream.frames
+        if not frames and stream.duration and stream.time_base:
+            frames = round(float(stream.duration * stream.time_base * rate))
+        try:
+            first = next(container.decode(stream), None)
+        except av.error.FFmpegError as exc:
+            raise VidstyleError(f"cannot decode {path}: corrupt or truncated ({exc.strerror or exc})") from exc
+        if first is None:
+            raise VidstyleError(f"no decodable video frames in {path}")
+        return VideoInfo(
+            width=first.width, height=first.height, frames=frames or 0, rate=Fraction(rate),
+            rotation=round(first.rotation or 0), audio_streams=len(container.streams.audio),
+        )
+
+
+def _open_input(path: Path) -> av.container.InputContainer:
+    try:
+        return av.open(str(path), "r")
+    except av.error.FFmpegError as exc:
+        raise VidstyleError(f"not a video file, or corrupt: {path} ({exc.strerror or exc})") from exc
+
+
+class _Stop(Exception):
+    """Another stage failed or the run was interrupted: unwind quietly."""
+
+
+class _Stage:
+    """Bounded queues between the stages plus the first error any stage raised."""
+
+    def __init__(self) -> None:
+        self.decoded: queue.Queue = queue.Queue(QUEUE_BATCHES)
+        self.stylized: queue.Queue = queue.Queue(QUEUE_BATCHES)
+        self.stopping = threading.Event()
+        self.error: BaseException | None = None
+
+    def fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        self.stopping.set()
+
+    def put(self, q: queue.Queue, item: object) -> None:
+        while not self.stopping.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+        raise _Stop
+
+    def get(self, q: queue.Queue) -> object:
+        while not self.stopping.is_set():
+            try:
+                return q.get(timeout=0.1)
+            except queue.Empty:
+                continue
+        raise _Stop
+
+    def run(self, target: Callable[[], None]) -> threading.Thread:
+        def guarded() -> None:
+            try:
+                target()
+            except _Stop:
+                pass
+            except BaseException as exc:  # handed to the calling thread, which re-raises it
+                self.fail(exc)
+
+        thread = threading.Thread(target=guarded, daemon=True)
+        thread.start()
+        return thread
+
+
+END = None  # sentinel that closes a queue
+
+
+@dataclass
+class _FrameBatch:
+    pixels: np.ndarray  # (N, H, W, 3) uint8 RGB
+    pts: list[int]
+    time_base: Fraction
+
+
+def _stylize_video(
+    input_path: Path,
+    partial: Path,
+    stylizer: Stylizer,
+    batch_size: int | None,
+    encode: EncodeOptions,
+    on_progress: ProgressCallback | None,
+) -> None:
+    info = probe_video(input_path)
+    batch_size = batch_size or default_batch_size(stylizer.device, info.height, info.width)
+    stage = _Stage()
+    source = _open_input(input_path)
+    try:
+        sink = av.open(str(partial), "w")
+    except (av.error.FFmpegError, ValueError) as exc:
+        source.close()
+        raise VidstyleError(f"cannot write {partial.suffix or 'this kind of'} files: {exc}") from exc
+    threads = []
+    try:
+        video_in = source.streams.video[0]
+        audio_in = list(source.streams.audio)
+        video_out = _add_video_stream(sink, video_in, info, encode)
+        audio_out = {s.index: _add_audio_stream(sink, s) for s in audio_in}
+        threads.append(stage.run(lambda: _read(source, video_in, audio_in, batch_size, stage)))
+        threads.append(stage.run(lambda: _write(sink, video_out, audio_out, stage)))
+        done = 0
+        while (item := stage.get(stage.decoded)) is not END:
+            if isinstance(item, _FrameBatch):
+                item.pixels = stylizer(item.pixels)
+                done += len(item.pts)
+            stage.put(stage.stylized, item)
+            if on_progress and isinstance(item, _FrameBatch):
+                on_progress(done, max(done, info.frames))
+        stage.put(stage.stylized, END)
+        threads[-1].join()
+    except _Stop:
+        pass
+    except BaseException as exc:
+        stage.fail(exc)
+    finally:
+        for thread in threads:
+            thread.join()
+        source.close()
+        _close_quietly(sink)
+    if stage.error is not None:
+        if isinstance(stage.error, av.error.FFmpegError):
+            raise VidstyleError(f"failed on {input_path}: corrupt or truncated video ({stage.error.strerror or stage.error})") from stage.error
+        raise stage.error
+
+
+def _close_quietly(container: av.container.OutputContainer) -> None:
+    try:
+        container.close()
+    except av.error.FFmpegError:
+        pass  # closing a half-written file after a failure: it is deleted next
+
+
+def _add_video_stream(sink, video_in, info: VideoInfo, encode: EncodeOptions):
+    try:
+        stream = sink.add_stream(encode.codec, rate=info.rate)
+    except (av.error.FFmpegError, ValueError) as exc:
+        raise VidstyleError(f"unknown video codec '{encode.codec}'") from exc
+    stream.width, stream.height = info.width, info.height
+    # H.264 4:2:0 cannot store odd sizes at all; 4:4:4 keeps the exact size.
+    even = info.width % 2 == 0 and info.height % 2 == 0
+    formats = {f.name for f in stream.codec_context.codec.video_formats or ()}
+    stream.pix_fmt = "yuv420p" if even or "yuv444p" not in formats else "yuv444p"
+    # Keep the input's clock so every frame keeps its exact timestamp (VFR too).
+    stream.codec_context.time_base = video_in.time_base
+    stream.time_base = video_in.time_base
+    if encode.codec.startswith("libx26"):
+        stream.options = {"crf": str(encode.crf), "preset": encode.preset}
+    if info.rotation:
+        stream.set_display_rotation(info.rotation)
+    return stream
+
+
+@dataclass
+class _AudioRoute:
+    stream: av.audio.stream.AudioStream
+    transcode: bool
+
+
+def _add_audio_stream(sink, audio_in) -> _AudioRoute:
+    """Copy the audio packets when the container accepts the codec, else re-encode."""
+    if audio_in.codec_context.name in sink.supported_codecs:
+        return _AudioRoute(sink.add_stream_from_template(audio_in), transcode=False)
+    stream = sink.add_stream(sink.default_audio_codec, rate=audio_in.rate, layout=audio_in.layout)
+    return _AudioRoute(stream, transcode=True)
+
+
+def _read(source, video_in, audio_in, batch_size: int, stage: _Stage) -> None:
+    for batch in _decoded_batches(source, video_in, audio_in, batch_size):
+        stage.put(stage.decoded, batch)
+    stage.put(stage.decoded, END)
+
+
+def _decoded_batches(source, video_in, audio_in, batch_size: int) -> Iterator[object]:
+    pixels: list[np.ndarray] = []
+    pts: list[int] = []
+    last_pts = None
+    step = max(1, round(1 / (video_in.average_rate or 25) / video_in.time_base)) if video_in.time_base else 1
+    for packet in source.demux(video_in, *audio_in):
+        if packet.stream.type == "audio":
+            if packet.dts is not None:  # the demuxer's final empty packet has none
+                yield packet
+            continue
+        for frame in packet.decode():
+            # Some containers omit timestamps: continue the clock at the nominal rate.
+            frame_pts = frame.pts if frame.pts is not None else (last_pts + step if last_pts is not None else 0)
+            last_pts = frame_pts
+            pixels.append(frame.to_ndarray(format="rgb24"))
+            pts.append(frame_pts)
+            if len(pixels) == batch_size:
+                yield _FrameBatch(np.stack(pixels), pts, video_in.time_base)
+                pixels, pts = [], []
+    if pixels:
+        yield _FrameBatch(np.stack(pixels), pts, video_in.time_base)
+
+
+def _write(sink, video_out, audio_out: dict[int, _AudioRoute], stage: _Stage) -> None:
+    while (item := stage.get(stage.stylized)) is not END:
+        if isinstance(item, _FrameBatch):
+            for rgb, pts in zip(item.pixels, item.pts):
+                frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+                frame.pts, frame.time_base = pts, item.time_base
+                sink.mux(video_out.encode(frame))
+            continue
+        route = audio_out[item.stream.index]
+        if route.transcode:
+            for samples in item.decode():
+                sink.mux(route.stream.encode(samples))
+        else:
+            item.stream = route.stream
+            sink.mux(item)
+    sink.mux(video_out.encode())
+    for route in audio_out.values():
+        if route.transcode:
+            sink.mux(route.stream.encode())
