@@ -173,12 +173,16 @@ class _Stage:
                 continue
         raise _Stop
 
-    def run(self, target: Callable[[], None]) -> threading.Thread:
+    def run(self, target: Callable[[], None], ffmpeg_failure: str) -> threading.Thread:
+        """Run `target` in a thread; an FFmpeg error there becomes `ffmpeg_failure` plus its reason."""
+
         def guarded() -> None:
             try:
                 target()
             except _Stop:
                 pass
+            except av.error.FFmpegError as exc:
+                self.fail(VidstyleError(f"{ffmpeg_failure} ({exc.strerror or exc})"))
             except BaseException as exc:  # handed to the calling thread, which re-raises it
                 self.fail(exc)
 
@@ -220,8 +224,8 @@ def _stylize_video(
         audio_in = list(source.streams.audio)
         video_out = _add_video_stream(sink, video_in, info, encode)
         audio_out = {s.index: _add_audio_stream(sink, s) for s in audio_in}
-        threads.append(stage.run(lambda: _read(source, video_in, audio_in, batch_size, stage)))
-        threads.append(stage.run(lambda: _write(sink, video_out, audio_out, stage)))
+        threads.append(stage.run(lambda: _read(source, video_in, audio_in, batch_size, stage), f"cannot decode {input_path}: corrupt or truncated"))
+        threads.append(stage.run(lambda: _write(sink, video_out, audio_out, stage), "cannot encode the output"))
         done = 0
         while (item := stage.get(stage.decoded)) is not END:
             if isinstance(item, _FrameBatch):
@@ -242,8 +246,6 @@ def _stylize_video(
         source.close()
         _close_quietly(sink)
     if stage.error is not None:
-        if isinstance(stage.error, av.error.FFmpegError):
-            raise VidstyleError(f"failed on {input_path}: corrupt or truncated video ({stage.error.strerror or stage.error})") from stage.error
         raise stage.error
 
 
@@ -274,6 +276,9 @@ def _add_video_stream(sink, video_in, info: VideoInfo, encode: EncodeOptions):
     return stream
 
 
+DEFAULT_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
+
+
 @dataclass
 class _AudioRoute:
     stream: av.audio.stream.AudioStream
@@ -284,7 +289,10 @@ def _add_audio_stream(sink, audio_in) -> _AudioRoute:
     """Copy the audio packets when the container accepts the codec, else re-encode."""
     if audio_in.codec_context.name in sink.supported_codecs:
         return _AudioRoute(sink.add_stream_from_template(audio_in), transcode=False)
-    stream = sink.add_stream(sink.default_audio_codec, rate=audio_in.rate, layout=audio_in.layout)
+    layout = audio_in.layout
+    if layout.name.endswith("channels"):  # an unnamed channel order, which encoders refuse
+        layout = DEFAULT_LAYOUTS.get(len(layout.channels), layout)
+    stream = sink.add_stream(sink.default_audio_codec, rate=audio_in.rate, layout=layout)
     return _AudioRoute(stream, transcode=True)
 
 

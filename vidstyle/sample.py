@@ -39,6 +39,7 @@ def make_sample_video(
     variable_frame_rate: bool = False,
     codec: str = "libx264",
     pix_fmt: str | None = None,
+    audio_codec: str = "aac",
 ) -> Path:
     """Write a clip; with `variable_frame_rate` every third frame is held for twice as long."""
     path = Path(path)
@@ -52,7 +53,7 @@ def make_sample_video(
             video.set_display_rotation(rotation)
         sound = None
         if audio:
-            sound = container.add_stream("aac", rate=44100, layout="stereo")
+            sound = container.add_stream(audio_codec, rate=44100, layout="stereo")
         ticks = 0
         for index in range(frames):
             frame = av.VideoFrame.from_ndarray(sample_frame(index, width, height), format="rgb24")

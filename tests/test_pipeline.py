@@ -1,0 +1,127 @@
+"""The single-machine pipeline, checked by decoding what it writes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TEST_STYLE, decode
+from vidstyle.errors import VidstyleError
+from vidstyle.inference import SpaceToDepthConv, Stylizer, resolve_device
+from vidstyle.model import TransformerNet
+from vidstyle.pipeline import stylize_file
+from vidstyle.sample import make_sample_video
+from vidstyle.styles import find_style
+
+
+@pytest.fixture(scope="module")
+def stylizer() -> Stylizer:
+    return Stylizer(find_style(TEST_STYLE).load_network(), resolve_device("cpu"), compile=False)
+
+
+def assert_stylized_copy(source: Path, result: Path) -> dict:
+    """Same frames, size, timestamps, rotation and audio as the source; pixels changed."""
+    before, after = decode(source), decode(result)
+    assert after["frames"] == before["frames"]
+    assert after["size"] == before["size"]
+    assert after["times"] == pytest.approx(before["times"], abs=1e-3)
+    assert after["rotation"] == before["rotation"]
+    assert len(after["audio_durations"]) == len(before["audio_durations"])
+    assert after["audio_durations"] == pytest.approx(before["audio_durations"], abs=0.05)
+    change = np.abs(after["pixels"].astype(int) - before["pixels"].astype(int)).mean()
+    assert change > 20, f"the network barely changed the frames (mean |diff| {change:.1f})"
+    return after
+
+
+@pytest.mark.parametrize(
+    "clip",
+    [
+        dict(width=96, height=64, frames=20),
+        dict(width=97, height=61, frames=9),  # odd size: 4:4:4 keeps it exact
+        dict(width=64, height=48, frames=12, rotation=90),
+        dict(width=64, height=48, frames=14, variable_frame_rate=True),
+    ],
+    ids=["plain", "odd-size", "rotated", "variable-frame-rate"],
+)
+def test_video_keeps_frames_size_timestamps_rotation_and_audio(tmp_path: Path, stylizer: Stylizer, clip: dict) -> None:
+    source = make_sample_video(tmp_path / "in.mp4", **clip)
+    result = stylize_file(source, tmp_path / "out.mp4", stylizer, batch_size=4)
+    assert_stylized_copy(source, result)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4", "out.mp4"]
+
+
+def test_audio_the_output_container_cannot_hold_is_reencoded(tmp_path: Path, stylizer: Stylizer) -> None:
+    # 8-bit PCM fits an AVI but not an MP4: the audio has to be re-encoded (to AAC).
+    source = make_sample_video(tmp_path / "in.avi", width=64, height=48, frames=12, codec="mpeg4", audio_codec="pcm_u8")
+    result = stylize_file(source, tmp_path / "out.mp4", stylizer)
+    after = assert_stylized_copy(source, result)
+    assert after["audio_codecs"] == ["aac"]
+
+
+def test_audio_is_copied_without_reencoding(tmp_path: Path, stylizer: Stylizer) -> None:
+    source = make_sample_video(tmp_path / "in.mp4", width=64, height=48, frames=8)
+    result = stylize_file(source, tmp_path / "out.mkv", stylizer)
+    with av.open(str(source)) as a, av.open(str(result)) as b:
+        packets = [[bytes(p) for p in c.demux(audio=0) if p.size] for c in (a, b)]
+    assert packets[0] == packets[1]
+
+
+def test_still_image_keeps_size_and_format(tmp_path: Path, stylizer: Stylizer) -> None:
+    source = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (45, 71, 3), dtype=np.uint8)).save(source)
+    result = stylize_file(source, tmp_path / "photo.testnet.png", stylizer)
+    with Image.open(result) as out:
+        assert (out.format, out.size) == ("PNG", (71, 45))
+
+
+def test_existing_output_is_kept_without_force(tmp_path: Path, stylizer: Stylizer) -> None:
+    source = make_sample_video(tmp_path / "in.mp4", width=64, height=48, frames=4, audio=False)
+    target = tmp_path / "out.mp4"
+    target.write_bytes(b"precious")
+    with pytest.raises(VidstyleError, match="--force"):
+        stylize_file(source, target, stylizer)
+    assert target.read_bytes() == b"precious"
+    stylize_file(source, target, stylizer, force=True)
+    assert decode(target)["frames"] == 4
+
+
+def test_failure_midway_leaves_no_output_and_no_partial_file(tmp_path: Path, stylizer: Stylizer) -> None:
+    source = make_sample_video(tmp_path / "in.mp4", width=64, height=48, frames=16)
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel_after_first_batch(done: int, total: int) -> None:
+        raise Cancelled
+
+    with pytest.raises(Cancelled):
+        stylize_file(source, tmp_path / "out.mp4", stylizer, batch_size=4, on_progress=cancel_after_first_batch)
+    assert [p.name for p in tmp_path.iterdir()] == ["in.mp4"]
+
+
+def test_space_to_depth_output_conv_matches_the_plain_layer() -> None:
+    torch.manual_seed(0)
+    layer = TransformerNet().decoder[-1]
+    x = torch.randn(2, 32, 37, 54)
+    with torch.no_grad():
+        assert torch.allclose(SpaceToDepthConv(layer)(x), layer(x), atol=1e-3)
+
+
+@pytest.mark.parametrize("size", [(64, 48), (67, 45)])
+def test_stylizer_matches_the_network_at_any_size(size: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    net = TransformerNet().eval()
+    width, height = size
+    frames = np.random.default_rng(0).integers(0, 255, (2, height, width, 3), dtype=np.uint8)
+    with torch.no_grad():
+        x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+        pad = (0, -width % 4, 0, -height % 4)
+        expected = net(torch.nn.functional.pad(x, pad, mode="replicate"))[..., :height, :width]
+    expected = expected.clamp(0, 255).round().permute(0, 2, 3, 1).numpy()
+    got = Stylizer(net, resolve_device("cpu"), compile=False)(frames)
+    assert got.shape == frames.shape
+    assert np.abs(got.astype(float) - expected).max() <= 1
