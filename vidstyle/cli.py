@@ -38,11 +38,13 @@ def submit(input_path: Path, style: str, output: Path | None, batch_size: int | 
     chosen = find_style(style)
     output = output or default_output_path(input_path, chosen.name)
     stylizer = Stylizer(chosen.load_network(), resolve_device(device), compile=compile_network)
-    with tqdm(total=0, unit="frame", desc=f"{input_path.name} -> {chosen.name}", disable=is_image(input_path)) as bar:
-        def on_progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
+    # The bar appears with the first stylized batch, so a run that fails at once shows only its error.
+    bar = tqdm(total=0, unit="frame", desc=f"{input_path.name} -> {chosen.name}", delay=0.5, disable=is_image(input_path))
+    def on_progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
 
+    with bar:
         result = stylize_file(input_path, output, stylizer, batch_size=batch_size,
                               encode=EncodeOptions(codec=codec, crf=crf, preset=preset),
                               force=force, on_progress=on_progress)

@@ -1,0 +1,165 @@
+"""The trainer on tiny inputs: a few random photos at 32 px and a randomly initialised VGG."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from click.testing import CliRunner
+from PIL import Image
+
+from trainer.cli import train
+from trainer.losses import warp
+from trainer.vgg import TORCHVISION_CONVENTION, InputNormalization
+from vidstyle.styles import find_style
+
+REPO = Path(__file__).resolve().parents[1]
+CAFFE_CONVENTION = {"channel_order": "BGR", "range": "0..255", "mean_subtracted_bgr": [103.939, 116.779, 123.68], "std": None}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("inputs")
+    rng = np.random.default_rng(0)
+
+    def random_image(path: Path, width: int, height: int) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+
+    # 9 photos in nested folders and several formats: 7 to train on, 2 held out.
+    for i, suffix in enumerate(["jpg", "png", "jpeg", "webp", "jpg", "png", "jpg", "jpg", "png"]):
+        random_image(root / "photos" / f"group{i % 2}" / f"photo{i}.{suffix}", 40 + 3 * i, 36 + 2 * i)
+    (root / "photos" / "notes.txt").write_text("not an image")
+    random_image(root / "style.png", 48, 40)
+
+    # All 13 conv layers, so the loader must ignore those past relu4_3.
+    features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"])
+    torch.save(features.state_dict(), root / "vgg.pth")
+    (root / "vgg.json").write_text(json.dumps({"input": CAFFE_CONVENTION}))
+    return {"root": root, "photos": root / "photos", "style": root / "style.png", "vgg": root / "vgg.pth"}
+
+
+def train_args(inputs: dict[str, Path], run_dir: Path, iterations: int, *extra: str) -> list[str]:
+    return [
+        str(inputs["style"]), "--dataset", str(inputs["photos"]), "--vgg-weights", str(inputs["vgg"]),
+        "--run-dir", str(run_dir), "--name", "tiny", "--iterations", str(iterations),
+        "--image-size", "32", "--style-size", "48", "--holdout", "2", "--stability-weight", "1",
+        "--log-every", "1", "--sample-every", "3", "--checkpoint-every", "100", "--workers", "1", "--threads", "1",
+        *extra,
+    ]
+
+
+def invoke(args: list[str]) -> None:
+    result = CliRunner().invoke(train, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+
+
+def logged_losses(run_dir: Path) -> list[dict]:
+    lines = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    return [{key: value for key, value in line.items() if key != "elapsed_s"} for line in lines]
+
+
+def test_resumed_run_matches_uninterrupted_run(inputs: dict[str, Path], tmp_path: Path) -> None:
+    invoke(train_args(inputs, tmp_path / "straight", 6))
+    # 3 iterations of batch 4 end mid-epoch (7 training photos), so resuming must skip consumed items.
+    invoke(train_args(inputs, tmp_path / "resumed", 3))
+    invoke(train_args(inputs, tmp_path / "resumed", 6, "--resume"))
+
+    straight, resumed = logged_losses(tmp_path / "straight"), logged_losses(tmp_path / "resumed")
+    assert [line["iteration"] for line in resumed] == [1, 2, 3, 4, 5, 6]
+    assert set(resumed[0]) == {"iteration", "content", "style", "tv", "stability", "total"}
+    assert resumed == straight
+
+    weights = [torch.load(run / "tiny.pth", weights_only=True) for run in (tmp_path / "straight", tmp_path / "resumed")]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+
+    style = find_style(str(tmp_path / "resumed" / "tiny.pth"))
+    style.load_network()
+    card = style.card
+    assert card["format"] == "vidstyle-style/1" and card["name"] == "tiny" and style.name == "tiny"
+    assert card["style_image"] == "style.png" and len(card["style_image_sha256"]) == 64
+    assert card["dataset"] == {"name": "photos", "images": 7, "held_out": 2}
+    assert card["vgg_weights"]["file"] == "vgg.pth" and card["vgg_weights"]["input"] == CAFFE_CONVENTION
+    assert card["iterations"] == 6 and card["image_size"] == 32 and card["batch_size"] == 4
+    for key in ("lr", "content_weight", "style_weight", "tv_weight", "stability_weight", "loss_units",
+                "wall_time_s", "device", "seed", "recipe"):
+        assert key in card
+    assert card["final_losses"] == pytest.approx(
+        {key: np.mean([line[key] for line in straight]) for key in straight[0] if key != "iteration"}, rel=1e-6
+    )
+    assert sorted(p.name for p in (tmp_path / "resumed" / "samples").iterdir()) == ["iter_000003.png", "iter_000006.png"]
+
+
+def test_sigint_finishes_iteration_and_saves_checkpoint(inputs: dict[str, Path], tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "trainer", *train_args(inputs, run_dir, 100_000)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        log = run_dir / "log.jsonl"
+        deadline = time.monotonic() + 60
+        while not (log.exists() and len(log.read_text().splitlines()) >= 2):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.1)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGINT, stderr
+    assert "Traceback" not in stderr and "continue with --resume" in stderr
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert checkpoint["iteration"] == logged_losses(run_dir)[-1]["iteration"] >= 2
+    assert not (run_dir / "checkpoint.pt.part").exists()
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("missing dataset", "dataset folder not found"),
+    ("empty dataset", "no images"),
+    ("bad vgg", "not a readable state dict"),
+    ("taken run dir", "already holds a run"),
+])
+def test_input_problems_are_one_line_errors(inputs: dict[str, Path], tmp_path: Path, problem: str, message: str) -> None:
+    args = train_args(inputs, tmp_path / "run", 1)
+    if problem == "missing dataset":
+        args[args.index("--dataset") + 1] = str(tmp_path / "nowhere")
+    elif problem == "empty dataset":
+        (tmp_path / "empty").mkdir()
+        args[args.index("--dataset") + 1] = str(tmp_path / "empty")
+    elif problem == "bad vgg":
+        (tmp_path / "bad.pth").write_text("not weights")
+        (tmp_path / "bad.json").write_text(json.dumps({"input": CAFFE_CONVENTION}))
+        args[args.index("--vgg-weights") + 1] = str(tmp_path / "bad.pth")
+    else:
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "checkpoint.pt").write_bytes(b"")
+    result = CliRunner().invoke(train, args)
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: ") and message in result.output and len(result.output.splitlines()) == 1
+
+
+def test_input_conventions() -> None:
+    pixel = torch.tensor([255.0, 128.0, 0.0]).view(1, 3, 1, 1)
+    caffe = InputNormalization(CAFFE_CONVENTION)(pixel).flatten()
+    assert caffe.tolist() == pytest.approx([0 - 103.939, 128 - 116.779, 255 - 123.68])
+    torchvision_input = InputNormalization(TORCHVISION_CONVENTION)(pixel).flatten()
+    assert torchvision_input.tolist() == pytest.approx([(1 - 0.485) / 0.229, (128 / 255 - 0.456) / 0.224, (0 - 0.406) / 0.225])
+
+
+def test_warp_by_identity_changes_nothing() -> None:
+    images = torch.rand(2, 3, 8, 12) * 255
+    identity = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).expand(2, 2, 3)
+    warped, inside = warp(images, identity)
+    assert torch.allclose(warped, images, atol=1e-3) and bool(inside.all())
+    shifted, inside = warp(images, torch.tensor([[1.0, 0, 0.5], [0, 1.0, 0]]).expand(2, 2, 3))
+    assert not inside.all() and inside.any()
