@@ -1,0 +1,3 @@
+from trainer.cli import train
+
+train(prog_name="python -m trainer")

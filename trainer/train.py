@@ -1,0 +1,317 @@
+"""The training loop: Adam on the weighted loss terms, with a log, sample grids and resumable checkpoints.
+
+A run directory holds checkpoint.pt (the latest, written atomically),
+log.jsonl (one JSON object per --log-every iterations) and samples/ (grids of
+held-out photos, originals left, stylized right). A resumed run reproduces the
+losses of an uninterrupted one exactly: the checkpoint holds the model, the
+optimizer, every random generator and the data stream position.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import fmean
+
+import numpy as np
+import torch
+from torchvision.utils import save_image
+from tqdm import tqdm
+
+from trainer.data import find_images, load_sample_photos, load_style_image, sha256_file, training_batches
+from trainer.losses import (
+    LOSS_UNITS,
+    MAX_ROTATION_DEG,
+    MAX_SHIFT_PX,
+    MAX_ZOOM,
+    NOISE_STD,
+    content_loss,
+    gram_matrix,
+    stability_loss,
+    style_loss,
+    total_variation,
+)
+from trainer.vgg import CONTENT_LAYER, LossNetwork, load_loss_network
+from vidstyle.errors import VidstyleError
+from vidstyle.model import TransformerNet
+from vidstyle.styles import save_style
+
+STYLE_FORMAT = "vidstyle-style/1"
+SAMPLE_COUNT = 4
+# Sample grids are shown at one size whatever the training size, so runs compare.
+SAMPLE_SIZE = 256
+# The model card's final losses average this many iterations: single batches are noisy.
+FINAL_LOSS_WINDOW = 50
+
+
+@dataclass
+class TrainConfig:
+    style_image: Path
+    dataset: Path
+    run_dir: Path
+    output: Path
+    name: str
+    vgg_weights: Path | None = None
+    image_size: int = 256
+    style_size: int | None = None  # long side of the style image; None means 2 * image_size
+    iterations: int = 40_000  # the paper's: two epochs of COCO at batch 4
+    batch_size: int = 4
+    lr: float = 1e-3
+    content_weight: float = 1.0
+    style_weight: float = 2e-4
+    tv_weight: float = 1e-3  # about 0.3% of the gradient of the other terms at 128 px: a light touch
+    stability_weight: float = 0.0
+    holdout: int = 50
+    seed: int = 0
+    log_every: int = 10
+    sample_every: int = 500
+    checkpoint_every: int = 500
+    resume: bool = False
+    threads: int | None = None
+    workers: int = 2
+    device: str | None = None
+
+
+# Settings a resumed run must share with the checkpoint, or it would not continue the same run.
+RUN_IDENTITY = (
+    "image_size", "batch_size", "lr", "content_weight", "style_weight", "tv_weight",
+    "stability_weight", "holdout", "seed",
+)
+
+
+class StopOnSignal:
+    """Turns the first SIGINT or SIGTERM into a request to stop after the current
+    iteration; a second one acts as it normally would."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self) -> StopOnSignal:
+        self.signum: int | None = None
+        self.previous = {signum: signal.signal(signum, self._request) for signum in self.SIGNALS}
+        return self
+
+    def _request(self, signum: int, frame: object) -> None:
+        self.signum = signum
+        signal.signal(signum, self.previous[signum])
+
+    def __exit__(self, *exc_info: object) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+def train(config: TrainConfig) -> int | None:
+    """Train and save the style; returns None, or the number of the signal that
+    stopped training early after saving a checkpoint."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    style_size = config.style_size or 2 * config.image_size
+
+    photos = find_images(config.dataset)
+    if config.holdout >= len(photos):
+        raise VidstyleError(f"--holdout {config.holdout} leaves none of the {len(photos)} images in {config.dataset} to train on")
+    train_paths, held_out = photos[: len(photos) - config.holdout], photos[len(photos) - config.holdout :]
+    sample_photos = load_sample_photos((held_out or train_paths)[:SAMPLE_COUNT], SAMPLE_SIZE).to(device)
+
+    loss_net = load_loss_network(config.vgg_weights).to(device)
+    style = load_style_image(config.style_image, style_size).to(device)
+    with torch.no_grad():
+        style_grams = [gram_matrix(features) for features in loss_net(style)]
+    identity = {key: getattr(config, key) for key in RUN_IDENTITY} | {
+        "style_size": style_size,
+        "style_image_sha256": sha256_file(config.style_image),
+        "training_images": len(train_paths),
+        "vgg_weights": loss_net.description,
+    }
+
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    net = TransformerNet().to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
+    recent: deque[dict[str, float]] = deque(maxlen=FINAL_LOSS_WINDOW)
+    iteration, images_consumed, elapsed_s = 0, 0, 0.0
+
+    run_dir = Path(config.run_dir)
+    checkpoint_path = run_dir / "checkpoint.pt"
+    log_path = run_dir / "log.jsonl"
+    (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+    if config.resume:
+        checkpoint = _load_checkpoint(checkpoint_path, identity)
+        net.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        _set_rng_states(checkpoint["rng"])
+        recent.extend(checkpoint["recent_losses"])
+        iteration, images_consumed, elapsed_s = checkpoint["iteration"], checkpoint["images_consumed"], checkpoint["elapsed_s"]
+    elif checkpoint_path.exists():
+        raise VidstyleError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --run-dir")
+    _truncate_log(log_path, iteration)
+
+    weights = {"content": config.content_weight, "style": config.style_weight, "tv": config.tv_weight,
+               "stability": config.stability_weight}
+    batches = training_batches(train_paths, config.image_size, config.batch_size, config.seed, images_consumed,
+                               config.workers, pin_memory=device.type == "cuda")
+    progress = tqdm(total=config.iterations, initial=iteration, unit="it", desc=config.name)
+    with open(log_path, "a") as log, StopOnSignal() as stop:
+        started = time.monotonic() - elapsed_s
+        for iteration, images in zip(range(iteration + 1, config.iterations + 1), batches):
+            terms = _loss_terms(net, loss_net, style_grams, images.to(device), config.stability_weight > 0)
+            total = sum(weights[name] * value for name, value in terms.items())
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+
+            losses = {name: value.item() for name, value in terms.items()} | {"total": total.item()}
+            recent.append(losses)
+            images_consumed += len(images)
+            elapsed_s = time.monotonic() - started
+            progress.update()
+            progress.set_postfix({name: f"{value:.3g}" for name, value in losses.items()})
+            if iteration % config.log_every == 0:
+                log.write(json.dumps({"iteration": iteration, **losses, "elapsed_s": round(elapsed_s, 2)}) + "\n")
+                log.flush()
+            finished = iteration == config.iterations
+            if iteration % config.sample_every == 0 or finished:
+                _save_samples(net, sample_photos, run_dir / "samples" / f"iter_{iteration:06d}.png")
+            if iteration % config.checkpoint_every == 0 or finished or stop.signum:
+                _save_checkpoint(checkpoint_path, {
+                    "iteration": iteration,
+                    "images_consumed": images_consumed,
+                    "elapsed_s": elapsed_s,
+                    "model": net.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "rng": _rng_states(),
+                    "recent_losses": list(recent),
+                    "identity": identity,
+                })
+            if stop.signum:
+                progress.close()
+                print(f"{signal.Signals(stop.signum).name}: stopped after iteration {iteration}; "
+                      f"checkpoint {checkpoint_path}; continue with --resume", file=sys.stderr)
+                return stop.signum
+    progress.close()
+
+    card = {
+        "format": STYLE_FORMAT,
+        "name": config.name,
+        "style_image": Path(config.style_image).name,
+        "style_image_sha256": identity["style_image_sha256"],
+        "style_size": style_size,
+        "dataset": {"name": Path(config.dataset).resolve().name, "images": len(train_paths), "held_out": len(held_out)},
+        "image_size": config.image_size,
+        "iterations": iteration,
+        "batch_size": config.batch_size,
+        "lr": config.lr,
+        "content_weight": config.content_weight,
+        "style_weight": config.style_weight,
+        "tv_weight": config.tv_weight,
+        "stability_weight": config.stability_weight,
+        "loss_units": LOSS_UNITS,
+        "final_losses": {name: fmean(losses[name] for losses in recent) for name in recent[-1]} if recent else {},
+        "vgg_weights": loss_net.description,
+        "wall_time_s": round(elapsed_s, 1),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
+        "seed": config.seed,
+        "recipe": _recipe(config, style_size),
+    }
+    save_style(net, config.output, card)
+    print(f"saved style {config.name}: {config.output}", file=sys.stderr)
+    return None
+
+
+def _loss_terms(
+    net: TransformerNet, loss_net: LossNetwork, style_grams: list[torch.Tensor], images: torch.Tensor,
+    with_stability: bool,
+) -> dict[str, torch.Tensor]:
+    """The unweighted loss terms, in the units of trainer.losses."""
+    stylized = net(images)
+    with torch.no_grad():
+        content_target = loss_net(images, num_layers=CONTENT_LAYER + 1)[CONTENT_LAYER]
+    features = loss_net(stylized)
+    terms = {
+        "content": content_loss(features[CONTENT_LAYER], content_target),
+        "style": style_loss(features, style_grams),
+        "tv": total_variation(stylized),
+    }
+    if with_stability:
+        terms["stability"] = stability_loss(net, images, stylized)
+    return terms
+
+
+def _save_samples(net: TransformerNet, photos: torch.Tensor, path: Path) -> None:
+    with torch.no_grad():
+        stylized = net(photos).clamp(0, 255)
+    # Rows of (original, stylized).
+    save_image(torch.stack([photos, stylized], dim=1).flatten(0, 1) / 255, path, nrow=2)
+
+
+def _rng_states() -> dict:
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # Plain lists, so the checkpoint loads with weights_only=True.
+        "numpy": [kind, keys.tolist(), position, has_gauss, cached_gaussian],
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    kind, keys, position, has_gauss, cached_gaussian = states["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), position, has_gauss, cached_gaussian))
+    random.setstate(states["python"])
+
+
+def _save_checkpoint(path: Path, checkpoint: dict) -> None:
+    # Write then rename: a crash mid-write leaves the previous checkpoint intact.
+    tmp = path.with_name(path.name + ".part")
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, identity: dict) -> dict:
+    if not path.is_file():
+        raise VidstyleError(f"nothing to resume: no checkpoint {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load fails in many ways (pickle, zip, struct...) on a file that is no checkpoint
+        raise VidstyleError(f"checkpoint {path} is unreadable: {str(exc).splitlines()[0]}") from exc
+    changed = [f"{key} {checkpoint['identity'].get(key)!r} (now {value!r})"
+               for key, value in identity.items() if checkpoint["identity"].get(key) != value]
+    if changed:
+        raise VidstyleError(f"checkpoint {path} belongs to a run with other settings: {'; '.join(changed)}")
+    return checkpoint
+
+
+def _truncate_log(path: Path, last_iteration: int) -> None:
+    """Keeps the log lines up to the checkpoint; a resumed run writes the rest again."""
+    kept = []
+    if path.exists():
+        for line in path.read_text().splitlines(keepends=True):
+            try:
+                if json.loads(line)["iteration"] <= last_iteration:
+                    kept.append(line)
+            except (ValueError, KeyError):
+                pass  # a line cut short by a crash
+    path.write_text("".join(kept))
+
+
+def _recipe(config: TrainConfig, style_size: int) -> str:
+    text = (f"Johnson et al. (2016) perceptual-loss training of vidstyle's TransformerNet: Adam lr {config.lr}, "
+            f"batch {config.batch_size}, {config.iterations} iterations on random resized crops of "
+            f"{config.image_size} px from {Path(config.dataset).resolve().name} ({config.holdout} photos held out), "
+            f"style image long side {style_size} px, VGG-16 losses.")
+    if config.stability_weight > 0:
+        text += (f" Temporal stability term: random affine motion (shift up to {MAX_SHIFT_PX:g} px, "
+                 f"zoom up to {MAX_ZOOM:.0%}, rotation up to {MAX_ROTATION_DEG:g} deg) plus Gaussian noise of std {NOISE_STD:g}.")
+    return text
+
