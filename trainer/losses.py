@@ -1,15 +1,7 @@
 """The loss terms of Johnson et al. (2016), plus an optional temporal stability term.
 
-Units, so anyone can recompute a logged objective (images are RGB 0..255):
-- content: mean squared difference of relu2_2 features;
-- style: sum over relu1_2, relu2_2, relu3_3, relu4_3 of the squared Frobenius
-  norm of the Gram matrix difference, each Gram divided by C*H*W, averaged
-  over the batch;
-- tv: sum of absolute differences between horizontally and vertically
-  neighbouring pixel values, per image, averaged over the batch;
-- stability: mean squared difference, in pixel units, between
-  stylize(warp(x) + noise) and warp(stylize(x)) over the pixels the warp
-  sampled from inside the image.
+Their units are stated once, in LOSS_UNITS, which every model card quotes so
+that anyone can recompute a logged objective.
 """
 from __future__ import annotations
 
@@ -20,11 +12,14 @@ import torch
 import torch.nn.functional as F
 
 LOSS_UNITS = (
-    "images RGB 0..255; content: mean squared difference of VGG-16 relu2_2 features; "
+    "images RGB 0..255; "
+    "content: mean squared difference of VGG-16 relu2_2 features; "
     "style: sum over relu1_2, relu2_2, relu3_3, relu4_3 of the squared Frobenius norm of the Gram difference, "
-    "Grams divided by C*H*W, averaged over the batch; tv: sum of absolute differences between horizontally and "
-    "vertically neighbouring pixel values per image, averaged over the batch; stability: mean squared difference "
-    "in 0..255 pixel units between stylize(warp(x)+noise) and warp(stylize(x)) over validly warped pixels; "
+    "Grams divided by C*H*W, averaged over the batch; "
+    "tv: sum of absolute differences between horizontally and vertically neighbouring pixel values, "
+    "per image, averaged over the batch; "
+    "stability: mean squared difference in 0..255 pixel units between stylize(warp(x)+noise) and warp(stylize(x)) "
+    "over the pixels the warp sampled from inside the image; "
     "terms are unweighted, total = sum of weight * term"
 )
 
