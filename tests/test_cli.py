@@ -1,6 +1,11 @@
 """The `vidstyle` command as a user runs it: real child processes, real files."""
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import av
@@ -108,3 +113,27 @@ def test_existing_output_needs_force(tmp_path: Path) -> None:
     (tmp_path / "out.mp4").write_bytes(b"keep me")
     assert_clean_failure(run_cli("submit", source, "--style", TEST_STYLE, "-o", tmp_path / "out.mp4"), "--force")
     assert (tmp_path / "out.mp4").read_bytes() == b"keep me"
+
+
+def test_styles_path_from_the_config_file(tmp_path: Path, style_dir: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f'styles_path = ["{style_dir}"]\n')
+    env = {k: v for k, v in os.environ.items() if k != "VIDSTYLE_STYLES_PATH"}
+    env["VIDSTYLE_CONFIG"] = str(config)
+    result = subprocess.run([sys.executable, "-m", "vidstyle.cli", "styles"], capture_output=True, text=True, env=env)
+    assert TEST_STYLE in result.stdout
+
+
+def test_interrupted_run_exits_130_and_leaves_nothing(tmp_path: Path) -> None:
+    source = make_sample_video(tmp_path / "long.mp4", width=160, height=120, frames=150)
+    child = subprocess.Popen([sys.executable, "-m", "vidstyle.cli", "submit", source, "--style", TEST_STYLE, "--batch-size", "1"],
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".long.*.partial-*")):  # the partial output exists: the run is under way
+        assert child.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    child.send_signal(signal.SIGINT)
+    _, stderr = child.communicate(timeout=60)
+    assert child.returncode == 130
+    assert stderr.strip().splitlines()[-1] == "vidstyle: interrupted"
+    assert [p.name for p in tmp_path.iterdir()] == ["long.mp4"]

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
+from trainer.cli import train
 from vidstyle.errors import VidstyleError
 from vidstyle.inference import Stylizer, resolve_device
 from vidstyle.pipeline import EncodeOptions, default_output_path, is_image, stylize_file
@@ -75,6 +76,9 @@ def sample(output: Path, size: str, frames: int, fps: int) -> None:
     except ValueError as exc:
         raise VidstyleError(f"--size must look like 640x360, not '{size}'") from exc
     click.echo(str(make_sample_video(output, width=width, height=height, frames=frames, fps=fps)))
+
+
+cli.add_command(train)
 
 
 def main() -> None:

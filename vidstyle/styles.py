@@ -5,7 +5,8 @@ A style is two files side by side: ``NAME.pth`` (a ``state_dict`` of
 and ``NAME.json`` (the model card: style name, training settings, checksum of
 the source style image). Styles are looked up in the package's own ``styles/``
 folder, then in every folder listed in ``VIDSTYLE_STYLES_PATH`` (os.pathsep
-separated); ``--style path/to/NAME.pth`` names a file directly.
+separated) or the config file's ``styles_path``; ``--style path/to/NAME.pth``
+names a file directly.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from vidstyle.config import setting
 from vidstyle.errors import VidstyleError
 from vidstyle.model import TransformerNet
 
@@ -53,7 +55,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def style_dirs() -> list[Path]:
-    extra = [Path(p) for p in os.environ.get(STYLES_PATH_ENV, "").split(os.pathsep) if p]
+    extra = [Path(p).expanduser() for p in (setting(STYLES_PATH_ENV) or "").split(os.pathsep) if p]
     return [BUILTIN_DIR, *extra]
 
 
