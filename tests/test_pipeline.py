@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import TEST_STYLE, decode
 from vidstyle.errors import VidstyleError
-from vidstyle.inference import SpaceToDepthConv, Stylizer, resolve_device
+from vidstyle.inference import SpaceToDepthConv, Stylizer, SubpixelUpsampleConv, resolve_device
 from vidstyle.model import TransformerNet
 from vidstyle.pipeline import stylize_file
 from vidstyle.sample import make_sample_video
@@ -109,6 +109,14 @@ def test_space_to_depth_output_conv_matches_the_plain_layer() -> None:
     x = torch.randn(2, 32, 37, 54)
     with torch.no_grad():
         assert torch.allclose(SpaceToDepthConv(layer)(x), layer(x), atol=1e-3)
+
+
+def test_subpixel_upsample_conv_matches_upsample_then_conv() -> None:
+    torch.manual_seed(0)
+    upsample, conv_norm_relu = TransformerNet().decoder[0]
+    x = torch.randn(2, 128, 13, 22)
+    with torch.no_grad():
+        assert torch.allclose(SubpixelUpsampleConv(conv_norm_relu[0])(x), conv_norm_relu[0](upsample(x)), atol=1e-3)
 
 
 @pytest.mark.parametrize("size", [(64, 48), (67, 45)])
