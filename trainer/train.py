@@ -117,7 +117,9 @@ def train(config: TrainConfig) -> int | None:
     if config.holdout >= len(photos):
         raise VidstyleError(f"--holdout {config.holdout} leaves none of the {len(photos)} images in {config.dataset} to train on")
     train_paths, held_out = photos[: len(photos) - config.holdout], photos[len(photos) - config.holdout :]
-    sample_photos = load_sample_photos((held_out or train_paths)[:SAMPLE_COUNT], SAMPLE_SIZE).to(device)
+    pool = held_out or train_paths
+    # Spread over the pool: neighbours by name are often alike (ImageNet's classes come sorted).
+    sample_photos = load_sample_photos(pool[:: max(1, len(pool) // SAMPLE_COUNT)][:SAMPLE_COUNT], SAMPLE_SIZE).to(device)
 
     loss_net = load_loss_network(config.vgg_weights).to(device)
     style = load_style_image(config.style_image, style_size).to(device)

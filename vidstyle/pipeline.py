@@ -72,8 +72,13 @@ def stylize_file(
     encode: EncodeOptions = EncodeOptions(),
     force: bool = False,
     on_progress: ProgressCallback | None = None,
+    partial_token: str | None = None,
 ) -> Path:
-    """Stylize a video or image at `input_path` into `output_path` and return it."""
+    """Stylize a video or image at `input_path` into `output_path` and return it.
+
+    `partial_token` names the temporary file (random by default): a job that is
+    redelivered after its worker died passes its job id, so the new attempt
+    replaces the dead one's partial file instead of leaving a second one."""
     input_path, output_path = Path(input_path), Path(output_path)
     if not input_path.is_file():
         raise VidstyleError(f"input not found: {input_path}")
@@ -81,7 +86,7 @@ def stylize_file(
         raise VidstyleError(f"output exists: {output_path} (use --force to overwrite)")
     if not output_path.parent.is_dir() or not os.access(output_path.parent, os.W_OK):
         raise VidstyleError(f"cannot write to output directory {output_path.parent} (missing or not writable)")
-    partial = output_path.with_name(f".{output_path.stem}.partial-{secrets.token_hex(4)}{output_path.suffix}")
+    partial = output_path.with_name(f".{output_path.stem}.partial-{partial_token or secrets.token_hex(4)}{output_path.suffix}")
     try:
         if is_image(input_path):
             _stylize_image(input_path, partial, output_path.suffix, stylizer)
