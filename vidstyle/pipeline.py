@@ -104,7 +104,7 @@ def _stylize_image(input_path: Path, partial: Path, suffix: str, stylizer: Styli
     try:
         with Image.open(input_path) as image:
             # Phones store portrait photos sideways plus an EXIF flag: apply it.
-            pixels = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+            pixels = np.array(ImageOps.exif_transpose(image).convert("RGB"))
     except (UnidentifiedImageError, OSError) as exc:
         raise VidstyleError(f"not a readable image: {input_path}") from exc
     out = Image.fromarray(stylizer(pixels[None])[0])
