@@ -30,6 +30,8 @@ from vidstyle.errors import VidstyleError
 from vidstyle.inference import Stylizer, default_batch_size
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+COLOUR_TAGS = ("colorspace", "color_primaries", "color_trc")
+UNSPECIFIED = 2  # FFmpeg's value for an absent colour tag
 QUEUE_BATCHES = 3  # batches in flight between two stages: enough to absorb jitter
 
 # Called with (frames done, frames expected) after every batch; raising from it
@@ -52,6 +54,9 @@ class VideoInfo:
     rate: Fraction
     rotation: int
     audio_streams: int
+    # The input's colour tags (colorspace, color_primaries, color_trc) where it has
+    # them: frames are converted to RGB with its matrix and back with the same one.
+    colour: dict[str, int]
 
 
 def default_output_path(input_path: Path, style_name: str) -> Path:
@@ -133,6 +138,7 @@ def probe_video(path: Path) -> VideoInfo:
         return VideoInfo(
             width=first.width, height=first.height, frames=frames or 0, rate=Fraction(rate),
             rotation=round(first.rotation or 0), audio_streams=len(container.streams.audio),
+            colour={k: int(getattr(first, k)) for k in COLOUR_TAGS if int(getattr(first, k)) != UNSPECIFIED},
         )
 
 
@@ -230,7 +236,7 @@ def _stylize_video(
         video_out = _add_video_stream(sink, video_in, info, encode)
         audio_out = {s.index: _add_audio_stream(sink, s) for s in audio_in}
         threads.append(stage.run(lambda: _read(source, video_in, audio_in, batch_size, stage), f"cannot decode {input_path}: corrupt or truncated"))
-        threads.append(stage.run(lambda: _write(sink, video_out, audio_out, stage), "cannot encode the output"))
+        threads.append(stage.run(lambda: _write(sink, video_out, audio_out, info.colour.get("colorspace"), stage), "cannot encode the output"))
         done = 0
         while (item := stage.get(stage.decoded)) is not END:
             if isinstance(item, _FrameBatch):
@@ -278,6 +284,8 @@ def _add_video_stream(sink, video_in, info: VideoInfo, encode: EncodeOptions):
         stream.options = {"crf": str(encode.crf), "preset": encode.preset}
     if info.rotation:
         stream.set_display_rotation(info.rotation)
+    for tag, value in info.colour.items():
+        setattr(stream.codec_context, tag, value)
     return stream
 
 
@@ -330,11 +338,13 @@ def _decoded_batches(source, video_in, audio_in, batch_size: int) -> Iterator[ob
         yield _FrameBatch(np.stack(pixels), pts, video_in.time_base)
 
 
-def _write(sink, video_out, audio_out: dict[int, _AudioRoute], stage: _Stage) -> None:
+def _write(sink, video_out, audio_out: dict[int, _AudioRoute], colorspace: int | None, stage: _Stage) -> None:
     while (item := stage.get(stage.stylized)) is not END:
         if isinstance(item, _FrameBatch):
             for rgb, pts in zip(item.pixels, item.pts):
                 frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+                if colorspace is not None:
+                    frame = frame.reformat(format=video_out.pix_fmt, dst_colorspace=colorspace)
                 frame.pts, frame.time_base = pts, item.time_base
                 sink.mux(video_out.encode(frame))
             continue

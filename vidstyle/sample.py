@@ -40,8 +40,11 @@ def make_sample_video(
     codec: str = "libx264",
     pix_fmt: str | None = None,
     audio_codec: str = "aac",
+    colorspace: int | None = None,
 ) -> Path:
-    """Write a clip; with `variable_frame_rate` every third frame is held for twice as long."""
+    """Write a clip; with `variable_frame_rate` every third frame is held for twice
+    as long; `colorspace` (an FFmpeg AVColorSpace, e.g. 1 for BT.709) tags the
+    stream and converts RGB with that matrix."""
     path = Path(path)
     time_base = Fraction(1, fps * 2)
     with av.open(str(path), "w") as container:
@@ -51,12 +54,16 @@ def make_sample_video(
         video.codec_context.time_base = time_base
         if rotation:
             video.set_display_rotation(rotation)
+        if colorspace is not None:
+            video.codec_context.colorspace = video.codec_context.color_primaries = video.codec_context.color_trc = colorspace
         sound = None
         if audio:
             sound = container.add_stream(audio_codec, rate=44100, layout="stereo")
         ticks = 0
         for index in range(frames):
             frame = av.VideoFrame.from_ndarray(sample_frame(index, width, height), format="rgb24")
+            if colorspace is not None:
+                frame = frame.reformat(format=video.pix_fmt, dst_colorspace=colorspace)
             frame.pts, frame.time_base = ticks, time_base
             ticks += 4 if variable_frame_rate and index % 3 == 2 else 2
             container.mux(video.encode(frame))
