@@ -55,3 +55,80 @@ def decode(path: Path) -> dict:
             "audio_durations": [samples[s.index] / s.rate for s in audio],
             "audio_codecs": [s.codec_context.name for s in audio],
         }
+
+
+# -- a real Redis for the fleet tests (tests/test_fleet.py) --------------------
+import shutil  # noqa: E402  (this section is appended to the file's shared part)
+import socket  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+
+import redis  # noqa: E402
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on (for a server to start on, or to find closed)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until(condition, timeout: float, what: str, interval: float = 0.05):
+    """Poll `condition` until it returns something truthy, which is returned; fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+    return result
+
+
+class RedisServer:
+    """The Redis the fleet tests use: VIDSTYLE_TEST_REDIS_URL's, else a redis-server
+    of their own in a temporary folder, with persistence on (so it can be restarted)."""
+
+    def __init__(self, url: str, command: list[str] | None = None):
+        self.url, self.command = url, command
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def restartable(self) -> bool:
+        return self.command is not None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
+        wait_until(lambda: self._answers(client), 30, "redis-server to accept connections")
+
+    def stop(self) -> None:
+        self.process.terminate()  # SIGTERM: Redis flushes its append-only file and exits
+        self.process.wait(timeout=30)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    @staticmethod
+    def _answers(client: redis.Redis) -> bool:
+        try:
+            return client.ping()
+        except redis.ConnectionError:
+            return False
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    if url := os.environ.get("VIDSTYLE_TEST_REDIS_URL"):
+        yield RedisServer(url)
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server not found: install it (apt-get install redis-server) or set VIDSTYLE_TEST_REDIS_URL")
+    port, folder = free_port(), tmp_path_factory.mktemp("redis")
+    server = RedisServer(f"redis://127.0.0.1:{port}/0", [
+        binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--save", "",
+        "--appendonly", "yes", "--appendfsync", "always",
+    ])
+    server.start()
+    yield server
+    server.stop()

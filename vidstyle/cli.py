@@ -1,21 +1,44 @@
 """The `vidstyle` command line."""
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
 import click
 from tqdm import tqdm
 
-from trainer.cli import train
+from vidstyle.config import setting
 from vidstyle.errors import VidstyleError
-from vidstyle.inference import Stylizer, resolve_device
-from vidstyle.pipeline import EncodeOptions, default_output_path, is_image, stylize_file
+from vidstyle.jobs import DEFAULT_QUEUE
 from vidstyle.sample import make_sample_video
-from vidstyle.styles import available_styles, find_style
+
+# Commands whose modules load only when run (or listed by --help): torch and
+# torchvision take seconds to import, and the fleet commands that only talk to
+# Redis answer at once without them.
+LAZY_COMMANDS = {
+    "train": "trainer.cli:train",
+    "status": "workers.cli:status",
+    "watch": "workers.cli:watch",
+    "list": "workers.cli:list_jobs",
+    "cancel": "workers.cli:cancel",
+    "workers": "workers.cli:workers",
+    "worker": "workers.cli:worker",
+}
 
 
-@click.group()
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in LAZY_COMMANDS:
+            return super().get_command(ctx, name)
+        module, attribute = LAZY_COMMANDS[name].split(":")
+        return getattr(importlib.import_module(module), attribute)
+
+
+@click.group(cls=LazyGroup)
 @click.version_option(package_name="vidstyle")
 def cli() -> None:
     """Fast feed-forward style transfer for videos and images."""
@@ -33,9 +56,32 @@ def cli() -> None:
 @click.option("--compile/--no-compile", "compile_network", default=None,
               help="torch.compile the network: faster per frame, slower to start [default: on; VIDSTYLE_COMPILE=0 turns it off].")
 @click.option("--force", "-f", is_flag=True, help="Overwrite an existing output.")
+@click.option("--queue", help=f"With a broker: the queue to put the job on [default: {DEFAULT_QUEUE}].")
+@click.option("--wait", is_flag=True, help="With a broker: follow the job with a progress bar; exit with its outcome.")
+@click.option("--json", "as_json", is_flag=True, help="With a broker: print the job record as JSON.")
 def submit(input_path: Path, style: str, output: Path | None, batch_size: int | None, device: str | None,
-           codec: str, crf: int, preset: str, compile_network: bool | None, force: bool) -> None:
-    """Stylize a video (or a still image) with a trained style."""
+           codec: str, crf: int, preset: str, compile_network: bool | None, force: bool,
+           queue: str | None, wait: bool, as_json: bool) -> None:
+    """Stylize a video (or a still image) with a trained style.
+
+    With a broker configured (VIDSTYLE_BROKER_URL) the job goes to the worker
+    fleet instead: its id is printed at once (see `vidstyle watch`)."""
+    if setting("VIDSTYLE_BROKER_URL"):
+        if device or compile_network is not None:
+            raise VidstyleError("with a broker, the device and compilation are worker settings "
+                                "(vidstyle worker --device, VIDSTYLE_COMPILE)")
+        from workers.cli import submit_to_fleet
+
+        submit_to_fleet(input_path, style, output=output, batch_size=batch_size, codec=codec, crf=crf, preset=preset,
+                        force=force, queue=queue or DEFAULT_QUEUE, wait=wait, as_json=as_json)
+        return
+    if queue or as_json:
+        raise VidstyleError("--queue and --json need a broker (VIDSTYLE_BROKER_URL); without one, submit runs here")
+    # torch: imported by the commands that run networks, not by every command.
+    from vidstyle.inference import Stylizer, resolve_device
+    from vidstyle.pipeline import EncodeOptions, default_output_path, is_image, stylize_file
+    from vidstyle.styles import find_style
+
     chosen = find_style(style)
     output = output or default_output_path(input_path, chosen.name)
     stylizer = Stylizer(chosen.load_network(), resolve_device(device), compile=compile_network)
@@ -55,6 +101,8 @@ def submit(input_path: Path, style: str, output: Path | None, batch_size: int | 
 @cli.command()
 def styles() -> None:
     """List the available styles."""
+    from vidstyle.styles import available_styles
+
     found = available_styles()
     if not found:
         click.echo("no styles installed (add a folder of NAME.pth + NAME.json to VIDSTYLE_STYLES_PATH)")
@@ -77,8 +125,6 @@ def sample(output: Path, size: str, frames: int, fps: int) -> None:
         raise VidstyleError(f"--size must look like 640x360, not '{size}'") from exc
     click.echo(str(make_sample_video(output, width=width, height=height, frames=frames, fps=fps)))
 
-
-cli.add_command(train)
 
 
 def main() -> None:

@@ -1,0 +1,310 @@
+"""The worker fleet with real parts: a real redis-server, Celery workers in their
+own processes (`vidstyle worker`), real clips in a storage root, and the
+`vidstyle` command run as a user runs it."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+from PIL import Image
+
+from conftest import TEST_STYLE, RedisServer, decode, free_port, wait_until
+from test_cli import _audio_only, _not_a_video, _truncated, assert_clean_failure
+from vidstyle.jobs import CANCELLED, FAILED, FINAL_STATES, RUNNING, SUCCEEDED, Job, JobStore, connect
+from vidstyle.sample import make_sample_video
+
+JOB_TIMEOUT = 180  # seconds: generous, the machine may be shared with a training run
+
+
+class Fleet:
+    """One test's corner of the fleet: its own queue and storage root on the shared Redis."""
+
+    def __init__(self, redis_server: RedisServer, storage: Path, queue: str, logs: Path):
+        self.redis_server, self.storage, self.queue, self.logs = redis_server, storage, queue, logs
+        self.store = JobStore(connect(redis_server.url))
+        self.workers: list[subprocess.Popen] = []
+
+    def cli(self, *args: object, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "vidstyle.cli", *map(str, args)], capture_output=True, text=True,
+                              timeout=300, env=env or dict(os.environ))
+
+    def start_worker(self, name: str, **extra_env: str) -> tuple[subprocess.Popen, str]:
+        """A `vidstyle worker` in its own process group (so a kill takes its pool too), once it is live."""
+        log = open(self.logs / f"worker-{name}.log", "w")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "vidstyle.cli", "worker", "--name", f"{name}-{self.queue}@%h", "--queues", self.queue],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **extra_env}, start_new_session=True)
+        log.close()
+        self.workers.append(process)
+        full_name = wait_until(lambda: self._live_name(f"{name}-{self.queue}@", process), 120, f"worker {name} to start")
+        return process, full_name
+
+    def _live_name(self, prefix: str, process: subprocess.Popen) -> str | None:
+        assert process.poll() is None, f"worker exited early; see {self.logs}"
+        return next((w.name for w in self.store.live_workers() if w.name.startswith(prefix)), None)
+
+    def kill(self, process: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+        os.killpg(process.pid, sig)
+        process.wait(timeout=60)
+
+    def stop_all(self) -> None:
+        for process in self.workers:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.workers:
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.kill(process)
+
+    def submit(self, source: Path, style: str = TEST_STYLE, **options) -> str:
+        from workers.client import submit_job
+
+        return submit_job(source, style, queue=self.queue, **options).id
+
+    def enqueue_unchecked(self, input_name: str, style: str = TEST_STYLE) -> str:
+        """A job as a careless or hostile client could queue it, past submit's own checks."""
+        import secrets
+
+        from workers.client import enqueue
+
+        job = Job(id=secrets.token_hex(6), input=input_name, output="out.mp4", style=style, queue=self.queue,
+                  codec="libx264", crf=18, preset="medium")
+        self.store.create(job)
+        enqueue(job, self.store)
+        return job.id
+
+    def wait_for(self, job_ids: list[str], timeout: float = JOB_TIMEOUT) -> dict[str, Job]:
+        def all_final() -> dict[str, Job] | None:
+            jobs = {job_id: self.store.get(job_id) for job_id in job_ids}
+            return jobs if all(job.state in FINAL_STATES for job in jobs.values()) else None
+
+        return wait_until(all_final, timeout, f"jobs {job_ids} to end", interval=0.2)
+
+    def wait_running(self, job_id: str) -> Job:
+        def started() -> Job | None:
+            job = self.store.get(job_id)
+            assert job.state not in FINAL_STATES, job
+            return job if job.state == RUNNING and job.frames_done > 0 else None
+
+        return wait_until(started, JOB_TIMEOUT, f"job {job_id} to stylize its first frames")
+
+    def queued_messages(self) -> int:
+        return redis.Redis.from_url(self.redis_server.url).llen(self.queue)
+
+
+@pytest.fixture
+def fleet(redis_server: RedisServer, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    storage, logs = tmp_path / "storage", tmp_path / "logs"
+    storage.mkdir()
+    logs.mkdir()
+    monkeypatch.setenv("VIDSTYLE_BROKER_URL", redis_server.url)
+    monkeypatch.setenv("VIDSTYLE_STORAGE", str(storage))
+    fleet = Fleet(redis_server, storage, re.sub(r"\W", "-", f"test-{request.node.name}")[:60], logs)
+    yield fleet
+    fleet.stop_all()
+
+
+def tiny_clip(path: Path, frames: int = 12) -> Path:
+    return make_sample_video(path, width=64, height=48, frames=frames)
+
+
+def long_clip(path: Path) -> Path:
+    """Seconds of work even on a fast CPU: for jobs that must outlast something."""
+    return make_sample_video(path, width=160, height=120, frames=150, audio=False)
+
+
+def test_submit_watch_and_decode_the_output(fleet: Fleet) -> None:
+    worker, worker_name = fleet.start_worker("w1")
+    source = tiny_clip(fleet.storage / "movie.mp4")
+    submitted = fleet.cli("submit", source, "--style", TEST_STYLE, "--queue", fleet.queue)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip()
+    assert re.fullmatch(r"[0-9a-f]{12}", job_id)
+
+    watched = fleet.cli("watch", job_id)
+    assert watched.returncode == 0, watched.stderr
+
+    original, styled = decode(source), decode(fleet.storage / f"movie.{TEST_STYLE}.mp4")
+    assert (styled["frames"], styled["size"]) == (12, (64, 48))
+    assert styled["times"] == original["times"]
+    assert styled["audio_durations"] == pytest.approx(original["audio_durations"], abs=0.05)
+    assert abs(styled["pixels"].astype(int) - original["pixels"]).mean() > 10  # stylized, not copied
+
+    status = json.loads(fleet.cli("status", job_id, "--json").stdout)
+    assert (status["state"], status["frames_done"], status["attempts"], status["worker"]) == (SUCCEEDED, 12, 1, worker_name)
+    listed = json.loads(fleet.cli("list", "--state", "succeeded", "--json").stdout)
+    assert job_id in [job["id"] for job in listed]
+    live = {w["name"]: w for w in json.loads(fleet.cli("workers", "--json").stdout)}
+    assert (live[worker_name]["device"], live[worker_name]["queues"]) == ("cpu", fleet.queue)
+    assert sorted(p.name for p in fleet.storage.iterdir()) == ["movie.mp4", f"movie.{TEST_STYLE}.mp4"]
+
+
+def test_submit_wait_follows_a_photo_to_its_end(fleet: Fleet) -> None:
+    fleet.start_worker("w1")
+    Image.fromarray(np.full((40, 60, 3), 120, np.uint8)).save(fleet.storage / "photo.png")
+    result = fleet.cli("submit", fleet.storage / "photo.png", "--style", TEST_STYLE, "--queue", fleet.queue, "--wait")
+    assert result.returncode == 0, result.stderr
+    job_id, output = result.stdout.split()
+    assert output == str(fleet.storage / f"photo.{TEST_STYLE}.png")
+    with Image.open(output) as image:
+        assert image.size == (60, 40)
+
+
+def test_an_unreachable_server_gives_one_line_within_seconds(fleet: Fleet) -> None:
+    closed = f"redis://:secret@127.0.0.1:{free_port()}/0"
+    for command in (["status", "abc123"], ["list"], ["workers"]):
+        started = time.monotonic()
+        result = fleet.cli(*command, env={**os.environ, "VIDSTYLE_BROKER_URL": closed})
+        assert time.monotonic() - started < 10
+        assert_clean_failure(result, "cannot reach the job store", "127.0.0.1")
+        assert "secret" not in result.stderr
+
+    # The job store answers but the broker does not: nothing is left behind.
+    source = tiny_clip(fleet.storage / "unsent.mp4")
+    started = time.monotonic()
+    result = fleet.cli("submit", source, "--style", TEST_STYLE,
+                       env={**os.environ, "VIDSTYLE_BROKER_URL": closed, "VIDSTYLE_RESULT_URL": fleet.redis_server.url})
+    assert time.monotonic() - started < 20  # including the import of torch to check the style
+    assert_clean_failure(result, "cannot reach the broker")
+    assert not [job for job in fleet.store.recent(1000) if job.input == "unsent.mp4"]
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("absolute", "outside the storage root"),
+    ("dotdot", "outside the storage root"),
+    ("symlink", "outside the storage root"),
+    ("missing", "not found"),
+    ("unknown-style", "unknown style"),
+    ("weights-file", "installed style"),
+    ("output-exists", "--force"),
+])
+def test_submit_refuses_at_once_what_it_can_know(fleet: Fleet, tmp_path: Path, case: str, expected: str) -> None:
+    outside = tiny_clip(tmp_path / "outside.mp4", frames=2)
+    inside = tiny_clip(fleet.storage / "inside.mp4", frames=2)
+    (fleet.storage / "escape.mp4").symlink_to(outside)
+    (fleet.storage / f"inside.{TEST_STYLE}.mp4").write_bytes(b"keep me")
+    source, style = {
+        "absolute": (outside, TEST_STYLE),
+        "dotdot": (fleet.storage / ".." / "outside.mp4", TEST_STYLE),
+        "symlink": (fleet.storage / "escape.mp4", TEST_STYLE),
+        "missing": (fleet.storage / "missing.mp4", TEST_STYLE),
+        "unknown-style": (inside, "no-such-style"),
+        "weights-file": (inside, str(tmp_path / "my.pth")),
+        "output-exists": (inside, TEST_STYLE),
+    }[case]
+    assert_clean_failure(fleet.cli("submit", source, "--style", style, "--queue", fleet.queue), expected)
+    assert fleet.queued_messages() == 0
+    assert (fleet.storage / f"inside.{TEST_STYLE}.mp4").read_bytes() == b"keep me"
+
+
+def test_bad_input_fails_with_its_reason_and_the_worker_keeps_serving(fleet: Fleet, tmp_path: Path) -> None:
+    worker, _ = fleet.start_worker("w1")
+    outside = tiny_clip(tmp_path / "outside.mp4", frames=2)
+    (fleet.storage / "escape.mp4").symlink_to(outside)
+    expected = {
+        fleet.submit(_not_a_video(fleet.storage / "notes.mp4")): "not a video",
+        fleet.submit(_audio_only(fleet.storage / "song.m4a")): "no video stream",
+        fleet.submit(_truncated(fleet.storage / "cut.mp4")): "corrupt",
+        fleet.enqueue_unchecked(str(outside)): "not inside the storage root",
+        fleet.enqueue_unchecked("../outside.mp4"): "not inside the storage root",
+        fleet.enqueue_unchecked("escape.mp4"): "outside the storage root through a symlink",
+        fleet.enqueue_unchecked("notes.mp4", style="no-such-style"): "unknown style",
+    }
+    good = fleet.submit(tiny_clip(fleet.storage / "good.mp4"))
+    jobs = fleet.wait_for([*expected, good])
+
+    for job_id, reason in expected.items():
+        assert (jobs[job_id].state, jobs[job_id].attempts) == (FAILED, 1), jobs[job_id]  # no retries for bad input
+        assert reason in jobs[job_id].error
+    assert jobs[good].state == SUCCEEDED
+    assert worker.poll() is None
+    assert decode(fleet.storage / f"good.{TEST_STYLE}.mp4")["frames"] == 12
+    assert not list(fleet.storage.glob(".*partial*")) and not (fleet.storage / "out.mp4").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["outside.mp4"]  # nothing written beside it
+
+    watched = fleet.cli("watch", next(iter(expected)))
+    assert_clean_failure(watched, "failed", "not a video")
+
+
+def test_cancel_a_running_and_a_queued_job(fleet: Fleet) -> None:
+    fleet.start_worker("w1")
+    running = fleet.submit(long_clip(fleet.storage / "long.mp4"), batch_size=1)
+    fleet.wait_running(running)
+    queued = fleet.submit(tiny_clip(fleet.storage / "next.mp4"))
+
+    assert fleet.cli("cancel", queued).returncode == 0
+    assert fleet.store.get(queued).state == CANCELLED  # at once: no worker had it
+    assert fleet.cli("cancel", running).returncode == 0
+    watched = fleet.cli("watch", running)
+    assert watched.returncode == 3, watched.stderr
+    assert watched.stderr.strip().endswith(f"vidstyle: job {running} was cancelled")
+
+    # The worker passes over the cancelled message and serves the next job.
+    after = fleet.submit(tiny_clip(fleet.storage / "after.mp4"))
+    assert fleet.wait_for([after])[after].state == SUCCEEDED
+    assert fleet.store.get(queued).attempts == 0
+    assert sorted(p.name for p in fleet.storage.iterdir()) == ["after.mp4", f"after.{TEST_STYLE}.mp4", "long.mp4", "next.mp4"]
+    assert_clean_failure(fleet.cli("cancel", running), "already cancelled")
+
+
+def test_a_job_outlasting_the_time_limit_fails_and_leaves_nothing(fleet: Fleet) -> None:
+    fleet.start_worker("w1", VIDSTYLE_JOB_TIME_LIMIT="3")
+    job_id = fleet.submit(long_clip(fleet.storage / "long.mp4"), batch_size=1)
+    job = fleet.wait_for([job_id])[job_id]
+    assert job.state == FAILED and "time limit" in job.error
+    assert [p.name for p in fleet.storage.iterdir()] == ["long.mp4"]
+
+
+def test_a_killed_worker_s_job_is_finished_by_another(fleet: Fleet) -> None:
+    first, first_name = fleet.start_worker("w1")
+    # A frame a batch: the worker dies after its first of 40 frames, whatever the CPU's speed.
+    job_id = fleet.submit(tiny_clip(fleet.storage / "clip.mp4", frames=40), batch_size=1)
+    fleet.wait_running(job_id)
+    fleet.kill(first)  # SIGKILL to the worker and its pool: as if the node died
+    assert fleet.store.get(job_id).state == RUNNING
+
+    # Redis hands the unacknowledged job out again once its visibility timeout has passed.
+    _, second_name = fleet.start_worker("w2", VIDSTYLE_VISIBILITY_TIMEOUT="1")
+    job = fleet.wait_for([job_id])[job_id]
+    assert (job.state, job.attempts, job.worker) == (SUCCEEDED, 2, second_name)
+    assert decode(fleet.storage / f"clip.{TEST_STYLE}.mp4")["frames"] == 40
+    assert sorted(p.name for p in fleet.storage.iterdir()) == ["clip.mp4", f"clip.{TEST_STYLE}.mp4"]
+    assert first_name not in [w.name for w in fleet.store.live_workers()]
+
+
+def test_queued_jobs_survive_a_redis_restart(fleet: Fleet) -> None:
+    if not fleet.redis_server.restartable:
+        pytest.skip("VIDSTYLE_TEST_REDIS_URL names a server these tests did not start, so they do not restart it")
+    job_ids = [fleet.submit(tiny_clip(fleet.storage / f"clip{i}.mp4")) for i in range(3)]
+    fleet.redis_server.restart()
+    assert fleet.queued_messages() == 3
+
+    fleet.start_worker("w1")
+    jobs = fleet.wait_for(job_ids)
+    assert [(job.state, job.attempts) for job in jobs.values()] == [(SUCCEEDED, 1)] * 3
+    for i in range(3):
+        assert decode(fleet.storage / f"clip{i}.{TEST_STYLE}.mp4")["frames"] == 12
+
+
+def test_twenty_jobs_on_two_workers_each_run_once(fleet: Fleet) -> None:
+    sources = [tiny_clip(fleet.storage / f"clip{i:02d}.mp4") for i in range(20)]
+    names = [fleet.start_worker(name)[1] for name in ("w1", "w2")]
+    job_ids = [fleet.submit(source) for source in sources]
+
+    jobs = fleet.wait_for(job_ids, timeout=300)
+    assert [(job.state, job.attempts) for job in jobs.values()] == [(SUCCEEDED, 1)] * 20
+    assert {job.worker for job in jobs.values()} == set(names)  # prefetch 1: the second worker got its share
+    outputs = sorted(fleet.storage.glob(f"*.{TEST_STYLE}.mp4"))
+    assert [p.name for p in outputs] == [f"clip{i:02d}.{TEST_STYLE}.mp4" for i in range(20)]
+    assert all(decode(p)["frames"] == 12 for p in outputs)
+    assert len(list(fleet.storage.iterdir())) == 40

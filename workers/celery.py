@@ -1,0 +1,16 @@
+"""The Celery app (`celery -A workers worker` finds it here), configured by workers.celeryconfig."""
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+from workers.heartbeat import Heartbeat
+
+# Workers fork their pool processes: asking whether CUDA is there must not
+# initialise it in the parent (children could not use it), so ask NVML instead.
+os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+
+app = Celery("vidstyle", include=["workers.tasks"])
+app.config_from_object("workers.celeryconfig")
+app.steps["worker"].add(Heartbeat)

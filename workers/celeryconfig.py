@@ -1,0 +1,48 @@
+"""Celery settings for the fleet, from vidstyle's settings (environment, else the config file).
+
+Why each matters for long GPU jobs on a Redis broker:
+- acks_late + reject_on_worker_lost: a job is acknowledged only when it ends, so
+  one on a worker that dies goes back to the queue instead of being lost;
+- prefetch multiplier 1: a worker holds only the jobs it is running, and the
+  rest stay in the queue for idle workers;
+- visibility timeout: Redis hands an unacknowledged job to another worker after
+  this long, so it must exceed the longest job (the hard time limit), or a job
+  still running would be started twice;
+- short connect timeouts and few publish retries: a client facing an
+  unreachable broker says so within seconds instead of hanging.
+"""
+from __future__ import annotations
+
+from vidstyle.jobs import DEFAULT_QUEUE, seconds_setting
+from vidstyle.jobs import broker_url as configured_broker_url
+
+TASK_NAME = "vidstyle.stylize"
+DEFAULT_TIME_LIMIT_SECONDS = 4 * 3600
+
+broker_url = configured_broker_url()
+task_serializer = result_serializer = event_serializer = "json"
+accept_content = ["json"]  # pickle would let whoever can write to the broker run code on workers
+task_ignore_result = True  # outcomes live in the job records (vidstyle.jobs), not in Celery results
+
+task_default_queue = DEFAULT_QUEUE  # the GPU work queue
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+# A job whose broker connection drops will be redelivered anyway: stop it rather than run it twice.
+worker_cancel_long_running_tasks_on_connection_loss = True
+
+task_time_limit = seconds_setting("VIDSTYLE_JOB_TIME_LIMIT", DEFAULT_TIME_LIMIT_SECONDS)
+task_soft_time_limit = task_time_limit - min(60.0, task_time_limit / 10)  # time to clean up the partial output
+_visibility_timeout = seconds_setting("VIDSTYLE_VISIBILITY_TIMEOUT", task_time_limit + 300)
+
+broker_connection_timeout = 3
+broker_connection_retry_on_startup = True  # a worker that boots before Redis waits for it
+broker_transport_options = {
+    "visibility_timeout": _visibility_timeout,
+    "socket_connect_timeout": 3,
+    "socket_timeout": 30,
+    # Look for jobs of dead workers every 10 s (default ~100 s) once their visibility timeout has passed.
+    "unacked_restore_interval": 10,
+    "unacked_restore_throttle": 1,
+}
+task_publish_retry_policy = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}

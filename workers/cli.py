@@ -1,0 +1,213 @@
+"""Fleet commands: `vidstyle status/watch/list/cancel/workers/worker`, and
+`vidstyle submit` when a broker is configured.
+
+Only Redis is needed to follow jobs, so these import neither torch nor the
+Celery app until a command needs them: they answer at once.
+"""
+from __future__ import annotations
+
+import datetime
+import functools
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+import redis
+from kombu.exceptions import OperationalError
+from kombu.utils.url import maybe_sanitize_url
+from tqdm import tqdm
+
+from vidstyle.errors import VidstyleError
+from vidstyle.jobs import (CANCELLED, DEFAULT_QUEUE, FAILED, FINAL_STATES, RUNNING, STATES, SUCCEEDED, Job, JobStore,
+                           broker_url, job_store_url)
+
+# Exit status of `watch` and `submit --wait`: how the job ended. 2 is click's usage error.
+EXIT_CODES = {SUCCEEDED: 0, FAILED: 1, CANCELLED: 3}
+POLL_SECONDS = 0.25
+
+
+def reports_unreachable_servers(command: Callable) -> Callable:
+    """Connection trouble with Redis becomes one line naming the server (password masked)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise VidstyleError(f"cannot reach the job store at {maybe_sanitize_url(job_store_url())}: {exc}") from exc
+        except redis.RedisError as exc:
+            raise VidstyleError(f"job store at {maybe_sanitize_url(job_store_url())}: {exc}") from exc
+        except OperationalError as exc:
+            raise VidstyleError(f"cannot reach the broker at {maybe_sanitize_url(broker_url())}: {exc}") from exc
+
+    return wrapper
+
+
+def json_option(command: Callable) -> Callable:
+    return click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")(command)
+
+
+def _when(timestamp: float) -> str:
+    return datetime.datetime.fromtimestamp(timestamp).isoformat(" ", "seconds") if timestamp else "-"
+
+
+def _progress(job: Job) -> str:
+    if not job.frames_total:
+        return "-"
+    return f"{job.frames_done}/{job.frames_total} ({100 * job.frames_done // job.frames_total}%)"
+
+
+def exit_with_outcome(job: Job) -> None:
+    if job.state == FAILED:
+        raise VidstyleError(f"job {job.id} failed: {job.error}")
+    if job.state == CANCELLED:
+        click.echo(f"vidstyle: job {job.id} was cancelled", err=True)
+    sys.exit(EXIT_CODES[job.state])
+
+
+def follow(store: JobStore, job_id: str, as_json: bool) -> Job:
+    """Poll the job until it ends: a progress bar, or with `as_json` one JSON line per change."""
+    job, shown = store.get(job_id), None
+    with tqdm(total=job.frames_total or None, unit="frame", desc=job_id, disable=as_json) as bar:
+        while True:
+            if as_json and job != shown:
+                click.echo(json.dumps(job.to_dict()))
+                shown = job
+            if job.frames_done < bar.n:  # a redelivered job starts again from its first frame
+                bar.reset(total=job.frames_total or None)
+            bar.total = job.frames_total or bar.total
+            bar.update(job.frames_done - bar.n)
+            bar.set_postfix_str(f"{job.state}" + (f" on {job.worker}" if job.worker else ""))
+            if job.state in FINAL_STATES:
+                return job
+            time.sleep(POLL_SECONDS)
+            job = store.get(job_id)
+
+
+@reports_unreachable_servers
+def submit_to_fleet(input_path: Path, style: str, *, output: Path | None, batch_size: int | None, codec: str,
+                    crf: int, preset: str, force: bool, queue: str, wait: bool, as_json: bool) -> None:
+    """`vidstyle submit` with a broker: queue the job, print its id, and with `wait` follow it."""
+    from vidstyle.pipeline import EncodeOptions
+    from workers.client import submit_job  # torch (to check the style) and Celery: only here
+
+    job = submit_job(input_path, style, output=output, encode=EncodeOptions(codec=codec, crf=crf, preset=preset),
+                     batch_size=batch_size, queue=queue, force=force)
+    if not wait:
+        click.echo(json.dumps(job.to_dict()) if as_json else job.id)
+        return
+    if not as_json:
+        click.echo(job.id)
+    job = follow(JobStore.from_settings(), job.id, as_json)
+    if job.state == SUCCEEDED and not as_json:
+        from workers.storage import storage_root
+
+        click.echo(str(storage_root() / job.output))
+    exit_with_outcome(job)
+
+
+@click.command()
+@click.argument("job_id", metavar="JOB")
+@json_option
+@reports_unreachable_servers
+def status(job_id: str, as_json: bool) -> None:
+    """Show one job: state, progress, worker, error."""
+    job = JobStore.from_settings().get(job_id)
+    if as_json:
+        click.echo(json.dumps(job.to_dict()))
+        return
+    rows = {
+        "job": job.id, "state": job.state, "progress": _progress(job),
+        "speed": f"{job.fps:.1f} fps, ETA {job.eta_seconds:.0f} s" if job.state == RUNNING else "-",
+        "input": job.input, "output": job.output, "style": job.style, "queue": job.queue,
+        "worker": job.worker or "-", "attempts": str(job.attempts), "error": job.error or "-",
+        "created": _when(job.created_at), "started": _when(job.started_at), "finished": _when(job.finished_at),
+    }
+    for name, value in rows.items():
+        click.echo(f"{name + ':':<10} {value}")
+
+
+@click.command()
+@click.argument("job_id", metavar="JOB")
+@json_option
+@reports_unreachable_servers
+def watch(job_id: str, as_json: bool) -> None:
+    """Follow a job with a progress bar until it ends.
+
+    Exit status: 0 succeeded, 1 failed (or an error), 3 cancelled."""
+    exit_with_outcome(follow(JobStore.from_settings(), job_id, as_json))
+
+
+@click.command(name="list")
+@click.option("--state", "states", multiple=True, type=click.Choice(STATES), help="Only jobs in this state (repeatable).")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1), help="At most this many, newest first.")
+@json_option
+@reports_unreachable_servers
+def list_jobs(states: tuple[str, ...], limit: int, as_json: bool) -> None:
+    """List recent jobs, newest first."""
+    jobs = JobStore.from_settings().recent(limit, states)
+    if as_json:
+        click.echo(json.dumps([job.to_dict() for job in jobs]))
+        return
+    click.echo(f"{'JOB':<12}  {'STATE':<9}  {'PROGRESS':<18}  {'STYLE':<12}  {'WORKER':<24}  {'CREATED':<19}  INPUT")
+    for job in jobs:
+        click.echo(f"{job.id:<12}  {job.state:<9}  {_progress(job):<18}  {job.style:<12}  {job.worker or '-':<24}  "
+                   f"{_when(job.created_at):<19}  {job.input}")
+
+
+@click.command()
+@click.argument("job_id", metavar="JOB")
+@json_option
+@reports_unreachable_servers
+def cancel(job_id: str, as_json: bool) -> None:
+    """Cancel a job: a queued one at once, a running one after its current batch (its partial output is removed)."""
+    job = JobStore.from_settings().cancel(job_id)
+    if as_json:
+        click.echo(json.dumps(job.to_dict()))
+    elif job.state == CANCELLED:
+        click.echo(f"{job.id} cancelled")
+    else:
+        click.echo(f"{job.id} cancelling: {job.worker} stops it after the current batch")
+
+
+@click.command()
+@json_option
+@reports_unreachable_servers
+def workers(as_json: bool) -> None:
+    """List the live workers: device, queues and the jobs they are running."""
+    found = JobStore.from_settings().live_workers()
+    if as_json:
+        click.echo(json.dumps([w.to_dict() for w in found]))
+        return
+    if not found:
+        click.echo("no live workers")
+        return
+    click.echo(f"{'WORKER':<32}  {'DEVICE':<8}  {'QUEUES':<16}  {'PROCS':>5}  {'SEEN':<8}  JOBS")
+    for w in found:
+        seen = f"{time.time() - w.seen_at:.0f} s ago"
+        click.echo(f"{w.name:<32}  {w.device:<8}  {w.queues:<16}  {w.concurrency:>5}  {seen:<8}  {','.join(w.jobs) or '-'}")
+
+
+@click.command()
+@click.option("--device", help="cpu, cuda or cuda:N for this worker's networks [default: cuda when available].")
+@click.option("--queues", "-Q", default=DEFAULT_QUEUE, show_default=True, help="Comma-separated queues to take jobs from.")
+@click.option("--concurrency", "-c", default=1, show_default=True, type=click.IntRange(1),
+              help="Jobs at once (pool processes); one per GPU is usual.")
+@click.option("--name", "-n", help="Worker name, NAME@HOST (%h is this host) [default: vidstyle[-DEVICE]@%h].")
+@click.option("--loglevel", "-l", default="INFO", show_default=True)
+def worker(device: str | None, queues: str, concurrency: int, name: str | None, loglevel: str) -> None:
+    """Run a worker that takes jobs from the broker (plain `celery -A workers worker` works too)."""
+    broker_url()  # a clear line, not Celery's default of a local AMQP server
+    if device:
+        os.environ["VIDSTYLE_DEVICE"] = device  # read by the pool processes, which inherit it
+    from workers.celery import app
+    from workers.heartbeat import worker_device
+
+    worker_device()  # a bad or missing device: one line now, not a traceback from every job
+    name = name or f"vidstyle{'-' + device.replace(':', '') if device else ''}@%h"
+    app.worker_main(["worker", f"--queues={queues}", f"--concurrency={concurrency}", f"--hostname={name}",
+                     f"--loglevel={loglevel}"])

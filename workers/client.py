@@ -1,0 +1,55 @@
+"""Submitting a job to the fleet: check what the client can know, record the job, enqueue it."""
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from kombu.exceptions import OperationalError
+
+from vidstyle.errors import VidstyleError
+from vidstyle.jobs import DEFAULT_QUEUE, Job, JobStore
+from vidstyle.pipeline import EncodeOptions, default_output_path
+from vidstyle.styles import find_style
+from workers.celery import app
+from workers.celeryconfig import TASK_NAME
+from workers.storage import relative_to_storage, storage_root
+
+
+def submit_job(
+    input_path: Path,
+    style: str,
+    *,
+    output: Path | None = None,
+    encode: EncodeOptions = EncodeOptions(),
+    batch_size: int | None = None,
+    queue: str = DEFAULT_QUEUE,
+    force: bool = False,
+) -> Job:
+    """Queue `input_path` (under the storage root) for stylizing and return the job record."""
+    root = storage_root()
+    input_name = relative_to_storage(input_path, root)
+    if not (root / input_name).is_file():
+        raise VidstyleError(f"input not found: {input_path}")
+    if style.endswith(".pth") or os.sep in style:
+        raise VidstyleError(f"with a broker, --style names an installed style (see `vidstyle styles`), not a file: {style}")
+    chosen = find_style(style)
+    output = output or default_output_path(input_path, chosen.name)
+    output_name = relative_to_storage(output, root)
+    if (root / output_name).exists() and not force:
+        raise VidstyleError(f"output exists: {output} (use --force to overwrite)")
+    job = Job(id=secrets.token_hex(6), input=input_name, output=output_name, style=style, queue=queue,
+              codec=encode.codec, crf=encode.crf, preset=encode.preset, batch_size=batch_size or 0)
+    store = JobStore.from_settings()
+    store.create(job)
+    enqueue(job, store)
+    return job
+
+
+def enqueue(job: Job, store: JobStore) -> None:
+    """Publish the job's message; a job that could not be queued is no job at all."""
+    try:
+        app.send_task(TASK_NAME, args=[job.id], task_id=job.id, queue=job.queue)
+    except OperationalError:
+        store.delete(job.id)
+        raise
