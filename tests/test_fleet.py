@@ -133,6 +133,7 @@ def test_submit_watch_and_decode_the_output(fleet: Fleet) -> None:
 
     watched = fleet.cli("watch", job_id)
     assert watched.returncode == 0, watched.stderr
+    assert f"{job_id}: 100%" in watched.stderr  # the bar reached its end
 
     original, styled = decode(source), decode(fleet.storage / f"movie.{TEST_STYLE}.mp4")
     assert (styled["frames"], styled["size"]) == (12, (64, 48))
@@ -142,6 +143,7 @@ def test_submit_watch_and_decode_the_output(fleet: Fleet) -> None:
 
     status = json.loads(fleet.cli("status", job_id, "--json").stdout)
     assert (status["state"], status["frames_done"], status["attempts"], status["worker"]) == (SUCCEEDED, 12, 1, worker_name)
+    assert [json.loads(line)["state"] for line in fleet.cli("watch", job_id, "--json").stdout.splitlines()] == [SUCCEEDED]
     listed = json.loads(fleet.cli("list", "--state", "succeeded", "--json").stdout)
     assert job_id in [job["id"] for job in listed]
     live = {w["name"]: w for w in json.loads(fleet.cli("workers", "--json").stdout)}

@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
@@ -69,23 +69,35 @@ def exit_with_outcome(job: Job) -> None:
     sys.exit(EXIT_CODES[job.state])
 
 
+def poll(store: JobStore, job_id: str) -> Iterator[Job]:
+    """The job's record a few times a second, up to the one that says it ended."""
+    while True:
+        job = store.get(job_id)
+        yield job
+        if job.state in FINAL_STATES:
+            return
+        time.sleep(POLL_SECONDS)
+
+
 def follow(store: JobStore, job_id: str, as_json: bool) -> Job:
-    """Poll the job until it ends: a progress bar, or with `as_json` one JSON line per change."""
-    job, shown = store.get(job_id), None
-    with tqdm(total=job.frames_total or None, unit="frame", desc=job_id, disable=as_json) as bar:
-        while True:
-            if as_json and job != shown:
+    """Follow the job until it ends: a progress bar, or with `as_json` one JSON line per change."""
+    if as_json:
+        shown = None
+        for job in poll(store, job_id):
+            if job != shown:
                 click.echo(json.dumps(job.to_dict()))
                 shown = job
+        return job
+    with tqdm(unit="frame", desc=job_id) as bar:
+        for job in poll(store, job_id):
             if job.frames_done < bar.n:  # a redelivered job starts again from its first frame
-                bar.reset(total=job.frames_total or None)
+                bar.reset()
             bar.total = job.frames_total or bar.total
+            postfix = job.state + (f" on {job.worker}" if job.worker else "")
+            if postfix != bar.postfix:
+                bar.set_postfix_str(postfix)
             bar.update(job.frames_done - bar.n)
-            bar.set_postfix_str(f"{job.state}" + (f" on {job.worker}" if job.worker else ""))
-            if job.state in FINAL_STATES:
-                return job
-            time.sleep(POLL_SECONDS)
-            job = store.get(job_id)
+    return job
 
 
 @reports_unreachable_servers
@@ -209,5 +221,7 @@ def worker(device: str | None, queues: str, concurrency: int, name: str | None, 
 
     worker_device()  # a bad or missing device: one line now, not a traceback from every job
     name = name or f"vidstyle{'-' + device.replace(':', '') if device else ''}@%h"
+    # Mingle and gossip sync revocations and events between workers; the fleet uses neither
+    # (cancellation and presence live in the job store), and mingle costs a second at start.
     app.worker_main(["worker", f"--queues={queues}", f"--concurrency={concurrency}", f"--hostname={name}",
-                     f"--loglevel={loglevel}"])
+                     f"--loglevel={loglevel}", "--without-mingle", "--without-gossip"])
