@@ -32,7 +32,8 @@ worker_prefetch_multiplier = 1
 worker_cancel_long_running_tasks_on_connection_loss = True
 
 task_time_limit = seconds_setting("VIDSTYLE_JOB_TIME_LIMIT", DEFAULT_TIME_LIMIT_SECONDS)
-task_soft_time_limit = task_time_limit - min(60.0, task_time_limit / 10)  # time to clean up the partial output
+# The soft limit stops the job cleanly (its partial output removed) a minute, or half the limit, before the kill.
+task_soft_time_limit = task_time_limit - min(60.0, task_time_limit / 2)
 _visibility_timeout = seconds_setting("VIDSTYLE_VISIBILITY_TIMEOUT", task_time_limit + 300)
 
 broker_connection_timeout = 3

@@ -103,7 +103,7 @@ def _record_quietly(method, job_id: str, *args: str) -> None:
 
 @app.task(
     bind=True, base=JobTask, name=TASK_NAME,
-    throws=(VidstyleError,),  # expected failures: logged without a traceback
+    throws=(VidstyleError, SoftTimeLimitExceeded),  # expected failures: logged without a traceback
     autoretry_for=TRANSIENT_ERRORS, dont_autoretry_for=PERMANENT_OS_ERRORS,
     retry_backoff=5, retry_backoff_max=300, retry_jitter=True, max_retries=5,
 )
