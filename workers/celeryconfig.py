@@ -28,6 +28,7 @@ task_default_queue = DEFAULT_QUEUE  # the GPU work queue
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
+worker_concurrency = 1  # a job at a time: one network fills a GPU (`vidstyle worker -c N` for more)
 # A job whose broker connection drops will be redelivered anyway: stop it rather than run it twice.
 worker_cancel_long_running_tasks_on_connection_loss = True
 
