@@ -19,6 +19,7 @@ from PIL import Image
 
 from conftest import TEST_STYLE, RedisServer, decode, free_port, wait_until
 from test_cli import _audio_only, _not_a_video, _truncated, assert_clean_failure
+from vidstyle.errors import VidstyleError
 from vidstyle.jobs import CANCELLED, FAILED, FINAL_STATES, RUNNING, SUCCEEDED, Job, JobStore, connect
 from vidstyle.sample import make_sample_video
 
@@ -204,9 +205,16 @@ def test_submit_refuses_at_once_what_it_can_know(fleet: Fleet, tmp_path: Path, c
         "weights-file": (inside, str(tmp_path / "my.pth")),
         "output-exists": (inside, TEST_STYLE),
     }[case]
-    assert_clean_failure(fleet.cli("submit", source, "--style", style, "--queue", fleet.queue), expected)
+    with pytest.raises(VidstyleError, match=re.escape(expected)):
+        fleet.submit(source, style)
     assert fleet.queued_messages() == 0
     assert (fleet.storage / f"inside.{TEST_STYLE}.mp4").read_bytes() == b"keep me"
+
+
+def test_a_refused_submit_is_one_line(fleet: Fleet, tmp_path: Path) -> None:
+    outside = tiny_clip(tmp_path / "outside.mp4", frames=2)
+    assert_clean_failure(fleet.cli("submit", outside, "--style", TEST_STYLE, "--queue", fleet.queue), "outside the storage root")
+    assert fleet.queued_messages() == 0
 
 
 def test_bad_input_fails_with_its_reason_and_the_worker_keeps_serving(fleet: Fleet, tmp_path: Path) -> None:
