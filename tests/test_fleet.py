@@ -320,3 +320,29 @@ def test_twenty_jobs_on_two_workers_each_run_once(fleet: Fleet) -> None:
     assert [p.name for p in outputs] == [f"clip{i:02d}.{TEST_STYLE}.mp4" for i in range(20)]
     assert all(decode(p)["frames"] == 12 for p in outputs)
     assert len(list(fleet.storage.iterdir())) == 40
+
+
+def test_a_worker_process_keeps_loaded_styles_until_retrained(fleet: Fleet, style_dir: Path) -> None:
+    from workers.tasks import stylizer_for
+
+    first = stylizer_for(TEST_STYLE)
+    assert stylizer_for(TEST_STYLE) is first
+    weights = style_dir / f"{TEST_STYLE}.pth"
+    modified = weights.stat().st_mtime_ns + 1_000_000_000
+    os.utime(weights, ns=(modified, modified))  # as if a new training run had replaced the weights
+    assert stylizer_for(TEST_STYLE) is not first
+
+
+def test_progress_reaches_the_record_a_few_times_a_second_at_most(fleet: Fleet) -> None:
+    from workers.tasks import JobProgress
+
+    job = Job(id="progress-test", input="a.mp4", output="b.mp4", style=TEST_STYLE, queue=fleet.queue,
+              codec="libx264", crf=18, preset="medium")
+    fleet.store.create(job)
+    fleet.store.start(job.id, worker="here")
+    progress = JobProgress(fleet.store, job.id)
+    for done in range(1, 100):  # a burst of batches, far faster than 3 a second
+        progress(done, 100)
+    assert fleet.store.get(job.id).frames_done == 1  # the first is written, the rest of the burst is not
+    progress(100, 100)
+    assert fleet.store.get(job.id).frames_done == 100  # the last one always is
