@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import signal
 from pathlib import Path
 from typing import Iterator
 
@@ -131,4 +132,13 @@ def training_batches(
         # Starting workers draws a seed from this generator; from the global one it
         # would shift the stream that a resumed run restores. (Crops use their own seeds.)
         generator=torch.Generator().manual_seed(seed),
+        worker_init_fn=_leave_signals_to_the_trainer,
     )
+
+
+def _leave_signals_to_the_trainer(worker_id: int) -> None:
+    """Ctrl-C reaches the whole process group; a worker that died of it would
+    crash the trainer before it could save its checkpoint. The trainer stops
+    its workers itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
