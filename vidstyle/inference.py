@@ -115,7 +115,7 @@ def prepare_network(net: TransformerNet, device: torch.device) -> nn.Module:
     return net.to(device=device, memory_format=torch.channels_last)
 
 
-def compile_by_default(device: torch.device) -> bool:
+def compile_by_default() -> bool:
     """torch.compile fuses the normalisation and padding passes around each conv
     (about 1.5x on the CPU) but costs tens of seconds per frame size: on unless
     VIDSTYLE_COMPILE=0."""
@@ -128,7 +128,7 @@ class Stylizer:
     def __init__(self, net: TransformerNet, device: torch.device, compile: bool | None = None):
         self.device = device
         self.net = prepare_network(net, device)
-        if compile if compile is not None else compile_by_default(device):
+        if compile if compile is not None else compile_by_default():
             import torch._inductor.config as inductor_config
 
             inductor_config.freezing = True  # constant-fold the weights into oneDNN's packed layout
