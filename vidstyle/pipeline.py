@@ -246,7 +246,6 @@ def _stylize_video(
             if on_progress and isinstance(item, _FrameBatch):
                 on_progress(done, max(done, info.frames))
         stage.put(stage.stylized, END)
-        threads[-1].join()
     except _Stop:
         pass
     except BaseException as exc:
