@@ -2,13 +2,27 @@
 from __future__ import annotations
 
 from pathlib import Path
+from statistics import median
 
 import click
+import torch
 
 from trainer.train import TrainConfig
 from trainer.train import train as run_training
 from vidstyle.errors import VidstyleError
 
+
+def parse_curriculum(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[tuple[int, int], ...] | None:
+    """"128:2000,256:300" -> ((128, 2000), (256, 300))."""
+    if value is None:
+        return None
+    try:
+        stages = tuple(tuple(int(n) for n in stage.split(":")) for stage in value.split(","))
+    except ValueError:
+        stages = ()
+    if not stages or any(len(stage) != 2 or min(stage) < 1 for stage in stages):
+        raise click.BadParameter("expected SIZE:ITERATIONS[,SIZE:ITERATIONS...], e.g. 128:2000,256:300")
+    return stages
 
 
 @click.command()
@@ -25,6 +39,8 @@ from vidstyle.errors import VidstyleError
 @click.option("--image-size", default=TrainConfig.image_size, type=click.IntRange(min=1), show_default=True, help="Training crop size in pixels.")
 @click.option("--style-size", type=click.IntRange(min=1), help="Resize the style image's long side to this.  [default: 2 * image size]")
 @click.option("--iterations", default=TrainConfig.iterations, type=click.IntRange(min=1), show_default=True)
+@click.option("--curriculum", callback=parse_curriculum,
+              help="Crop size stages SIZE:ITERATIONS,... (e.g. 128:2000,256:300) instead of --image-size and --iterations.")
 @click.option("--batch-size", default=TrainConfig.batch_size, type=click.IntRange(min=1), show_default=True)
 @click.option("--lr", default=TrainConfig.lr, show_default=True)
 @click.option("--content-weight", default=TrainConfig.content_weight, show_default=True)
@@ -42,6 +58,9 @@ from vidstyle.errors import VidstyleError
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for torch.  [default: torch's choice]")
 @click.option("--workers", default=TrainConfig.workers, type=click.IntRange(min=0), show_default=True, help="DataLoader worker processes decoding photos.")
 @click.option("--device", help="torch device.  [default: cuda if available, else cpu]")
+@click.option("--precision", type=click.Choice(["bf16", "fp32"]),
+              help="Run the networks in bfloat16 (autocast; losses stay float32) or float32.  "
+                   "[default: bf16 where the device has it natively]")
 def train(style_image: Path, name: str | None, run_dir: Path | None, output: Path | None, **options: object) -> None:
     """Train a fast style transfer network for STYLE_IMAGE (Johnson et al. 2016).
 
@@ -58,3 +77,74 @@ def train(style_image: Path, name: str | None, run_dir: Path | None, output: Pat
         raise click.ClickException(str(exc)) from exc
     if stopped_by is not None:
         raise SystemExit(128 + stopped_by)  # the shell's convention for "ended by signal N"
+
+
+@click.group("eval")
+def evaluate() -> None:
+    """Measure a style: quality against direct optimisation, and flicker on video."""
+
+
+@evaluate.command()
+@click.option("--style", "-s", "style_name", required=True, help="Style name or .pth weights file.")
+@click.option("--images", required=True, type=click.Path(path_type=Path), help="Folder of photos the style was not trained on.")
+@click.option("--style-image", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The style image it was trained from (checked against the model card's sha256).")
+@click.option("--vgg-weights", type=click.Path(path_type=Path), help="The loss network weights it was trained with.")
+@click.option("--size", default=256, show_default=True, type=click.IntRange(min=16), help="Photos are centre crops of SIZE x SIZE.")
+@click.option("--held-out", type=click.IntRange(min=1),
+              help="Only the last N photos by path: those `vidstyle train --holdout N` left out of the same folder.")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N of the photos (by path).")
+@click.option("--max-iterations", default=300, show_default=True, type=click.IntRange(min=1),
+              help="Give up on L-BFGS after this many iterations.")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for torch.")
+def quality(style_name: str, images: Path, style_image: Path, vgg_weights: Path | None, size: int,
+            held_out: int | None, limit: int | None, max_iterations: int, threads: int | None) -> None:
+    """How many L-BFGS iterations of Gatys et al.'s optimisation the network is worth.
+
+    For each photo: the training objective (content + style + tv, the model
+    card's weights) of the network's output, and the L-BFGS iterations that
+    direct optimisation of the same objective needs to reach it, from white
+    noise and from the photo itself (Johnson et al. 2016, Figure 5).
+    """
+    from trainer.evaluate import evaluate_quality, median_iterations
+    from vidstyle.styles import find_style
+
+    if threads:
+        torch.set_num_threads(threads)
+    style = find_style(style_name)
+    results = evaluate_quality(style, style_image, images, vgg_weights, size=size, limit=limit,
+                               max_iterations=max_iterations, held_out=held_out)
+
+    def shown(count: int | None) -> str:
+        return f">{max_iterations}" if count is None else str(count)
+
+    click.echo(f"{'image':<32} {'objective':>12} {'L-BFGS from noise':>18} {'from content':>13}")
+    for result in results:
+        click.echo(f"{result.image:<32} {result.objective:>12.4g} {shown(result.from_noise):>18} {shown(result.from_content):>13}")
+    noise = median_iterations([r.from_noise for r in results], max_iterations)
+    content = median_iterations([r.from_content for r in results], max_iterations)
+    click.echo(f"{'median':<32} {median(r.objective for r in results):>12.4g} {noise:>18g} {content:>13g}")
+
+
+@evaluate.command()
+@click.argument("video", type=click.Path(path_type=Path))
+@click.option("--style", "-s", "style_name", required=True, help="Style name or .pth weights file.")
+@click.option("--frames", type=click.IntRange(min=2), help="Only the first N frames.")
+@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1))
+@click.option("--device", help="cpu, cuda or cuda:N [default: cuda when available].")
+def flicker(video: Path, style_name: str, frames: int | None, batch_size: int, device: str | None) -> None:
+    """The warping error of VIDEO stylized, relative to the input's own.
+
+    Stylized frame t+1 is warped to frame t along the input's optical flow
+    (OpenCV DIS), occluded pixels are left out by a forward-backward check, and
+    the mean squared difference is divided by the same error of the input
+    frames: 1.0 means no flicker beyond what the input itself changes.
+    """
+    from trainer.evaluate import evaluate_flicker
+    from vidstyle.inference import Stylizer, resolve_device
+    from vidstyle.styles import find_style
+
+    style = find_style(style_name)
+    result = evaluate_flicker(video, Stylizer(style.load_network(), resolve_device(device)), batch_size, frames)
+    click.echo(f"{style.name}: {result.frames} frames, warping error {result.stylized_error:.4g} "
+               f"(input {result.input_error:.4g}), flicker ratio {result.ratio:.3g}")

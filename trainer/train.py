@@ -8,6 +8,7 @@ optimizer, every random generator and the data stream position.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -18,6 +19,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -59,8 +61,12 @@ class TrainConfig:
     name: str
     vgg_weights: Path | None = None
     image_size: int = 256
-    style_size: int | None = None  # long side of the style image; None means 2 * image_size
+    style_size: int | None = None  # long side of the style image; None means 2 * the first crop size
     iterations: int = 40_000  # the paper's: two epochs of COCO at batch 4
+    # (crop size, iterations) per stage, e.g. many cheap small crops and then a few at the size
+    # the style is used at; None means one stage: image_size for iterations.
+    curriculum: tuple[tuple[int, int], ...] | None = None
+    precision: str | None = None  # "bf16" or "fp32"; None: bf16 where the device computes it natively
     batch_size: int = 4
     lr: float = 1e-3
     content_weight: float = 1.0
@@ -77,11 +83,20 @@ class TrainConfig:
     workers: int = 2
     device: str | None = None
 
+    def stages(self) -> tuple[tuple[int, int], ...]:
+        """(crop size, iterations) per stage."""
+        return self.curriculum or ((self.image_size, self.iterations),)
+
+    def schedule(self) -> list[tuple[int, int]]:
+        """(crop size, last iteration of the stage) per stage, iterations counted from 1."""
+        ends = itertools.accumulate(iterations for _, iterations in self.stages())
+        return [(size, end) for (size, _), end in zip(self.stages(), ends)]
+
 
 # Settings a resumed run must share with the checkpoint, or it would not continue the same run.
+# (The crop size schedule must agree up to the checkpoint; later stages may change.)
 RUN_IDENTITY = (
-    "image_size", "batch_size", "lr", "content_weight", "style_weight", "tv_weight",
-    "stability_weight", "holdout", "seed",
+    "batch_size", "lr", "content_weight", "style_weight", "tv_weight", "stability_weight", "holdout", "seed",
 )
 
 
@@ -111,7 +126,10 @@ def train(config: TrainConfig) -> int | None:
     if config.threads:
         torch.set_num_threads(config.threads)
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    style_size = config.style_size or 2 * config.image_size
+    precision = config.precision or ("bf16" if _native_bf16(device) else "fp32")
+    schedule = config.schedule()
+    iterations = schedule[-1][1]
+    style_size = config.style_size or 2 * schedule[0][0]
 
     photos = find_images(config.dataset)
     if config.holdout >= len(photos):
@@ -130,6 +148,7 @@ def train(config: TrainConfig) -> int | None:
         "style_image_sha256": sha256_file(config.style_image),
         "training_images": len(train_paths),
         "vgg_weights": loss_net.description,
+        "precision": precision,
     }
 
     random.seed(config.seed)
@@ -145,7 +164,7 @@ def train(config: TrainConfig) -> int | None:
     log_path = run_dir / "log.jsonl"
     (run_dir / "samples").mkdir(parents=True, exist_ok=True)
     if config.resume:
-        checkpoint = _load_checkpoint(checkpoint_path, identity)
+        checkpoint = _load_checkpoint(checkpoint_path, identity, schedule)
         net.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         _set_rng_states(checkpoint["rng"])
@@ -157,13 +176,13 @@ def train(config: TrainConfig) -> int | None:
 
     weights = {"content": config.content_weight, "style": config.style_weight, "tv": config.tv_weight,
                "stability": config.stability_weight}
-    batches = training_batches(train_paths, config.image_size, config.batch_size, config.seed, images_consumed,
-                               config.workers, pin_memory=device.type == "cuda")
-    progress = tqdm(total=config.iterations, initial=iteration, unit="it", desc=config.name)
+    batches = _scheduled_batches(schedule, iteration, train_paths, config, pin_memory=device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    progress = tqdm(total=iterations, initial=iteration, unit="it", desc=config.name)
     with open(log_path, "a") as log, StopOnSignal() as stop:
         started = time.monotonic() - elapsed_s
-        for iteration, images in zip(range(iteration + 1, config.iterations + 1), batches):
-            terms = _loss_terms(net, loss_net, style_grams, images.to(device), config.stability_weight > 0)
+        for iteration, images in batches:
+            terms = _loss_terms(net, loss_net, style_grams, images.to(device), config.stability_weight > 0, autocast)
             total = sum(weights[name] * value for name, value in terms.items())
             optimizer.zero_grad(set_to_none=True)
             total.backward()
@@ -178,7 +197,7 @@ def train(config: TrainConfig) -> int | None:
             if iteration % config.log_every == 0:
                 log.write(json.dumps({"iteration": iteration, **losses, "elapsed_s": round(elapsed_s, 2)}) + "\n")
                 log.flush()
-            finished = iteration == config.iterations
+            finished = iteration == iterations
             if iteration % config.sample_every == 0 or finished:
                 _save_samples(net, sample_photos, run_dir / "samples" / f"iter_{iteration:06d}.png")
             if iteration % config.checkpoint_every == 0 or finished or stop.signum:
@@ -191,6 +210,7 @@ def train(config: TrainConfig) -> int | None:
                     "rng": _rng_states(),
                     "recent_losses": list(recent),
                     "identity": identity,
+                    "schedule": schedule,
                 })
             if stop.signum:
                 progress.close()
@@ -206,8 +226,10 @@ def train(config: TrainConfig) -> int | None:
         "style_image_sha256": identity["style_image_sha256"],
         "style_size": style_size,
         "dataset": {"name": Path(config.dataset).resolve().name, "images": len(train_paths), "held_out": len(held_out)},
-        "image_size": config.image_size,
+        "image_size": schedule[-1][0],
+        "curriculum": [list(stage) for stage in config.stages()],
         "iterations": iteration,
+        "precision": precision,
         "batch_size": config.batch_size,
         "lr": config.lr,
         "content_weight": config.content_weight,
@@ -220,7 +242,7 @@ def train(config: TrainConfig) -> int | None:
         "wall_time_s": round(elapsed_s, 1),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
         "seed": config.seed,
-        "recipe": _recipe(config, style_size),
+        "recipe": _recipe(config, style_size, precision),
     }
     save_style(net, config.output, card)
     print(f"saved style {config.name}: {config.output}", file=sys.stderr)
@@ -229,21 +251,56 @@ def train(config: TrainConfig) -> int | None:
 
 def _loss_terms(
     net: TransformerNet, loss_net: LossNetwork, style_grams: list[torch.Tensor], images: torch.Tensor,
-    with_stability: bool,
+    with_stability: bool, autocast: torch.autocast,
 ) -> dict[str, torch.Tensor]:
-    """The unweighted loss terms, in the units of trainer.losses."""
-    stylized = net(images)
+    """The unweighted loss terms, in the units of trainer.losses.
+
+    Only the networks run under autocast: the loss terms (Grams above all,
+    sums over 10^4..10^5 products) are computed in float32.
+    """
+    def stylize(x: torch.Tensor) -> torch.Tensor:
+        with autocast:
+            return net(x).float()
+
+    def loss_features(x: torch.Tensor, num_layers: int = len(style_grams)) -> list[torch.Tensor]:
+        with autocast:
+            return [f.float() for f in loss_net(x, num_layers=num_layers)]
+
+    stylized = stylize(images)
     with torch.no_grad():
-        content_target = loss_net(images, num_layers=CONTENT_LAYER + 1)[CONTENT_LAYER]
-    features = loss_net(stylized)
+        content_target = loss_features(images, CONTENT_LAYER + 1)[CONTENT_LAYER]
+    features = loss_features(stylized)
     terms = {
         "content": content_loss(features[CONTENT_LAYER], content_target),
         "style": style_loss(features, style_grams),
         "tv": total_variation(stylized),
     }
     if with_stability:
-        terms["stability"] = stability_loss(net, images, stylized)
+        terms["stability"] = stability_loss(stylize, images, stylized)
     return terms
+
+
+def _scheduled_batches(
+    schedule: list[tuple[int, int]], done: int, paths: list[Path], config: TrainConfig, pin_memory: bool
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """(iteration, batch) from iteration done + 1 to the end of the schedule, each stage at its crop size.
+
+    The stream position is iteration * batch size whatever the stage, so a
+    resumed run sees the photos an uninterrupted one would.
+    """
+    for size, end in schedule:
+        if done >= end:
+            continue
+        batches = training_batches(paths, size, config.batch_size, config.seed, done * config.batch_size,
+                                   config.workers, pin_memory)
+        yield from zip(range(done + 1, end + 1), batches)
+        done = end
+
+
+def _native_bf16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def _save_samples(net: TransformerNet, photos: torch.Tensor, path: Path) -> None:
@@ -280,7 +337,7 @@ def _save_checkpoint(path: Path, checkpoint: dict) -> None:
     os.replace(tmp, path)
 
 
-def _load_checkpoint(path: Path, identity: dict) -> dict:
+def _load_checkpoint(path: Path, identity: dict, schedule: list[tuple[int, int]]) -> dict:
     if not path.is_file():
         raise VidstyleError(f"nothing to resume: no checkpoint {path}")
     try:
@@ -289,9 +346,22 @@ def _load_checkpoint(path: Path, identity: dict) -> dict:
         raise VidstyleError(f"checkpoint {path} is unreadable: {str(exc).splitlines()[0]}") from exc
     changed = [f"{key} {checkpoint['identity'].get(key)!r} (now {value!r})"
                for key, value in identity.items() if checkpoint["identity"].get(key) != value]
+    done = checkpoint["iteration"]
+    if _sizes_until(checkpoint["schedule"], done) != _sizes_until(schedule, done):
+        changed.append(f"crop sizes of iterations 1..{done} (now {_sizes_until(schedule, done)})")
     if changed:
         raise VidstyleError(f"checkpoint {path} belongs to a run with other settings: {'; '.join(changed)}")
     return checkpoint
+
+
+def _sizes_until(schedule: list[tuple[int, int]], iteration: int) -> list[tuple[int, int]]:
+    """The schedule cut at an iteration: what a run that far has trained on."""
+    cut, start = [], 0
+    for size, end in schedule:
+        if start < iteration:
+            cut.append((size, min(end, iteration)))
+        start = end
+    return cut
 
 
 def _truncate_log(path: Path, last_iteration: int) -> None:
@@ -307,11 +377,12 @@ def _truncate_log(path: Path, last_iteration: int) -> None:
     path.write_text("".join(kept))
 
 
-def _recipe(config: TrainConfig, style_size: int) -> str:
+def _recipe(config: TrainConfig, style_size: int, precision: str) -> str:
+    stages = [f"{iterations} iterations at {size} px" for size, iterations in config.stages()]
     text = (f"Johnson et al. (2016) perceptual-loss training of vidstyle's TransformerNet: Adam lr {config.lr}, "
-            f"batch {config.batch_size}, {config.iterations} iterations on random resized crops of "
-            f"{config.image_size} px from {Path(config.dataset).resolve().name} ({config.holdout} photos held out), "
-            f"style image long side {style_size} px, VGG-16 losses.")
+            f"batch {config.batch_size}, random resized crops from {Path(config.dataset).resolve().name} "
+            f"({config.holdout} photos held out): {', then '.join(stages)}; "
+            f"style image long side {style_size} px, VGG-16 losses, networks in {precision}.")
     if config.stability_weight > 0:
         text += (f" Temporal stability term: random affine motion (shift up to {MAX_SHIFT_PX:g} px, "
                  f"zoom up to {MAX_ZOOM:.0%}, rotation up to {MAX_ROTATION_DEG:g} deg) plus Gaussian noise of std {NOISE_STD:g}.")

@@ -18,6 +18,7 @@ from vidstyle.sample import make_sample_video
 # Redis answer at once without them.
 LAZY_COMMANDS = {
     "train": "trainer.cli:train",
+    "eval": "trainer.cli:evaluate",
     "status": "workers.cli:status",
     "watch": "workers.cli:watch",
     "list": "workers.cli:list_jobs",
