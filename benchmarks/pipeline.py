@@ -1,6 +1,6 @@
 """How close the whole video pipeline comes to the speed of the network alone.
 
-    python benchmarks/pipeline.py [--frames 24] [--batch-size 4] [--no-compile] [--device cpu]
+    python benchmarks/pipeline.py [--frames 24] [--batch-size 4] [--no-compile] [--precision auto] [--device cpu]
 
 All figures are measured in one run, at 640x360, on a synthetic sample clip
 (vidstyle.sample.make_sample_video, with audio):
@@ -11,7 +11,9 @@ All figures are measured in one run, at 640x360, on a synthetic sample clip
 2. end-to-end: frames/s of vidstyle.pipeline.stylize_file on the same clip with
    the same (already warm) Stylizer, so compilation is excluded; plus a cold
    first run in a fresh process (fresh compile cache) for the honest total.
-3. their ratio (target >= 0.90), and ours against a reference figure for
+3. the precision the network ran in and, when reduced (bfloat16 on CPUs with
+   native bf16, float16 on CUDA), how far its output is from float32's (PSNR);
+   the ratio of end-to-end to network-only (target >= 0.90), and ours against a reference figure for
    lengstrom/fast-style-transfer's transform_video (a constant from an earlier
    measurement on this machine, not measured here).
 4. peak resident memory of a submit-like run (a child process that builds a
@@ -51,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=None, help="frames per network batch [vidstyle's default for the device]")
     p.add_argument("--no-compile", action="store_true", help="run the network without torch.compile")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N [cpu]")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32"],
+                   help="auto: reduced precision where the device has it natively; fp32: float32 throughout [auto]")
     p.add_argument("--style", default=None, help="use this style's weights instead of random ones")
     p.add_argument("--repeats", type=int, default=3, help="alternating network-only / end-to-end measurements [3]")
     p.add_argument("--rss-frames", type=int, nargs=2, default=(24, 72), metavar=("SHORT", "LONG"),
@@ -176,6 +180,7 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     workdir = Path(tempfile.mkdtemp(prefix="vidstyle-bench-"))
+    os.environ["VIDSTYLE_PRECISION"] = args.precision  # for the child runs too
     # A private compile cache, so the warm-up and the cold first run compile from
     # scratch as on a fresh machine, not from an earlier run's cache.
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(workdir / "inductor-cache"))
@@ -185,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     from tqdm import tqdm
 
-    from vidstyle.inference import Stylizer, default_batch_size, resolve_device
+    from vidstyle.inference import Stylizer, autocast_dtype, default_batch_size, resolve_device
     from vidstyle.pipeline import stylize_file
     from vidstyle.sample import make_sample_video
 
@@ -200,8 +205,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  GPU: {torch.cuda.get_device_name(device)}")
     print(f"  load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     batch_size = args.batch_size or default_batch_size(device, HEIGHT, WIDTH)
+    dtype = autocast_dtype(device)
+    precision = "float32" if dtype is None else f"{str(dtype).removeprefix('torch.')} autocast"
     print(f"  device {device}, {WIDTH}x{HEIGHT}, {args.frames} frames, batch size {batch_size}, "
-          f"compile {'on' if compile else 'off'}, weights {args.style or 'random (seed 0)'}")
+          f"compile {'on' if compile else 'off'}, {precision}, weights {args.style or 'random (seed 0)'}")
     print(flush=True)
 
     clip = make_sample_video(workdir / "clip.mp4", width=WIDTH, height=HEIGHT, frames=args.frames, audio=True)
@@ -275,6 +282,15 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"peak-memory run, {count} frames ({repeat + 1}/{args.rss_repeats}) ...", file=sys.stderr, flush=True)
                 rss[count].append(run_child(args, clips[count], workdir / f"rss-out-{count}.mp4", args.compile_rss, child_env))
 
+    fidelity = None
+    if dtype is not None:
+        # The same frames through the same weights in float32 (eager): what reduced precision changes.
+        import numpy as np
+
+        exact = Stylizer(build_network(args.style), device, compile=False, precision="fp32")(batches[0]).astype(np.float64)
+        error = exact - stylizer(batches[0])
+        fidelity = (10 * np.log10(255 ** 2 / max(np.mean(error ** 2), 1e-12)), np.abs(error).max(), np.mean(error != 0))
+
     net_fps = [n / s for s in net_times]
     e2e_fps = [n / s for s in e2e_times]
     net_best, e2e_best = max(net_fps), max(e2e_fps)
@@ -289,6 +305,9 @@ def main(argv: list[str] | None = None) -> None:
     print("== results (measured in this run unless marked) ==")
     print(f"warm-up (first call{', torch.compile' if compile else ''}): {warmup_s:.1f} s for {len(batches[0])} frames"
           + (f"; +{extra_warmup_s:.1f} s for the last batch of {len(batches[-1])}" if extra_warmup_s else ""))
+    if fidelity is not None:
+        print(f"{precision} vs float32 output: PSNR {fidelity[0]:.1f} dB, max abs difference {fidelity[1]:.0f} levels, "
+              f"{fidelity[2]:.1%} of values differ  ({len(batches[0])} frames)")
     print(f"network-only: {net_best:.2f} frames/s  (best of {len(net_fps)}: {listed(net_fps)}; median {statistics.median(net_fps):.2f})")
     print(f"end-to-end: {e2e_best:.2f} frames/s  (warm Stylizer, best of {len(e2e_fps)}: {listed(e2e_fps)}; "
           f"median {statistics.median(e2e_fps):.2f})")

@@ -125,9 +125,10 @@ def test_styles_path_from_the_config_file(tmp_path: Path, style_dir: Path) -> No
 
 
 def test_interrupted_run_exits_130_and_leaves_nothing(tmp_path: Path) -> None:
-    source = make_sample_video(tmp_path / "long.mp4", width=160, height=120, frames=150)
+    source = make_sample_video(tmp_path / "long.mp4", width=320, height=240, frames=400)
+    # Ctrl-C's default action, even where the suite runs as a background job (which ignores SIGINT).
     child = subprocess.Popen([sys.executable, "-m", "vidstyle.cli", "submit", source, "--style", TEST_STYLE, "--batch-size", "1"],
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob(".long.*.partial-*")):  # the partial output exists: the run is under way
         assert child.poll() is None and time.monotonic() < deadline

@@ -17,9 +17,12 @@ from click.testing import CliRunner
 from PIL import Image
 
 from trainer.cli import train
+from trainer.evaluate import lbfgs_iterations_to_reach
 from trainer.losses import warp
 from trainer.vgg import TORCHVISION_CONVENTION, InputNormalization
 from vidstyle.styles import find_style
+
+from conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 CAFFE_CONVENTION = {"channel_order": "BGR", "range": "0..255", "mean_subtracted_bgr": [103.939, 116.779, 123.68], "std": None}
@@ -163,3 +166,56 @@ def test_warp_by_identity_changes_nothing() -> None:
     assert torch.allclose(warped, images, atol=1e-3) and bool(inside.all())
     shifted, inside = warp(images, torch.tensor([[1.0, 0, 0.5], [0, 1.0, 0]]).expand(2, 2, 3))
     assert not inside.all() and inside.any()
+
+
+def test_curriculum_resumes_across_a_stage_boundary(inputs: dict[str, Path], tmp_path: Path) -> None:
+    def curriculum_args(run_dir: Path, curriculum: str, *extra: str) -> list[str]:
+        args = train_args(inputs, run_dir, 1, "--curriculum", curriculum, *extra)
+        return args[: args.index("--iterations")] + args[args.index("--iterations") + 2 :]
+
+    invoke(curriculum_args(tmp_path / "straight", "32:3,40:3"))
+    # Stopped inside the first stage, then extended by a stage it was not started with.
+    invoke(curriculum_args(tmp_path / "resumed", "32:2"))
+    invoke(curriculum_args(tmp_path / "resumed", "32:3,40:3", "--resume"))
+    assert logged_losses(tmp_path / "resumed") == logged_losses(tmp_path / "straight")
+    card = json.loads((tmp_path / "resumed" / "tiny.json").read_text())
+    assert card["curriculum"] == [[32, 3], [40, 3]] and card["image_size"] == 40 and card["iterations"] == 6
+    assert card["precision"] in ("bf16", "fp32")
+
+    result = CliRunner().invoke(train, curriculum_args(tmp_path / "resumed", "40:6,48:2", "--resume"))
+    assert result.exit_code == 1 and "crop sizes of iterations 1..6" in result.output
+
+
+def test_quality_eval_compares_with_lbfgs(inputs: dict[str, Path], tmp_path: Path) -> None:
+    invoke(train_args(inputs, tmp_path / "run", 2))
+    args = ["eval", "quality", "--style", tmp_path / "run" / "tiny.pth", "--images", inputs["photos"],
+            "--held-out", "2", "--style-image", inputs["style"], "--vgg-weights", inputs["vgg"], "--size", "32",
+            "--max-iterations", "40", "--threads", "1"]
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:2] == ["image", "objective"] and lines[-1].split()[0] == "median"
+    assert [line.split()[0] for line in lines[1:-1]] == ["photo5.png", "photo7.jpg"]  # the 2 held out: last by path
+    for line in lines[1:]:
+        objective, from_noise, from_content = line.split()[1:]
+        assert float(objective) > 0
+        assert from_noise == ">40" or 0 < float(from_noise) <= 40
+
+    other_image = tmp_path / "other.png"
+    Image.new("RGB", (48, 40), "red").save(other_image)
+    result = run_cli(*args[:-8], "--style-image", other_image, *args[-6:])
+    assert result.returncode == 1 and result.stderr.startswith("vidstyle: error:") and "sha256" in result.stderr
+
+
+def test_lbfgs_iteration_count() -> None:
+    target = torch.linspace(0, 1, 16)
+
+    def objective(x: torch.Tensor) -> torch.Tensor:
+        return ((x - target) ** 2).sum() + 0.1 * (x ** 4).sum()
+
+    start = torch.zeros(16)
+    initial = objective(start).item()
+    assert lbfgs_iterations_to_reach(objective, start, initial, 50) == 0
+    assert lbfgs_iterations_to_reach(objective, start, -1.0, 50) is None
+    counts = [lbfgs_iterations_to_reach(objective, start, initial * fraction, 50) for fraction in (0.5, 0.3, 0.2)]
+    assert all(count is not None for count in counts) and 0 < counts[0] <= counts[1] <= counts[2]

@@ -41,6 +41,7 @@ from trainer.losses import (
 )
 from trainer.vgg import CONTENT_LAYER, LossNetwork, load_loss_network
 from vidstyle.errors import VidstyleError
+from vidstyle.inference import has_native_bf16
 from vidstyle.model import TransformerNet
 from vidstyle.styles import save_style
 
@@ -126,7 +127,7 @@ def train(config: TrainConfig) -> int | None:
     if config.threads:
         torch.set_num_threads(config.threads)
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    precision = config.precision or ("bf16" if _native_bf16(device) else "fp32")
+    precision = config.precision or ("bf16" if has_native_bf16(device) else "fp32")
     schedule = config.schedule()
     iterations = schedule[-1][1]
     style_size = config.style_size or 2 * schedule[0][0]
@@ -297,10 +298,6 @@ def _scheduled_batches(
         done = end
 
 
-def _native_bf16(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def _save_samples(net: TransformerNet, photos: torch.Tensor, path: Path) -> None:

@@ -11,7 +11,7 @@ from tqdm import tqdm
 from vidstyle.config import setting
 from vidstyle.errors import VidstyleError
 from vidstyle.jobs import DEFAULT_QUEUE
-from vidstyle.sample import make_sample_video
+from vidstyle.sample import make_camera_video, make_sample_video
 
 # Commands whose modules load only when run (or listed by --help): torch and
 # torchvision take seconds to import, and the fleet commands that only talk to
@@ -56,21 +56,24 @@ def cli() -> None:
 @click.option("--preset", default="medium", show_default=True, help="x264/x265 speed preset.")
 @click.option("--compile/--no-compile", "compile_network", default=None,
               help="torch.compile the network: faster per frame, slower to start [default: on; VIDSTYLE_COMPILE=0 turns it off].")
+@click.option("--precision", type=click.Choice(["auto", "fp32"]),
+              help="auto: float16 on CUDA, bfloat16 on CPUs with native bf16 (faster, ~53 dB from fp32); "
+                   "fp32: float32 throughout [default: VIDSTYLE_PRECISION, else auto].")
 @click.option("--force", "-f", is_flag=True, help="Overwrite an existing output.")
 @click.option("--queue", help=f"With a broker: the queue to put the job on [default: {DEFAULT_QUEUE}].")
 @click.option("--wait", is_flag=True, help="With a broker: follow the job with a progress bar; exit with its outcome.")
 @click.option("--json", "as_json", is_flag=True, help="With a broker: print the job record as JSON.")
 def submit(input_path: Path, style: str, output: Path | None, batch_size: int | None, device: str | None,
-           codec: str, crf: int, preset: str, compile_network: bool | None, force: bool,
+           codec: str, crf: int, preset: str, compile_network: bool | None, precision: str | None, force: bool,
            queue: str | None, wait: bool, as_json: bool) -> None:
     """Stylize a video (or a still image) with a trained style.
 
     With a broker configured (VIDSTYLE_BROKER_URL) the job goes to the worker
     fleet instead: its id is printed at once (see `vidstyle watch`)."""
     if setting("VIDSTYLE_BROKER_URL"):
-        if device or compile_network is not None:
-            raise VidstyleError("with a broker, the device and compilation are worker settings "
-                                "(vidstyle worker --device, VIDSTYLE_COMPILE)")
+        if device or compile_network is not None or precision:
+            raise VidstyleError("with a broker, the device, compilation and precision are worker settings "
+                                "(vidstyle worker --device --precision, VIDSTYLE_COMPILE)")
         from workers.cli import submit_to_fleet
 
         submit_to_fleet(input_path, style, output=output, batch_size=batch_size, codec=codec, crf=crf, preset=preset,
@@ -85,7 +88,7 @@ def submit(input_path: Path, style: str, output: Path | None, batch_size: int | 
 
     chosen = find_style(style)
     output = output or default_output_path(input_path, chosen.name)
-    stylizer = Stylizer(chosen.load_network(), resolve_device(device), compile=compile_network)
+    stylizer = Stylizer(chosen.load_network(), resolve_device(device), compile=compile_network, precision=precision)
     # The bar appears with the first stylized batch, so a run that fails at once shows only its error.
     bar = tqdm(total=0, unit="frame", desc=f"{input_path.name} -> {chosen.name}", delay=0.5, disable=is_image(input_path))
     def on_progress(done: int, total: int) -> None:
@@ -114,12 +117,36 @@ def styles() -> None:
 
 
 @cli.command()
+@click.argument("input_path", metavar="VIDEO_OR_IMAGE", type=click.Path(path_type=Path))
+@click.option("--styles", help="Comma-separated style names or .pth files [default: every installed style].")
+@click.option("--output", "-o", type=click.Path(path_type=Path), help="PNG to write (replaced if it exists) [default: INPUT.preview.png].")
+@click.option("--frames", default=4, show_default=True, type=click.IntRange(1, 16), help="Frames spread over the video.")
+@click.option("--height", default=180, show_default=True, type=click.IntRange(16), help="Thumbnail height in pixels.")
+@click.option("--device", help="cpu, cuda or cuda:N [default: cuda when available].")
+def preview(input_path: Path, styles: str | None, output: Path | None, frames: int, height: int, device: str | None) -> None:
+    """Write a contact sheet: a few frames of the input by every style, to pick one by looking."""
+    from vidstyle.preview import write_preview
+    from vidstyle.styles import available_styles, find_style
+
+    chosen = [find_style(name.strip()) for name in styles.split(",")] if styles else list(available_styles().values())
+    if not chosen:
+        raise VidstyleError("no styles installed to preview")
+    output = output or input_path.with_name(f"{input_path.stem}.preview.png")
+    click.echo(str(write_preview(input_path, output, chosen, frames=frames, thumb_height=height, device=device)))
+
+
+@cli.command()
 @click.argument("output", type=click.Path(path_type=Path))
 @click.option("--size", default="640x360", show_default=True, help="WIDTHxHEIGHT.")
 @click.option("--frames", default=72, show_default=True, type=click.IntRange(1))
 @click.option("--fps", default=24, show_default=True, type=click.IntRange(1))
-def sample(output: Path, size: str, frames: int, fps: int) -> None:
+@click.option("--photo", type=click.Path(path_type=Path),
+              help="Instead: a silent clip of a handheld camera moving over this photo (75% of its size; --size is ignored).")
+def sample(output: Path, size: str, frames: int, fps: int, photo: Path | None) -> None:
     """Write a synthetic sample clip (moving shapes and a 440 Hz tone) to try vidstyle on."""
+    if photo:
+        click.echo(str(make_camera_video(photo, output, frames=frames, fps=fps)))
+        return
     try:
         width, height = (int(v) for v in size.lower().split("x"))
     except ValueError as exc:

@@ -122,10 +122,36 @@ def compile_by_default() -> bool:
     return os.environ.get("VIDSTYLE_COMPILE", "1") != "0"
 
 
+def has_native_bf16(device: torch.device) -> bool:
+    """Whether the device computes bfloat16 convolutions in hardware (CPUs with
+    AVX512-BF16 or AMX, CUDA GPUs from Ampere on), where they are faster than float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def autocast_dtype(device: torch.device, precision: str | None = None) -> torch.dtype | None:
+    """The reduced precision the network runs in, None for float32.
+
+    precision "fp32" forces float32; None or "auto" (VIDSTYLE_PRECISION's
+    default) picks float16 on CUDA (tensor cores) and bfloat16 on CPUs that
+    have it natively: 1.6x faster here, 53 dB PSNR from float32's output.
+    """
+    precision = precision or os.environ.get("VIDSTYLE_PRECISION", "auto")
+    if precision not in ("auto", "fp32"):
+        raise VidstyleError(f"precision must be auto or fp32, not {precision!r}")
+    if precision == "fp32":
+        return None
+    if device.type == "cuda":
+        return torch.float16
+    return torch.bfloat16 if has_native_bf16(device) else None
+
+
 class Stylizer:
     """Applies one style network to batches of uint8 RGB frames."""
 
-    def __init__(self, net: TransformerNet, device: torch.device, compile: bool | None = None):
+    def __init__(self, net: TransformerNet, device: torch.device, compile: bool | None = None,
+                 precision: str | None = None):
         self.device = device
         self.net = prepare_network(net, device)
         if compile if compile is not None else compile_by_default():
@@ -133,8 +159,7 @@ class Stylizer:
 
             inductor_config.freezing = True  # constant-fold the weights into oneDNN's packed layout
             self.net = torch.compile(self.net, dynamic=False)
-        # fp16 halves memory traffic on GPUs with tensor cores; CPUs here lack fast half math.
-        self.autocast_dtype = torch.float16 if device.type == "cuda" else None
+        self.autocast_dtype = autocast_dtype(device, precision)
 
     @torch.inference_mode()
     def __call__(self, frames: np.ndarray) -> np.ndarray:
@@ -151,7 +176,7 @@ class Stylizer:
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             y = self.net(x)
-        y = y[..., :height, :width].clamp_(0, 255).round_().to(torch.uint8)
+        y = y[..., :height, :width].float().clamp_(0, 255).round_().to(torch.uint8)
         return y.permute(0, 2, 3, 1).cpu().numpy()
 
 

@@ -18,6 +18,7 @@ import queue
 import secrets
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -91,18 +92,26 @@ def stylize_file(
         raise VidstyleError(f"output exists: {output_path} (use --force to overwrite)")
     if not output_path.parent.is_dir() or not os.access(output_path.parent, os.W_OK):
         raise VidstyleError(f"cannot write to output directory {output_path.parent} (missing or not writable)")
-    partial = output_path.with_name(f".{output_path.stem}.partial-{partial_token or secrets.token_hex(4)}{output_path.suffix}")
-    try:
+    with partial_file(output_path, partial_token) as partial:
         if is_image(input_path):
             _stylize_image(input_path, partial, output_path.suffix, stylizer)
             if on_progress:
                 on_progress(1, 1)
         else:
             _stylize_video(input_path, partial, stylizer, batch_size, encode, on_progress)
+    return output_path
+
+
+@contextmanager
+def partial_file(output_path: Path, token: str | None = None) -> Iterator[Path]:
+    """A hidden temporary name beside output_path to write to; renamed to
+    output_path when the block completes, removed if it fails."""
+    partial = output_path.with_name(f".{output_path.stem}.partial-{token or secrets.token_hex(4)}{output_path.suffix}")
+    try:
+        yield partial
         os.replace(partial, output_path)
     finally:
         partial.unlink(missing_ok=True)
-    return output_path
 
 
 def _stylize_image(input_path: Path, partial: Path, suffix: str, stylizer: Stylizer) -> None:

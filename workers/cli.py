@@ -211,11 +211,16 @@ def workers(as_json: bool) -> None:
               help="Jobs at once (pool processes); one per GPU is usual.")
 @click.option("--name", "-n", help="Worker name, NAME@HOST (%h is this host) [default: vidstyle[-DEVICE]@%h].")
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
-def worker(device: str | None, queues: str, concurrency: int, name: str | None, loglevel: str) -> None:
+@click.option("--precision", type=click.Choice(["auto", "fp32"]),
+              help="Network precision: auto (fp16 on CUDA, bf16 on CPUs that have it) or fp32 [default: VIDSTYLE_PRECISION, else auto].")
+def worker(device: str | None, queues: str, concurrency: int, name: str | None, loglevel: str, precision: str | None) -> None:
     """Run a worker that takes jobs from the broker (plain `celery -A workers worker` works too)."""
     broker_url()  # a clear line, not Celery's default of a local AMQP server
+    # Read by the pool processes, which inherit the environment.
     if device:
-        os.environ["VIDSTYLE_DEVICE"] = device  # read by the pool processes, which inherit it
+        os.environ["VIDSTYLE_DEVICE"] = device
+    if precision:
+        os.environ["VIDSTYLE_PRECISION"] = precision
     from workers.celery import app
     from workers.heartbeat import worker_device
 

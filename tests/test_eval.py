@@ -1,0 +1,70 @@
+"""The flicker measurement, the camera-move sample clip and the preview contact sheet."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from trainer.evaluate import evaluate_flicker
+from vidstyle.preview import GAP, LABEL_WIDTH
+from vidstyle.sample import make_camera_video
+
+from conftest import TEST_STYLE, decode, run_cli
+
+
+@pytest.fixture(scope="module")
+def camera_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("camera")
+    # Smooth structure at several scales, so the optical flow has something to track.
+    ys, xs = np.mgrid[0:200, 0:280].astype(np.float32)
+    photo = np.stack([128 + 100 * np.sin(xs / 9) * np.cos(ys / 13), 128 + 90 * np.sin((xs + ys) / 21),
+                      128 + 80 * np.cos(xs / 31 - ys / 7)], axis=-1)
+    Image.fromarray(photo.clip(0, 255).astype(np.uint8)).save(folder / "photo.png")
+    return make_camera_video(folder / "photo.png", folder / "camera.mp4", frames=12)
+
+
+def test_camera_clip_moves_over_the_photo(camera_clip: Path) -> None:
+    clip = decode(camera_clip)
+    assert clip["frames"] == 12 and clip["size"] == (210, 150)
+    assert np.abs(clip["pixels"][0].astype(int) - clip["pixels"][-1]).mean() > 10
+
+
+def test_flicker_ratio_is_one_for_the_input_and_grows_with_flicker(camera_clip: Path) -> None:
+    unchanged = evaluate_flicker(camera_clip, lambda frames: frames)
+    assert unchanged.frames == 12 and unchanged.input_error > 0
+    assert unchanged.ratio == pytest.approx(1.0)
+
+    rng = np.random.default_rng(0)
+
+    def flickering(frames: np.ndarray) -> np.ndarray:
+        return (frames + rng.normal(0, 10, frames.shape)).clip(0, 255).astype(np.uint8)
+
+    assert evaluate_flicker(camera_clip, flickering).ratio > 3
+
+
+def test_flicker_cli(camera_clip: Path) -> None:
+    result = run_cli("eval", "flicker", camera_clip, "--style", TEST_STYLE, "--frames", "6")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{TEST_STYLE}: 6 frames, warping error") and "flicker ratio" in result.stdout
+
+
+def test_preview_sheet_has_a_row_per_style(camera_clip: Path, tmp_path: Path) -> None:
+    sheet_path = tmp_path / "sheet.png"
+    result = run_cli("preview", camera_clip, "--styles", f"{TEST_STYLE},{TEST_STYLE}", "-o", sheet_path,
+                     "--frames", "3", "--height", "60")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(sheet_path)
+    sheet = np.asarray(Image.open(sheet_path))
+    thumb_width = round(210 * 60 / 150)
+    assert sheet.shape[:2] == (GAP + 3 * (60 + GAP), LABEL_WIDTH + 3 * (thumb_width + GAP))
+    rows = [sheet[GAP + r * (60 + GAP): GAP + r * (60 + GAP) + 60, LABEL_WIDTH:] for r in range(3)]
+    assert np.abs(rows[0].astype(int) - rows[1]).mean() > 5  # stylized differs from the original
+    assert np.array_equal(rows[1], rows[2])  # the same style twice
+    assert list(tmp_path.iterdir()) == [sheet_path]
+
+
+def test_preview_of_missing_input_is_one_line_error(tmp_path: Path) -> None:
+    result = run_cli("preview", tmp_path / "nothing.mp4", "--styles", TEST_STYLE)
+    assert result.returncode == 1 and result.stderr.strip() == f"vidstyle: error: input not found: {tmp_path / 'nothing.mp4'}"

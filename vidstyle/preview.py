@@ -1,0 +1,82 @@
+"""Contact sheets: a few frames of a video (or one image) by every style, in one PNG.
+
+Frames are stylized at their full size, as `submit` would, and then shrunk:
+stylizing a thumbnail would change the scale of the strokes.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
+from tqdm import tqdm
+
+from vidstyle.errors import VidstyleError
+from vidstyle.inference import Stylizer, resolve_device
+from vidstyle.pipeline import is_image, partial_file, probe_video
+from vidstyle.styles import Style
+
+LABEL_WIDTH = 120
+GAP = 4
+
+
+def sample_frames(path: Path, count: int) -> list[np.ndarray]:
+    """count (H, W, 3) uint8 RGB frames spread evenly over a video, or the image itself."""
+    if is_image(path):
+        try:
+            with Image.open(path) as image:
+                return [np.array(ImageOps.exif_transpose(image).convert("RGB"))]
+        except (UnidentifiedImageError, OSError) as exc:
+            raise VidstyleError(f"not a readable image: {path}") from exc
+    if not path.is_file():
+        raise VidstyleError(f"input not found: {path}")
+    info = probe_video(path)
+    wanted = [(i + 0.5) / count for i in range(count)]  # fractions of the frame count, mid-interval
+    picked: list[np.ndarray] = []
+    with av.open(str(path)) as container:
+        # Decoding from the start is exact whatever the keyframes; a preview of
+        # a long film would seek, but previews are for choosing a style on a clip.
+        for index, frame in enumerate(container.decode(video=0)):
+            if len(picked) < count and index >= wanted[len(picked)] * max(info.frames, 1):
+                picked.append(frame.to_ndarray(format="rgb24"))
+    if not picked:
+        raise VidstyleError(f"no decodable video frames in {path}")
+    return picked
+
+
+def contact_sheet(rows: list[tuple[str, list[np.ndarray]]], thumb_height: int) -> Image.Image:
+    """One row per (label, frames), frames shrunk to thumb_height, labels at the left."""
+    thumbs = [[Image.fromarray(f).resize((max(1, round(f.shape[1] * thumb_height / f.shape[0])), thumb_height),
+                                         Image.Resampling.LANCZOS) for f in frames] for _, frames in rows]
+    width = LABEL_WIDTH + max(sum(t.width + GAP for t in row) for row in thumbs)
+    sheet = Image.new("RGB", (width, len(rows) * (thumb_height + GAP) + GAP), "white")
+    draw = ImageDraw.Draw(sheet)
+    for row_index, ((label, _), row) in enumerate(zip(rows, thumbs)):
+        top = GAP + row_index * (thumb_height + GAP)
+        draw.text((GAP, top + thumb_height // 2), label, fill="black")
+        left = LABEL_WIDTH
+        for thumb in row:
+            sheet.paste(thumb, (left, top))
+            left += thumb.width + GAP
+    return sheet
+
+
+def write_preview(
+    input_path: Path, output_path: Path, styles: list[Style], frames: int = 4, thumb_height: int = 180,
+    device: str | None = None,
+) -> Path:
+    """The input's frames in the first row, then one row per style; written atomically as PNG."""
+    if not output_path.parent.is_dir() or not os.access(output_path.parent, os.W_OK):
+        raise VidstyleError(f"cannot write to output directory {output_path.parent} (missing or not writable)")
+    originals = sample_frames(input_path, frames)
+    rows = [("original", originals)]
+    torch_device = resolve_device(device)
+    for style in tqdm(styles, unit="style", desc=f"preview {input_path.name}"):
+        # No compilation: it would cost more per style than these few frames take.
+        stylizer = Stylizer(style.load_network(), torch_device, compile=False)
+        rows.append((style.name, [stylizer(frame[None])[0] for frame in originals]))
+    with partial_file(output_path) as partial:
+        contact_sheet(rows, thumb_height).save(partial, format="PNG")
+    return output_path
