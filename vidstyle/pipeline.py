@@ -60,6 +60,17 @@ class VideoInfo:
     colour: dict[str, int]
 
 
+@dataclass(frozen=True)
+class Span:
+    """A run of a video's frames, by presentation timestamp in its video stream's
+    time base: start <= pts < end (None: from the first frame / to the last).
+    A span that starts at a keyframe decodes on its own (vidstyle.segments)."""
+
+    start: int | None
+    end: int | None
+    frames: int  # how many frames it holds, for progress
+
+
 def default_output_path(input_path: Path, style_name: str) -> Path:
     """movie.mp4 + udnie -> movie.udnie.mp4, beside the input."""
     return input_path.with_name(f"{input_path.stem}.{style_name}{input_path.suffix}")
@@ -79,12 +90,15 @@ def stylize_file(
     force: bool = False,
     on_progress: ProgressCallback | None = None,
     partial_token: str | None = None,
+    span: Span | None = None,
 ) -> Path:
     """Stylize a video or image at `input_path` into `output_path` and return it.
 
     `partial_token` names the temporary file (random by default): a job that is
     redelivered after its worker died passes its job id, so the new attempt
-    replaces the dead one's partial file instead of leaving a second one."""
+    replaces the dead one's partial file instead of leaving a second one.
+    With `span`, only those frames, and no audio: one segment of a job split
+    over several workers, joined later by vidstyle.segments."""
     input_path, output_path = Path(input_path), Path(output_path)
     if not input_path.is_file():
         raise VidstyleError(f"input not found: {input_path}")
@@ -98,7 +112,7 @@ def stylize_file(
             if on_progress:
                 on_progress(1, 1)
         else:
-            _stylize_video(input_path, partial, stylizer, batch_size, encode, on_progress)
+            _stylize_video(input_path, partial, stylizer, batch_size, encode, on_progress, span)
     return output_path
 
 
@@ -130,7 +144,7 @@ def _stylize_image(input_path: Path, partial: Path, suffix: str, stylizer: Styli
 
 def probe_video(path: Path) -> VideoInfo:
     """What the pipeline needs to know before it starts; raises VidstyleError for non-videos."""
-    with _open_input(path) as container:
+    with open_input(path) as container:
         if not container.streams.video:
             raise VidstyleError(f"no video stream in {path}")
         stream = container.streams.video[0]
@@ -151,7 +165,7 @@ def probe_video(path: Path) -> VideoInfo:
         )
 
 
-def _open_input(path: Path) -> av.container.InputContainer:
+def open_input(path: Path) -> av.container.InputContainer:
     try:
         return av.open(str(path), "r")
     except av.error.FFmpegError as exc:
@@ -228,11 +242,13 @@ def _stylize_video(
     batch_size: int | None,
     encode: EncodeOptions,
     on_progress: ProgressCallback | None,
+    span: Span | None = None,
 ) -> None:
     info = probe_video(input_path)
+    expected = span.frames if span else info.frames
     batch_size = batch_size or default_batch_size(stylizer.device, info.height, info.width)
     stage = _Stage()
-    source = _open_input(input_path)
+    source = open_input(input_path)
     try:
         sink = av.open(str(partial), "w")
     except (av.error.FFmpegError, ValueError) as exc:
@@ -241,11 +257,15 @@ def _stylize_video(
     threads = []
     try:
         video_in = source.streams.video[0]
-        audio_in = list(source.streams.audio)
+        audio_in = [] if span else list(source.streams.audio)
         video_out = _add_video_stream(sink, video_in, info, encode)
-        audio_out = {s.index: _add_audio_stream(sink, s) for s in audio_in}
-        threads.append(stage.run(lambda: _read(source, video_in, audio_in, batch_size, stage), f"cannot decode {input_path}: corrupt or truncated"))
-        threads.append(stage.run(lambda: _write(sink, video_out, audio_out, info.colour.get("colorspace"), stage), "cannot encode the output"))
+        audio_out = {s.index: add_audio_stream(sink, s) for s in audio_in}
+        threads.append(stage.run(lambda: _read(source, video_in, audio_in, batch_size, span, stage), f"cannot decode {input_path}: corrupt or truncated"))
+        # A segment's clock starts at 0: an MP4 stream starting later gets an edit
+        # list in milliseconds, which would shift every timestamp by a rounding.
+        pts_offset = span.start or 0 if span else 0
+        threads.append(stage.run(lambda: _write(sink, video_out, audio_out, info.colour.get("colorspace"), pts_offset, stage),
+                                 "cannot encode the output"))
         done = 0
         while (item := stage.get(stage.decoded)) is not END:
             if isinstance(item, _FrameBatch):
@@ -253,7 +273,7 @@ def _stylize_video(
                 done += len(item.pts)
             stage.put(stage.stylized, item)
             if on_progress and isinstance(item, _FrameBatch):
-                on_progress(done, max(done, info.frames))
+                on_progress(done, max(done, expected))
         stage.put(stage.stylized, END)
     except _Stop:
         pass
@@ -301,31 +321,70 @@ DEFAULT_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.
 
 
 @dataclass
-class _AudioRoute:
+class AudioRoute:
+    """Where an input audio stream's packets go in the output, and whether they are re-encoded."""
+
     stream: av.audio.stream.AudioStream
     transcode: bool
 
+    def mux(self, sink, packet: av.Packet) -> None:
+        if self.transcode:
+            for samples in packet.decode():
+                sink.mux(self.stream.encode(samples))
+        else:
+            packet.stream = self.stream
+            sink.mux(packet)
 
-def _add_audio_stream(sink, audio_in) -> _AudioRoute:
+    def flush(self, sink) -> None:
+        if self.transcode:
+            sink.mux(self.stream.encode())
+
+
+def add_audio_stream(sink, audio_in) -> AudioRoute:
     """Copy the audio packets when the container accepts the codec, else re-encode."""
     if audio_in.codec_context.name in sink.supported_codecs:
-        return _AudioRoute(sink.add_stream_from_template(audio_in), transcode=False)
+        return AudioRoute(sink.add_stream_from_template(audio_in), transcode=False)
     layout = audio_in.layout
     if layout.name.endswith("channels"):  # an unnamed channel order, which encoders refuse
         layout = DEFAULT_LAYOUTS.get(len(layout.channels), layout)
     stream = sink.add_stream(sink.default_audio_codec, rate=audio_in.rate, layout=layout)
-    return _AudioRoute(stream, transcode=True)
+    return AudioRoute(stream, transcode=True)
 
 
-def _read(source, video_in, audio_in, batch_size: int, stage: _Stage) -> None:
-    for batch in _decoded_batches(source, video_in, audio_in, batch_size):
+def _read(source, video_in, audio_in, batch_size: int, span: Span | None, stage: _Stage) -> None:
+    for batch in _decoded_batches(source, video_in, audio_in, batch_size, span):
         stage.put(stage.decoded, batch)
     stage.put(stage.decoded, END)
 
 
-def _decoded_batches(source, video_in, audio_in, batch_size: int) -> Iterator[object]:
+def _decoded_batches(source, video_in, audio_in, batch_size: int, span: Span | None = None) -> Iterator[object]:
+    """Audio packets as they come, and batches of decoded frames (within span, if given)."""
     pixels: list[np.ndarray] = []
     pts: list[int] = []
+    start, end = (span.start, span.end) if span else (None, None)
+    if start is not None:
+        source.seek(start, stream=video_in)  # to the keyframe at or before start
+    for item in _demuxed(source, video_in, audio_in):
+        if isinstance(item, av.Packet):
+            yield item
+            continue
+        frame_pts, frame = item
+        # Frames come in presentation order: past the end, the span is complete.
+        if end is not None and frame_pts >= end:
+            break
+        if start is not None and frame_pts < start:
+            continue  # a frame of the previous span, decoded on the way
+        pixels.append(frame.to_ndarray(format="rgb24"))
+        pts.append(frame_pts)
+        if len(pixels) == batch_size:
+            yield _FrameBatch(np.stack(pixels), pts, video_in.time_base)
+            pixels, pts = [], []
+    if pixels:
+        yield _FrameBatch(np.stack(pixels), pts, video_in.time_base)
+
+
+def _demuxed(source, video_in, audio_in) -> Iterator[av.Packet | tuple[int, av.VideoFrame]]:
+    """Audio packets, and (pts, frame) for each decoded video frame."""
     last_pts = None
     step = max(1, round(1 / (video_in.average_rate or 25) / video_in.time_base)) if video_in.time_base else 1
     for packet in source.demux(video_in, *audio_in):
@@ -335,35 +394,23 @@ def _decoded_batches(source, video_in, audio_in, batch_size: int) -> Iterator[ob
             continue
         for frame in packet.decode():
             # Some containers omit timestamps: continue the clock at the nominal rate.
-            frame_pts = frame.pts if frame.pts is not None else (last_pts + step if last_pts is not None else 0)
-            last_pts = frame_pts
-            pixels.append(frame.to_ndarray(format="rgb24"))
-            pts.append(frame_pts)
-            if len(pixels) == batch_size:
-                yield _FrameBatch(np.stack(pixels), pts, video_in.time_base)
-                pixels, pts = [], []
-    if pixels:
-        yield _FrameBatch(np.stack(pixels), pts, video_in.time_base)
+            last_pts = frame.pts if frame.pts is not None else (last_pts + step if last_pts is not None else 0)
+            yield last_pts, frame
 
 
-def _write(sink, video_out, audio_out: dict[int, _AudioRoute], colorspace: int | None, stage: _Stage) -> None:
+def _write(
+    sink, video_out, audio_out: dict[int, AudioRoute], colorspace: int | None, pts_offset: int, stage: _Stage
+) -> None:
     while (item := stage.get(stage.stylized)) is not END:
         if isinstance(item, _FrameBatch):
             for rgb, pts in zip(item.pixels, item.pts):
                 frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
                 if colorspace is not None:
                     frame = frame.reformat(format=video_out.pix_fmt, dst_colorspace=colorspace)
-                frame.pts, frame.time_base = pts, item.time_base
+                frame.pts, frame.time_base = pts - pts_offset, item.time_base
                 sink.mux(video_out.encode(frame))
             continue
-        route = audio_out[item.stream.index]
-        if route.transcode:
-            for samples in item.decode():
-                sink.mux(route.stream.encode(samples))
-        else:
-            item.stream = route.stream
-            sink.mux(item)
+        audio_out[item.stream.index].mux(sink, item)
     sink.mux(video_out.encode())
     for route in audio_out.values():
-        if route.transcode:
-            sink.mux(route.stream.encode())
+        route.flush(sink)

@@ -46,10 +46,12 @@ def make_sample_video(
     pix_fmt: str | None = None,
     audio_codec: str = "aac",
     colorspace: int | None = None,
+    keyframes: list[int] | None = None,
 ) -> Path:
     """Write a clip; with `variable_frame_rate` every third frame is held for twice
     as long; `colorspace` (an FFmpeg AVColorSpace, e.g. 1 for BT.709) tags the
-    stream and converts RGB with that matrix."""
+    stream and converts RGB with that matrix; `keyframes` (frame indices, x264
+    only) are the only keyframes, wherever they fall."""
     path = Path(path)
     time_base = Fraction(1, fps * 2)
     with av.open(str(path), "w") as container:
@@ -61,6 +63,8 @@ def make_sample_video(
             video.set_display_rotation(rotation)
         if colorspace is not None:
             video.codec_context.colorspace = video.codec_context.color_primaries = video.codec_context.color_trc = colorspace
+        if keyframes is not None:
+            video.options = {"x264-params": "keyint=infinite:scenecut=0", "forced-idr": "1"}
         sound = None
         if audio:
             sound = container.add_stream(audio_codec, rate=44100, layout="stereo")
@@ -70,6 +74,8 @@ def make_sample_video(
             if colorspace is not None:
                 frame = frame.reformat(format=video.pix_fmt, dst_colorspace=colorspace)
             frame.pts, frame.time_base = ticks, time_base
+            if keyframes is not None and index in keyframes:
+                frame.pict_type = av.video.frame.PictureType.I
             ticks += 4 if variable_frame_rate and index % 3 == 2 else 2
             container.mux(video.encode(frame))
         container.mux(video.encode())
