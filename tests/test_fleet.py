@@ -346,3 +346,58 @@ def test_progress_reaches_the_record_a_few_times_a_second_at_most(fleet: Fleet) 
     assert fleet.store.get(job.id).frames_done == 1  # the first is written, the rest of the burst is not
     progress(100, 100)
     assert fleet.store.get(job.id).frames_done == 100  # the last one always is
+
+
+def split_clip(path: Path, frames: int = 96) -> Path:
+    """Irregular keyframes, B-frames (x264's default) and a variable frame rate: the hard cases for cutting."""
+    return make_sample_video(path, width=96, height=64, frames=frames, variable_frame_rate=True,
+                             keyframes=[0, 9, 17, 30, 41, 55, 70, 83])
+
+
+def test_long_job_is_split_over_two_workers_and_joined_frame_exact(fleet: Fleet) -> None:
+    source = split_clip(fleet.storage / "long.mp4")
+    _, first = fleet.start_worker("a", OMP_NUM_THREADS="1")
+    _, second = fleet.start_worker("b", OMP_NUM_THREADS="1")
+    job_id = fleet.submit(source, segment_seconds="0.5")
+    job = fleet.wait_for([job_id])[job_id]
+    assert job.state == SUCCEEDED, job.error
+    assert job.segments >= 4 and job.frames_done == job.frames_total == 96
+
+    workers = fleet.store.segment_workers(job_id)
+    assert sorted(workers) == list(range(job.segments))
+    assert set(workers.values()) == {first, second}  # both took segments
+
+    out, original = decode(fleet.storage / job.output), decode(source)
+    assert out["frames"] == original["frames"] == 96
+    assert out["times"] == original["times"]  # no frame lost or doubled at a cut, timestamps exact
+    assert out["audio_durations"] == pytest.approx(original["audio_durations"], abs=0.03)
+    assert np.abs(out["pixels"].astype(int) - original["pixels"]).mean() > 10  # stylized
+    assert sorted(p.name for p in fleet.storage.iterdir()) == sorted(["long.mp4", job.output])  # segments removed
+
+
+def test_cancelling_a_split_job_stops_every_segment(fleet: Fleet) -> None:
+    source = split_clip(fleet.storage / "long.mp4", frames=600)
+    fleet.start_worker("a", OMP_NUM_THREADS="1")
+    fleet.start_worker("b", OMP_NUM_THREADS="1")
+    job_id = fleet.submit(source, segment_seconds="2", batch_size=1)
+    fleet.wait_running(job_id)
+    assert fleet.cli("cancel", job_id).returncode == 0
+    job = fleet.wait_for([job_id])[job_id]
+    assert job.state == CANCELLED and job.segments >= 2 and job.frames_done < job.frames_total
+    assert [p.name for p in fleet.storage.iterdir()] == ["long.mp4"]  # no output, no segment files
+
+
+def test_a_segment_lost_with_its_worker_is_redelivered(fleet: Fleet) -> None:
+    source = split_clip(fleet.storage / "long.mp4")
+    first, _ = fleet.start_worker("w1", OMP_NUM_THREADS="1")
+    job_id = fleet.submit(source, segment_seconds="0.5", batch_size=1)
+    fleet.wait_running(job_id)
+    fleet.kill(first)  # mid-segment: its message was never acknowledged
+
+    _, second = fleet.start_worker("w2", OMP_NUM_THREADS="1", VIDSTYLE_VISIBILITY_TIMEOUT="1")
+    job = fleet.wait_for([job_id])[job_id]
+    assert job.state == SUCCEEDED, job.error
+    assert set(fleet.store.segment_workers(job_id).values()) == {second}  # it redid the dead worker's segment
+    out, original = decode(fleet.storage / job.output), decode(source)
+    assert out["times"] == original["times"]
+    assert sorted(p.name for p in fleet.storage.iterdir()) == sorted(["long.mp4", job.output])

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from vidstyle.config import setting
 from vidstyle.errors import VidstyleError
-from vidstyle.jobs import DEFAULT_QUEUE
+from vidstyle.jobs import AUTO, DEFAULT_QUEUE
 from vidstyle.sample import make_camera_video, make_sample_video
 
 # Commands whose modules load only when run (or listed by --help): torch and
@@ -61,11 +61,14 @@ def cli() -> None:
                    "fp32: float32 throughout [default: VIDSTYLE_PRECISION, else auto].")
 @click.option("--force", "-f", is_flag=True, help="Overwrite an existing output.")
 @click.option("--queue", help=f"With a broker: the queue to put the job on [default: {DEFAULT_QUEUE}].")
+@click.option("--segment-seconds",
+              help="With a broker: split a long video over several workers in segments of about this many seconds, "
+                   "cut at keyframes; 'off' never splits [default: auto, from its length and the live workers].")
 @click.option("--wait", is_flag=True, help="With a broker: follow the job with a progress bar; exit with its outcome.")
 @click.option("--json", "as_json", is_flag=True, help="With a broker: print the job record as JSON.")
 def submit(input_path: Path, style: str, output: Path | None, batch_size: int | None, device: str | None,
            codec: str, crf: int, preset: str, compile_network: bool | None, precision: str | None, force: bool,
-           queue: str | None, wait: bool, as_json: bool) -> None:
+           queue: str | None, segment_seconds: str | None, wait: bool, as_json: bool) -> None:
     """Stylize a video (or a still image) with a trained style.
 
     With a broker configured (VIDSTYLE_BROKER_URL) the job goes to the worker
@@ -77,10 +80,12 @@ def submit(input_path: Path, style: str, output: Path | None, batch_size: int | 
         from workers.cli import submit_to_fleet
 
         submit_to_fleet(input_path, style, output=output, batch_size=batch_size, codec=codec, crf=crf, preset=preset,
-                        force=force, queue=queue or DEFAULT_QUEUE, wait=wait, as_json=as_json)
+                        force=force, queue=queue or DEFAULT_QUEUE, segment_seconds=segment_seconds or AUTO,
+                        wait=wait, as_json=as_json)
         return
-    if queue or as_json:
-        raise VidstyleError("--queue and --json need a broker (VIDSTYLE_BROKER_URL); without one, submit runs here")
+    if queue or as_json or segment_seconds:
+        raise VidstyleError("--queue, --segment-seconds and --json need a broker (VIDSTYLE_BROKER_URL); "
+                            "without one, submit runs here")
     # torch: imported by the commands that run networks, not by every command.
     from vidstyle.inference import Stylizer, resolve_device
     from vidstyle.pipeline import EncodeOptions, default_output_path, is_image, stylize_file

@@ -1,8 +1,9 @@
 """Job records and live workers, kept in Redis: what the workers write and
 `vidstyle status/watch/list/cancel/workers` read.
 
-    vidstyle:job:ID      hash: one job (the fields of `Job`), expires `retention`
-                         seconds after its last change
+    vidstyle:job:ID      hash: one job (the fields of `Job`; for a job split
+                         into segments also segment:N:done and segment:N:worker),
+                         expires `retention` seconds after its last change
     vidstyle:jobs        sorted set: job ids by creation time, for `vidstyle list`
     vidstyle:worker:NAME hash: one live worker; expires unless its heartbeat renews it
 
@@ -41,6 +42,29 @@ redis.call('EXPIRE', KEYS[1], ARGV[1])
 return {1, state}
 """
 
+# A segment's progress: its own frame count, and the job's as the sum over its segments.
+# KEYS[1] job; ARGV[1] retention; ARGV[2] segment index; ARGV[3] frames done; ARGV[4] now.
+# Returns {frames done in all segments, cancel requested (1/0)}.
+SEGMENT_PROGRESS_LUA = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return {0, 1} end
+redis.call('HSET', KEYS[1], 'segment:' .. ARGV[2] .. ':done', ARGV[3])
+local record = redis.call('HGETALL', KEYS[1])
+local done, started = 0, 0
+for i = 1, #record, 2 do
+  if string.match(record[i], '^segment:%d+:done$') then done = done + tonumber(record[i + 1]) end
+  if record[i] == 'started_at' then started = tonumber(record[i + 1]) end
+end
+local total = tonumber(redis.call('HGET', KEYS[1], 'frames_total')) or 0
+local fps = done / math.max(tonumber(ARGV[4]) - started, 1e-6)
+local eta = 0
+if fps > 0 then eta = math.max(total - done, 0) / fps end
+redis.call('HSET', KEYS[1], 'frames_done', done, 'fps', string.format('%.2f', fps),
+           'eta_seconds', string.format('%.1f', eta), 'updated_at', ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return {done, redis.call('HGET', KEYS[1], 'cancel_requested') == '1' and 1 or 0}
+"""
+AUTO = "auto"
+
 
 @dataclass
 class Job:
@@ -56,6 +80,10 @@ class Job:
     crf: int
     preset: str
     batch_size: int = 0  # 0: the pipeline picks one for the worker's device
+    # Split a long video over several workers: "auto" (from its length and the
+    # live workers), "off", or about this many seconds per segment.
+    segment_seconds: str = AUTO
+    segments: int = 0  # how many it was split into; 0: one task stylizes it whole
     state: str = QUEUED
     frames_done: int = 0
     frames_total: int = 0
@@ -152,6 +180,7 @@ class JobStore:
         self.redis = client
         self.retention = retention
         self._transition = client.register_script(TRANSITION_LUA)
+        self._segment_progress = client.register_script(SEGMENT_PROGRESS_LUA)
 
     @classmethod
     def from_settings(cls) -> JobStore:
@@ -225,6 +254,33 @@ class JobStore:
         self.transition(job_id, (RUNNING,), frames_done=done, frames_total=total, fps=round(fps, 2),
                         eta_seconds=round(eta_seconds, 1))
         return self.redis.hget(JOB_PREFIX + job_id, "cancel_requested") == "1"
+
+    def split(self, job_id: str, segments: int, frames_total: int) -> bool:
+        """Record that a running job is split; False if it already was (a redelivered
+        first task must not split it twice) or is no longer running."""
+        if not self.redis.hsetnx(JOB_PREFIX + job_id, "split", "1"):
+            return False
+        applied, _ = self.transition(job_id, (RUNNING,), segments=segments, frames_total=frames_total, frames_done=0)
+        return applied
+
+    def start_segment(self, job_id: str, index: int, worker: str) -> Job | None:
+        """The job, if its segment is to run: None if the job was cancelled, failed or expired."""
+        job = self.find(job_id)
+        if job is None or job.state != RUNNING or job.cancel_requested:
+            return None
+        self.redis.hset(JOB_PREFIX + job_id, f"segment:{index}:worker", worker)
+        return job
+
+    def report_segment_progress(self, job_id: str, index: int, done: int) -> bool:
+        """Record a segment's frames done (the job's are their sum); True if the job is to stop."""
+        _, stop = self._segment_progress(keys=[JOB_PREFIX + job_id], args=[self.retention, index, done, time.time()])
+        return bool(stop)
+
+    def segment_workers(self, job_id: str) -> dict[int, str]:
+        """Which worker ran (or runs) each segment of a split job."""
+        record = self.redis.hgetall(JOB_PREFIX + job_id)
+        return {int(key.split(":")[1]): value for key, value in record.items()
+                if key.startswith("segment:") and key.endswith(":worker")}
 
     def finish(self, job_id: str, state: str, error: str = "") -> None:
         self.transition(job_id, (QUEUED, RUNNING), state=state, error=error, finished_at=time.time(), eta_seconds=0.0)

@@ -15,14 +15,20 @@ from __future__ import annotations
 
 from vidstyle.jobs import DEFAULT_QUEUE, seconds_setting
 from vidstyle.jobs import broker_url as configured_broker_url
+from vidstyle.jobs import job_store_url
 
 TASK_NAME = "vidstyle.stylize"
+SEGMENT_TASK_NAME = "vidstyle.stylize_segment"
+JOIN_TASK_NAME = "vidstyle.join_segments"
 DEFAULT_TIME_LIMIT_SECONDS = 4 * 3600
 
 broker_url = configured_broker_url()
 task_serializer = result_serializer = event_serializer = "json"
-accept_content = ["json"]  # pickle would let whoever can write to the broker run code on workers
+accept_content = result_accept_content = ["json"]  # pickle would let whoever can write to Redis run code on workers
 task_ignore_result = True  # outcomes live in the job records (vidstyle.jobs), not in Celery results
+# ...except the segment tasks', which a chord counts to start the join: in the job store's Redis.
+result_backend = job_store_url()
+result_expires = 7 * 24 * 3600
 
 task_default_queue = DEFAULT_QUEUE  # the GPU work queue
 task_acks_late = True

@@ -8,7 +8,7 @@ from pathlib import Path
 from kombu.exceptions import OperationalError
 
 from vidstyle.errors import VidstyleError
-from vidstyle.jobs import DEFAULT_QUEUE, Job, JobStore
+from vidstyle.jobs import AUTO, DEFAULT_QUEUE, Job, JobStore
 from vidstyle.pipeline import EncodeOptions, default_output_path
 from vidstyle.styles import find_style
 from workers.celery import app
@@ -25,8 +25,13 @@ def submit_job(
     batch_size: int | None = None,
     queue: str = DEFAULT_QUEUE,
     force: bool = False,
+    segment_seconds: str = AUTO,
 ) -> Job:
-    """Queue `input_path` (under the storage root) for stylizing and return the job record."""
+    """Queue `input_path` (under the storage root) for stylizing and return the job record.
+
+    segment_seconds: "auto", "off" or a number of seconds: how a long video is
+    split over several workers (see workers.tasks)."""
+    segment_seconds = parse_segment_seconds(segment_seconds)
     root = storage_root()
     input_name = relative_to_storage(input_path, root)
     if not (root / input_name).is_file():
@@ -39,11 +44,24 @@ def submit_job(
     if (root / output_name).exists() and not force:
         raise VidstyleError(f"output exists: {output} (use --force to overwrite)")
     job = Job(id=secrets.token_hex(6), input=input_name, output=output_name, style=style, queue=queue,
-              codec=encode.codec, crf=encode.crf, preset=encode.preset, batch_size=batch_size or 0)
+              codec=encode.codec, crf=encode.crf, preset=encode.preset, batch_size=batch_size or 0,
+              segment_seconds=segment_seconds)
     store = JobStore.from_settings()
     store.create(job)
     enqueue(job, store)
     return job
+
+
+def parse_segment_seconds(value: str) -> str:
+    if value in (AUTO, "off"):
+        return value
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise VidstyleError(f"--segment-seconds must be auto, off or a positive number of seconds, not '{value}'")
+    return f"{seconds:g}"
 
 
 def enqueue(job: Job, store: JobStore) -> None:

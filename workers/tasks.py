@@ -1,31 +1,40 @@
-"""The stylize task: one job, run by the same `stylize_file` as the embedded mode.
+"""The tasks: a job, run by the same `stylize_file` as the embedded mode, whole
+or split into segments over several workers.
 
 The message carries only the job id; everything else is in the job record. The
 output name is the job's own (`force=True`: submit refused an existing output),
 and the partial file is named after the job, so a redelivered job replaces the
 partial file of the attempt that died instead of leaving a second one.
+
+A long job is split by its first task into keyframe-aligned segments: a Celery
+chord of one task per segment (any worker on the job's queue takes them) whose
+callback joins the segment files into the output without re-encoding. The
+segment files live in a hidden folder beside the output, removed when the job
+ends in any way.
 """
 from __future__ import annotations
 
 import functools
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
 import redis
-from celery import Task
+from celery import Task, chord
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from kombu.exceptions import OperationalError
 
 from vidstyle.config import setting
 from vidstyle.errors import VidstyleError
 from vidstyle.inference import Stylizer, resolve_device
-from vidstyle.jobs import CANCELLED, FAILED, SUCCEEDED, JobStore
-from vidstyle.pipeline import EncodeOptions, stylize_file
+from vidstyle.jobs import AUTO, CANCELLED, FAILED, RUNNING, SUCCEEDED, Job, JobStore
+from vidstyle.pipeline import EncodeOptions, Span, partial_file, stylize_file
+from vidstyle.segments import auto_segment_seconds, join_segments, plan_spans, video_duration
 from vidstyle.styles import find_style
 from workers.celery import app
-from workers.celeryconfig import TASK_NAME
+from workers.celeryconfig import JOIN_TASK_NAME, SEGMENT_TASK_NAME, TASK_NAME
 from workers.storage import resolve_in_storage, storage_root
 
 PROGRESS_INTERVAL_SECONDS = 1 / 3  # job record updates: a few a second, whatever the frame rate
@@ -45,11 +54,12 @@ class JobCancelled(Exception):
 
 
 class JobProgress:
-    """The pipeline's on_progress callback for one job: frames, fps and ETA to the
-    job record at a bounded rate, and a stop when the user cancels the job."""
+    """The pipeline's on_progress callback for one job, or one segment of it:
+    frames, fps and ETA to the job record at a bounded rate, and a stop when the
+    user cancels the job (or another segment failed)."""
 
-    def __init__(self, store: JobStore, job_id: str) -> None:
-        self.store, self.job_id = store, job_id
+    def __init__(self, store: JobStore, job_id: str, segment: int | None = None) -> None:
+        self.store, self.job_id, self.segment = store, job_id, segment
         self.started = time.monotonic()
         self.last_report = float("-inf")
 
@@ -58,8 +68,12 @@ class JobProgress:
         if now - self.last_report < PROGRESS_INTERVAL_SECONDS and done < total:
             return
         self.last_report = now
-        fps = done / max(now - self.started, 1e-6)
-        if self.store.report_progress(self.job_id, done, total, fps, (total - done) / fps if fps else 0.0):
+        if self.segment is not None:
+            stop = self.store.report_segment_progress(self.job_id, self.segment, done)
+        else:
+            fps = done / max(now - self.started, 1e-6)
+            stop = self.store.report_progress(self.job_id, done, total, fps, (total - done) / fps if fps else 0.0)
+        if stop:
             raise JobCancelled
 
 
@@ -93,6 +107,16 @@ class JobTask(Task):
         _record_quietly(JobStore.finish, task_id, FAILED, failure_reason(exc))
 
 
+class SegmentTask(Task):
+    """A segment that fails for good fails its job: the other segments stop at
+    their next batch (the job is no longer running) and the files go."""
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
+        job_id, index = args[0], args[1]
+        _record_quietly(JobStore.finish, job_id, FAILED, f"segment {index}: {failure_reason(exc)}")
+        _remove_segments_quietly(job_id)
+
+
 def _record_quietly(method, job_id: str, *args: str) -> None:
     """Update a job record from a failure path: the store may be what failed."""
     try:
@@ -118,6 +142,15 @@ def stylize(self: Task, job_id: str) -> str:
         return CANCELLED
     root = storage_root()
     input_path, output_path = resolve_in_storage(job.input, root), resolve_in_storage(job.output, root)
+    spans = _plan(job, input_path, store)
+    if len(spans) > 1:
+        if store.split(job_id, len(spans), sum(span.frames for span in spans)):
+            segment_dir(output_path, job_id).mkdir(exist_ok=True)
+            job_args = [[span.start, span.end, span.frames] for span in spans]
+            chord(
+                stylize_segment.si(job_id, index, *args).set(queue=job.queue) for index, args in enumerate(job_args)
+            )(join_segments_task.si(job_id, job_args).set(queue=job.queue))
+        return "split"
     store.set_current_job(self.request.hostname, os.getpid(), job_id)
     try:
         stylize_file(input_path, output_path, stylizer_for(job.style), batch_size=job.batch_size or None,
@@ -130,3 +163,83 @@ def stylize(self: Task, job_id: str) -> str:
         return CANCELLED
     finally:
         store.set_current_job(self.request.hostname, os.getpid(), None)
+
+
+def _plan(job: Job, input_path: Path, store: JobStore) -> list[Span]:
+    """The job's segments: one (not split) unless it is long enough to share."""
+    if job.segment_seconds == "off":
+        return []
+    if job.segment_seconds == AUTO:
+        workers = sum(job.queue in w.queues.split(",") for w in store.live_workers())
+        seconds = auto_segment_seconds(video_duration(input_path), workers)
+    else:
+        seconds = float(job.segment_seconds)
+    return plan_spans(input_path, seconds)
+
+
+def segment_dir(output_path: Path, job_id: str) -> Path:
+    return output_path.with_name(f".{output_path.name}.segments-{job_id}")
+
+
+def _segment_path(output_path: Path, job_id: str, index: int) -> Path:
+    # Segments are always MP4: it keeps every timestamp exactly, for any output container.
+    return segment_dir(output_path, job_id) / f"{index:05d}.mp4"
+
+
+def _remove_segments_quietly(job_id: str) -> None:
+    try:
+        job = JobStore.from_settings().find(job_id)
+        if job is not None:
+            shutil.rmtree(segment_dir(resolve_in_storage(job.output, storage_root()), job_id), ignore_errors=True)
+    except (redis.RedisError, VidstyleError) as exc:
+        logger.warning("job %s: segment files not removed: %s", job_id, exc)
+
+
+@app.task(
+    bind=True, base=SegmentTask, name=SEGMENT_TASK_NAME, ignore_result=False,  # the chord counts results
+    throws=(VidstyleError, SoftTimeLimitExceeded),
+    autoretry_for=TRANSIENT_ERRORS, dont_autoretry_for=PERMANENT_OS_ERRORS,
+    retry_backoff=5, retry_backoff_max=300, retry_jitter=True, max_retries=5,
+)
+def stylize_segment(self: Task, job_id: str, index: int, start: int | None, end: int | None, frames: int) -> str:
+    store = JobStore.from_settings()
+    job = store.start_segment(job_id, index, worker=self.request.hostname)
+    if job is None:
+        return CANCELLED
+    root = storage_root()
+    input_path, output_path = resolve_in_storage(job.input, root), resolve_in_storage(job.output, root)
+    store.set_current_job(self.request.hostname, os.getpid(), job_id)
+    try:
+        stylize_file(input_path, _segment_path(output_path, job_id, index), stylizer_for(job.style),
+                     batch_size=job.batch_size or None, encode=EncodeOptions(codec=job.codec, crf=job.crf, preset=job.preset),
+                     force=True, on_progress=JobProgress(store, job_id, segment=index), partial_token=job_id,
+                     span=Span(start, end, frames))
+        return SUCCEEDED
+    except JobCancelled:
+        return CANCELLED
+    finally:
+        store.set_current_job(self.request.hostname, os.getpid(), None)
+
+
+@app.task(bind=True, base=JobTask, name=JOIN_TASK_NAME, throws=(VidstyleError,),
+          autoretry_for=TRANSIENT_ERRORS, dont_autoretry_for=PERMANENT_OS_ERRORS, retry_backoff=5, max_retries=5)
+def join_segments_task(self: Task, job_id: str, spans: list[list[int | None]]) -> str:
+    """The chord's callback: every segment has ended (done, or stopped by a cancel)."""
+    store = JobStore.from_settings()
+    job = store.find(job_id)
+    try:
+        if job is None or job.state != RUNNING or job.cancel_requested:
+            store.finish(job_id, CANCELLED)  # only if it is still running: a failed job stays failed
+            return CANCELLED
+        root = storage_root()
+        input_path, output_path = resolve_in_storage(job.input, root), resolve_in_storage(job.output, root)
+        segments = [(_segment_path(output_path, job_id, index), Span(*span)) for index, span in enumerate(spans)]
+        missing = [str(index) for index, (path, _) in enumerate(segments) if not path.is_file()]
+        if missing:
+            raise VidstyleError(f"segments {', '.join(missing)} are missing (their files were removed)")
+        with partial_file(output_path, job_id) as partial:
+            join_segments(input_path, segments, partial)
+        store.finish(job_id, SUCCEEDED)
+        return SUCCEEDED
+    finally:
+        _remove_segments_quietly(job_id)
