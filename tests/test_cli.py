@@ -138,3 +138,12 @@ def test_interrupted_run_exits_130_and_leaves_nothing(tmp_path: Path) -> None:
     assert child.returncode == 130
     assert stderr.strip().splitlines()[-1] == "vidstyle: interrupted"
     assert [p.name for p in tmp_path.iterdir()] == ["long.mp4"]
+
+
+def test_nvenc_without_an_nvidia_gpu_is_one_line(tmp_path: Path) -> None:
+    source = make_sample_video(tmp_path / "clip.mp4", width=64, height=48, frames=4)
+    result = run_cli("submit", source, "--style", TEST_STYLE, "--codec", "h264_nvenc")
+    if result.returncode == 0:
+        pytest.skip("this machine has an NVIDIA encoder")
+    assert_clean_failure(result, "needs an NVIDIA GPU with NVENC")
+    assert [p.name for p in tmp_path.iterdir()] == ["clip.mp4"]

@@ -310,11 +310,27 @@ def _add_video_stream(sink, video_in, info: VideoInfo, encode: EncodeOptions):
     stream.time_base = video_in.time_base
     if encode.codec.startswith("libx26"):
         stream.options = {"crf": str(encode.crf), "preset": encode.preset}
+    elif encode.codec.endswith("_nvenc"):
+        # NVENC's constant-quality mode is the nearest to x264's CRF.
+        stream.options = {"rc": "vbr", "cq": str(encode.crf), "preset": encode.preset}
+        _check_hardware_encoder(encode.codec, info, stream.pix_fmt)
     if info.rotation:
         stream.set_display_rotation(info.rotation)
     for tag, value in info.colour.items():
         setattr(stream.codec_context, tag, value)
     return stream
+
+
+def _check_hardware_encoder(codec: str, info: VideoInfo, pix_fmt: str) -> None:
+    """Open the encoder once before any work: without its GPU and driver it fails at
+    once with a clear message, not after the first batch with an errno."""
+    context = av.CodecContext.create(codec, "w")  # freed with the object
+    context.width, context.height, context.pix_fmt, context.time_base = info.width, info.height, pix_fmt, Fraction(1, 25)
+    try:
+        context.open()
+    except (av.error.FFmpegError, OSError) as exc:
+        raise VidstyleError(f"the {codec} encoder cannot run here: it needs an NVIDIA GPU with NVENC and its driver "
+                            f"({getattr(exc, 'strerror', None) or exc}); use --codec libx264") from exc
 
 
 DEFAULT_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}

@@ -30,7 +30,7 @@ from vidstyle.config import setting
 from vidstyle.errors import VidstyleError
 from vidstyle.inference import Stylizer, resolve_device
 from vidstyle.jobs import AUTO, CANCELLED, FAILED, RUNNING, SUCCEEDED, Job, JobStore
-from vidstyle.pipeline import EncodeOptions, Span, partial_file, stylize_file
+from vidstyle.pipeline import EncodeOptions, Span, is_image, partial_file, probe_video, stylize_file
 from vidstyle.segments import auto_segment_seconds, join_segments, plan_spans, video_duration
 from vidstyle.styles import find_style
 from workers.celery import app
@@ -142,6 +142,7 @@ def stylize(self: Task, job_id: str) -> str:
         return CANCELLED
     root = storage_root()
     input_path, output_path = resolve_in_storage(job.input, root), resolve_in_storage(job.output, root)
+    find_style(job.style)  # an unknown style fails first, whatever the input
     spans = _plan(job, input_path, store)
     if len(spans) > 1:
         if store.split(job_id, len(spans), sum(span.frames for span in spans)):
@@ -166,9 +167,10 @@ def stylize(self: Task, job_id: str) -> str:
 
 
 def _plan(job: Job, input_path: Path, store: JobStore) -> list[Span]:
-    """The job's segments: one (not split) unless it is long enough to share."""
-    if job.segment_seconds == "off":
-        return []
+    """The job's segments: none (not split) unless it is a video long enough to share."""
+    if job.segment_seconds == "off" or is_image(input_path) or not input_path.is_file():
+        return []  # (a missing input fails in stylize_file, with the pipeline's message)
+    probe_video(input_path)  # bad input fails here, with the pipeline's message
     if job.segment_seconds == AUTO:
         workers = sum(job.queue in w.queues.split(",") for w in store.live_workers())
         seconds = auto_segment_seconds(video_duration(input_path), workers)
@@ -237,8 +239,10 @@ def join_segments_task(self: Task, job_id: str, spans: list[list[int | None]]) -
         missing = [str(index) for index, (path, _) in enumerate(segments) if not path.is_file()]
         if missing:
             raise VidstyleError(f"segments {', '.join(missing)} are missing (their files were removed)")
+        started = time.monotonic()
         with partial_file(output_path, job_id) as partial:
             join_segments(input_path, segments, partial)
+        store.transition(job_id, (RUNNING,), join_seconds=round(time.monotonic() - started, 3))
         store.finish(job_id, SUCCEEDED)
         return SUCCEEDED
     finally:
