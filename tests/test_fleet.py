@@ -401,3 +401,17 @@ def test_a_segment_lost_with_its_worker_is_redelivered(fleet: Fleet) -> None:
     out, original = decode(fleet.storage / job.output), decode(source)
     assert out["times"] == original["times"]
     assert sorted(p.name for p in fleet.storage.iterdir()) == sorted(["long.mp4", job.output])
+
+
+def test_a_segment_failing_for_good_fails_the_job_and_leaves_nothing(fleet: Fleet) -> None:
+    fleet.start_worker("w1", OMP_NUM_THREADS="1", VIDSTYLE_JOB_TIME_LIMIT="4")  # each segment outlasts it
+    source = make_sample_video(fleet.storage / "big.mp4", width=320, height=240, frames=192, audio=False,
+                               keyframes=list(range(0, 192, 24)))
+    job_id = fleet.submit(source, segment_seconds="2", batch_size=1)
+    job = fleet.wait_for([job_id])[job_id]
+    assert job.state == FAILED and job.segments >= 2
+    assert re.fullmatch(r"segment \d+: took longer than the job time limit .*", job.error)
+    # The other segments stop at their next batch, and every segment file goes.
+    wait_until(lambda: [p.name for p in fleet.storage.iterdir()] == ["big.mp4"], JOB_TIMEOUT, "segment files to go")
+    wait_until(lambda: fleet.queued_messages() == 0, JOB_TIMEOUT, "the other segments to be taken")
+    assert fleet.store.get(job_id).state == FAILED  # a later segment's outcome changes nothing
