@@ -366,6 +366,8 @@ def test_long_job_is_split_over_two_workers_and_joined_frame_exact(fleet: Fleet)
     workers = fleet.store.segment_workers(job_id)
     assert sorted(workers) == list(range(job.segments))
     assert set(workers.values()) == {first, second}  # both took segments
+    status = fleet.cli("status", job_id).stdout
+    assert re.search(rf"segments: +{job.segments} on 2 workers, joined in \d+\.\d s", status), status
 
     out, original = decode(fleet.storage / job.output), decode(source)
     assert out["frames"] == original["frames"] == 96

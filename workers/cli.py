@@ -128,7 +128,8 @@ def submit_to_fleet(input_path: Path, style: str, *, output: Path | None, batch_
 @reports_unreachable_servers
 def status(job_id: str, as_json: bool) -> None:
     """Show one job: state, progress, worker, error."""
-    job = JobStore.from_settings().get(job_id)
+    store = JobStore.from_settings()
+    job = store.get(job_id)
     if as_json:
         click.echo(json.dumps(job.to_dict()))
         return
@@ -136,7 +137,10 @@ def status(job_id: str, as_json: bool) -> None:
         "job": job.id, "state": job.state, "progress": _progress(job),
         "speed": f"{job.fps:.1f} fps, ETA {job.eta_seconds:.0f} s" if job.state == RUNNING else "-",
         "input": job.input, "output": job.output, "style": job.style, "queue": job.queue,
-        "worker": job.worker or "-", "attempts": str(job.attempts), "error": job.error or "-",
+        "worker": job.worker or "-", "attempts": str(job.attempts),
+        "segments": f"{job.segments} on {len(set(store.segment_workers(job.id).values()))} workers"
+                    + (f", joined in {job.join_seconds:.1f} s" if job.join_seconds else "") if job.segments else "-",
+        "error": job.error or "-",
         "created": _when(job.created_at), "started": _when(job.started_at), "finished": _when(job.finished_at),
     }
     for name, value in rows.items():
