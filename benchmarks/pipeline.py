@@ -19,6 +19,11 @@ All figures are measured in one run, at 640x360, on a synthetic sample clip
 4. peak resident memory of a submit-like run (a child process that builds a
    Stylizer and calls stylize_file) on a short and a 3x longer clip: memory
    must not grow with the length of the video (target: difference < 50 MB).
+   The short clip is longer than x264's 40-frame lookahead, which fills during
+   the first frames. These children run with MALLOC_MMAP_THRESHOLD_=1048576:
+   glibc then hands every large buffer back to the OS when it is freed, so the
+   peak measures what the pipeline holds, repeatable to the MB, instead of how
+   its arenas happened to fragment (tens of MB either way from run to run).
 
 Network-only and end-to-end are measured alternately --repeats times; the
 headline figures are the best of those (least disturbed by other processes
@@ -57,8 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="auto: reduced precision where the device has it natively; fp32: float32 throughout [auto]")
     p.add_argument("--style", default=None, help="use this style's weights instead of random ones")
     p.add_argument("--repeats", type=int, default=3, help="alternating network-only / end-to-end measurements [3]")
-    p.add_argument("--rss-frames", type=int, nargs=2, default=(24, 72), metavar=("SHORT", "LONG"),
-                   help="frames of the two clips for the peak-memory runs [24 72]")
+    p.add_argument("--rss-frames", type=int, nargs=2, default=(48, 144), metavar=("SHORT", "LONG"),
+                   help="frames of the two clips for the peak-memory runs [48 144]")
     p.add_argument("--rss-repeats", type=int, default=2,
                    help="child runs per clip length, alternating short and long; medians are compared [2]")
     p.add_argument("--compile-rss", action="store_true", help="torch.compile in the peak-memory runs too (slow)")
@@ -280,7 +285,8 @@ def main(argv: list[str] | None = None) -> None:
         for repeat in range(max(1, args.rss_repeats)):
             for count in args.rss_frames:
                 print(f"peak-memory run, {count} frames ({repeat + 1}/{args.rss_repeats}) ...", file=sys.stderr, flush=True)
-                rss[count].append(run_child(args, clips[count], workdir / f"rss-out-{count}.mp4", args.compile_rss, child_env))
+                rss[count].append(run_child(args, clips[count], workdir / f"rss-out-{count}.mp4", args.compile_rss,
+                                            dict(child_env, MALLOC_MMAP_THRESHOLD_="1048576")))
 
     fidelity = None
     if dtype is not None:

@@ -1,6 +1,6 @@
 """One video on one worker against the same video split over two.
 
-    python benchmarks/segments.py [--frames 240] [--size 320x180] [--segment-seconds 2.5] [--compile]
+    python benchmarks/segments.py [--frames 288] [--size 320x180] [--segment-seconds 2.5] [--compile]
 
 Starts its own redis-server (on a free port, in a temporary folder) and
 `vidstyle worker` processes, each limited to one CPU thread (OMP_NUM_THREADS=1),
@@ -30,7 +30,8 @@ import av
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--frames", type=int, default=240, help="frames in the clip, at 24 fps [240]")
+    # 12 s with a keyframe a second: four segments of 3 s, two for each worker.
+    p.add_argument("--frames", type=int, default=288, help="frames in the clip, at 24 fps [288]")
     p.add_argument("--size", default="320x180", help="WIDTHxHEIGHT [320x180]")
     p.add_argument("--segment-seconds", default="2.5", help="segment length for the split runs [2.5]")
     p.add_argument("--compile", action="store_true", help="let workers torch.compile (each pays it once)")
