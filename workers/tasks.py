@@ -145,12 +145,9 @@ def stylize(self: Task, job_id: str) -> str:
     find_style(job.style)  # an unknown style fails first, whatever the input
     spans = _plan(job, input_path, store)
     if len(spans) > 1:
+        # A redelivered first task finds the job split already and leaves it be.
         if store.split(job_id, len(spans), sum(span.frames for span in spans)):
-            segment_dir(output_path, job_id).mkdir(exist_ok=True)
-            job_args = [[span.start, span.end, span.frames] for span in spans]
-            chord(
-                stylize_segment.si(job_id, index, *args).set(queue=job.queue) for index, args in enumerate(job_args)
-            )(join_segments_task.si(job_id, job_args).set(queue=job.queue))
+            _start_segments(job, spans, output_path)
         return "split"
     store.set_current_job(self.request.hostname, os.getpid(), job_id)
     try:
@@ -177,6 +174,14 @@ def _plan(job: Job, input_path: Path, store: JobStore) -> list[Span]:
     else:
         seconds = float(job.segment_seconds)
     return plan_spans(input_path, seconds)
+
+
+def _start_segments(job: Job, spans: list[Span], output_path: Path) -> None:
+    """A chord: one task per segment, then the join once all have ended."""
+    segment_dir(output_path, job.id).mkdir(exist_ok=True)
+    bounds = [[span.start, span.end, span.frames] for span in spans]
+    segments = [stylize_segment.si(job.id, index, *span).set(queue=job.queue) for index, span in enumerate(bounds)]
+    chord(segments)(join_segments_task.si(job.id, bounds).set(queue=job.queue))
 
 
 def segment_dir(output_path: Path, job_id: str) -> Path:
