@@ -7,11 +7,13 @@ its trainer held out (the last --held-out of --photos, by path; centre crops at
 --size), and `vidstyle eval flicker` on --clips handheld camera clips made from
 other held-out photos (vidstyle.sample.make_camera_video). Prints the medians
 of the L-BFGS-equivalent iterations (from white noise, from the photo), the
-median objective, and the flicker ratio on each clip and their mean.
+median objective, and the flicker ratio on each clip and their mean. With
+--record, the figures also go into each style's model card ("evaluation").
 """
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 from statistics import fmean, median
@@ -35,6 +37,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max-iterations", type=int, default=300)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--skip-quality", action="store_true")
+    p.add_argument("--record", action="store_true", help="write the figures into each style's model card")
     return p.parse_args()
 
 
@@ -70,6 +73,20 @@ def main() -> None:
         row["flicker"] = [evaluate_flicker(clip, stylizer).ratio for clip in clips]
         rows.append(row)
         print(row, flush=True)
+        if args.record:
+            card_path = style.weights_path.with_suffix(".json")
+            card = json.loads(card_path.read_text())
+            card["evaluation"] = {
+                "command": "python benchmarks/style_quality.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in (
+                    ("images", args.images), ("clips", args.clips), ("frames", args.frames), ("size", args.size),
+                    ("max_iterations", args.max_iterations), ("held_out", args.held_out))),
+                "quality_photos": args.images, "size": args.size,
+                **({"median_objective": round(row["objective"], 1), "median_lbfgs_iterations_from_noise": row["noise"],
+                    "median_lbfgs_iterations_from_photo": row["content"]} if "objective" in row else {}),
+                "flicker_clips": {clip.stem: round(ratio, 2) for clip, ratio in zip(clips, row["flicker"])},
+                "mean_flicker_ratio": round(fmean(row["flicker"]), 2),
+            }
+            card_path.write_text(json.dumps(card, indent=2) + "\n")
     print()
     print(f"{'style':<16} {'objective':>10} {'L-BFGS noise':>13} {'L-BFGS photo':>13}  flicker per clip (mean)")
     for row in rows:
