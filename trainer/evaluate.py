@@ -18,7 +18,6 @@ from pathlib import Path
 from statistics import median
 from typing import Callable, Iterator
 
-import av
 import cv2
 import numpy as np
 import torch
@@ -29,6 +28,7 @@ from trainer.losses import content_loss, gram_matrix, style_loss, total_variatio
 from trainer.vgg import CONTENT_LAYER, LossNetwork, load_loss_network
 from vidstyle.errors import VidstyleError
 from vidstyle.inference import Stylizer
+from vidstyle.pipeline import open_input, probe_video
 from vidstyle.styles import Style
 
 
@@ -145,16 +145,12 @@ class FlickerResult:
 
 def decoded_frames(path: Path, limit: int | None = None) -> Iterator[np.ndarray]:
     """(H, W, 3) uint8 RGB frames of a video's first video stream."""
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise VidstyleError(f"{path} has no video stream")
-            for count, frame in enumerate(container.decode(video=0)):
-                if limit is not None and count >= limit:
-                    return
-                yield frame.to_ndarray(format="rgb24")
-    except av.FFmpegError as exc:
-        raise VidstyleError(f"cannot read video {path}: {exc}") from exc
+    probe_video(path)  # a missing, broken or audio-only file: the pipeline's one-line errors
+    with open_input(path) as container:
+        for count, frame in enumerate(container.decode(video=0)):
+            if limit is not None and count >= limit:
+                return
+            yield frame.to_ndarray(format="rgb24")
 
 
 class WarpingError:

@@ -33,18 +33,10 @@ def auto_segment_seconds(duration_seconds: float, workers: int) -> float:
                max(MIN_AUTO_SEGMENT_SECONDS, duration_seconds / (SEGMENTS_PER_WORKER * max(1, workers))))
 
 
-def video_duration(path: Path) -> float:
-    """Seconds from the first to the last video frame's timestamp (container metadata as fallback)."""
-    with open_input(path) as container:
-        stream = container.streams.video[0]
-        if stream.duration and stream.time_base:
-            return float(stream.duration * stream.time_base)
-        return float(container.duration or 0) / av.time_base
-
-
-def plan_spans(path: Path, segment_seconds: float) -> list[Span]:
-    """Spans of about segment_seconds, cut at keyframes; one span if the video
-    has no timestamps to cut by or is too short to split."""
+def plan_spans(path: Path, segment_seconds: float | None = None, workers: int = 1) -> list[Span]:
+    """Spans of about segment_seconds (None: auto_segment_seconds for the video's
+    length and this many workers), cut at keyframes; one span if the video has
+    no timestamps to cut by or is too short to split."""
     with open_input(path) as container:
         stream = container.streams.video[0]
         time_base = stream.time_base
@@ -60,6 +52,8 @@ def plan_spans(path: Path, segment_seconds: float) -> list[Span]:
     if not frame_pts:
         raise VidstyleError(f"no video frames in {path}")
     frame_pts.sort()
+    if segment_seconds is None:
+        segment_seconds = auto_segment_seconds(float((frame_pts[-1] - frame_pts[0]) * time_base), workers)
     length = Fraction(segment_seconds) / time_base
     cuts, last_cut = [], frame_pts[0]
     for keyframe in sorted(keyframes):

@@ -31,7 +31,7 @@ from vidstyle.errors import VidstyleError
 from vidstyle.inference import Stylizer, resolve_device
 from vidstyle.jobs import AUTO, CANCELLED, FAILED, RUNNING, SUCCEEDED, Job, JobStore
 from vidstyle.pipeline import EncodeOptions, Span, is_image, partial_file, probe_video, stylize_file
-from vidstyle.segments import auto_segment_seconds, join_segments, plan_spans, video_duration
+from vidstyle.segments import join_segments, plan_spans
 from vidstyle.styles import find_style
 from workers.celery import app
 from workers.celeryconfig import JOIN_TASK_NAME, SEGMENT_TASK_NAME, TASK_NAME
@@ -170,10 +170,8 @@ def _plan(job: Job, input_path: Path, store: JobStore) -> list[Span]:
     probe_video(input_path)  # bad input fails here, with the pipeline's message
     if job.segment_seconds == AUTO:
         workers = sum(job.queue in w.queues.split(",") for w in store.live_workers())
-        seconds = auto_segment_seconds(video_duration(input_path), workers)
-    else:
-        seconds = float(job.segment_seconds)
-    return plan_spans(input_path, seconds)
+        return plan_spans(input_path, workers=workers)
+    return plan_spans(input_path, float(job.segment_seconds))
 
 
 def _start_segments(job: Job, spans: list[Span], output_path: Path) -> None:
