@@ -19,6 +19,7 @@ from PIL import Image
 from trainer.cli import train
 from trainer.evaluate import lbfgs_iterations_to_reach
 from trainer.losses import warp
+from trainer.train import TrainConfig
 from trainer.vgg import TORCHVISION_CONVENTION, InputNormalization
 from vidstyle.styles import find_style
 
@@ -173,17 +174,48 @@ def test_curriculum_resumes_across_a_stage_boundary(inputs: dict[str, Path], tmp
         args = train_args(inputs, run_dir, 1, "--curriculum", curriculum, *extra)
         return args[: args.index("--iterations")] + args[args.index("--iterations") + 2 :]
 
-    invoke(curriculum_args(tmp_path / "straight", "32:3,40:3"))
-    # Stopped inside the first stage, then extended by a stage it was not started with.
+    invoke(curriculum_args(tmp_path / "straight", "32:3,40:3", "--final-lr", "1e-5"))
+    # Stopped inside the first stage, then extended by a stage (and a decay of the lr over it)
+    # it was not started with.
     invoke(curriculum_args(tmp_path / "resumed", "32:2"))
-    invoke(curriculum_args(tmp_path / "resumed", "32:3,40:3", "--resume"))
+    invoke(curriculum_args(tmp_path / "resumed", "32:3,40:3", "--final-lr", "1e-5", "--resume"))
     assert logged_losses(tmp_path / "resumed") == logged_losses(tmp_path / "straight")
     card = json.loads((tmp_path / "resumed" / "tiny.json").read_text())
     assert card["curriculum"] == [[32, 3], [40, 3]] and card["image_size"] == 40 and card["iterations"] == 6
-    assert card["precision"] in ("bf16", "fp32")
+    assert card["precision"] in ("bf16", "fp32") and card["final_lr"] == 1e-5
+    assert "cosine decay to 1e-05 over the last 3 iterations" in card["recipe"]
+
+    result = CliRunner().invoke(train, curriculum_args(tmp_path / "resumed", "32:3,40:4", "--final-lr", "1e-5", "--resume"))
+    assert result.exit_code == 1 and "learning rate 1e-05 at iteration 6" in result.output
 
     result = CliRunner().invoke(train, curriculum_args(tmp_path / "resumed", "40:6,48:2", "--resume"))
     assert result.exit_code == 1 and "crop sizes of iterations 1..6" in result.output
+
+
+def test_learning_rate_decays_over_the_last_stage() -> None:
+    config = TrainConfig(style_image=Path("s.png"), dataset=Path("d"), run_dir=Path("r"), output=Path("o.pth"), name="s",
+                         curriculum=((32, 3), (40, 5)), lr=1e-3, final_lr=1e-5)
+    rates = [config.lr_at(i) for i in range(1, 9)]
+    assert rates[:4] == [1e-3] * 4 and rates[-1] == pytest.approx(1e-5)
+    assert rates[5] == pytest.approx((1e-3 + 1e-5) / 2) and rates[3] > rates[4] > rates[5] > rates[6] > rates[7]
+    config.final_lr = None
+    assert {config.lr_at(i) for i in range(1, 9)} == {1e-3}
+
+
+def test_fine_tuning_starts_from_a_trained_style(inputs: dict[str, Path], tmp_path: Path) -> None:
+    invoke(train_args(inputs, tmp_path / "parent", 2))
+    parent = tmp_path / "parent" / "tiny.pth"
+    # An lr too small to move fp16 weights: the child must come out as its parent.
+    invoke(train_args(inputs, tmp_path / "child", 1, "--init-from", str(parent), "--lr", "1e-30"))
+    weights = [torch.load(run / "tiny.pth", weights_only=True) for run in (tmp_path / "parent", tmp_path / "child")]
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+    card = json.loads((tmp_path / "child" / "tiny.json").read_text())
+    assert card["initialized_from"]["name"] == "tiny" and card["initialized_from"]["iterations"] == 2
+    assert card["recipe"].startswith("Started from the weights of style tiny (2 iterations: ")
+    assert json.loads((tmp_path / "parent" / "tiny.json").read_text())["initialized_from"] is None
+
+    result = CliRunner().invoke(train, train_args(inputs, tmp_path / "child2", 1, "--init-from", "no-such-style"))
+    assert result.exit_code == 1 and "unknown style 'no-such-style'" in result.output
 
 
 def test_quality_eval_compares_with_lbfgs(inputs: dict[str, Path], tmp_path: Path) -> None:

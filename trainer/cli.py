@@ -43,6 +43,10 @@ def parse_curriculum(ctx: click.Context, param: click.Parameter, value: str | No
               help="Crop size stages SIZE:ITERATIONS,... (e.g. 128:2000,256:300) instead of --image-size and --iterations.")
 @click.option("--batch-size", default=TrainConfig.batch_size, type=click.IntRange(min=1), show_default=True)
 @click.option("--lr", default=TrainConfig.lr, show_default=True)
+@click.option("--final-lr", type=click.FloatRange(min=0),
+              help="Decay the learning rate to this along a half cosine over the last stage.  [default: constant --lr]")
+@click.option("--init-from", metavar="STYLE",
+              help="Start from a trained style's weights (name or .pth) instead of random ones: fine-tune it.")
 @click.option("--content-weight", default=TrainConfig.content_weight, show_default=True)
 @click.option("--style-weight", default=TrainConfig.style_weight, show_default=True)
 @click.option("--tv-weight", default=TrainConfig.tv_weight, show_default=True)

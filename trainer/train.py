@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import random
 import signal
@@ -19,7 +20,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -43,7 +44,7 @@ from trainer.vgg import CONTENT_LAYER, LossNetwork, load_loss_network
 from vidstyle.errors import VidstyleError
 from vidstyle.inference import has_native_bf16
 from vidstyle.model import TransformerNet
-from vidstyle.styles import save_style
+from vidstyle.styles import Style, find_style, save_style
 
 STYLE_FORMAT = "vidstyle-style/1"
 SAMPLE_COUNT = 4
@@ -70,6 +71,10 @@ class TrainConfig:
     precision: str | None = None  # "bf16" or "fp32"; None: bf16 where the device computes it natively
     batch_size: int = 4
     lr: float = 1e-3
+    # None keeps lr constant; otherwise the last stage decays it to final_lr along a half cosine.
+    final_lr: float | None = None
+    # A trained style (name or .pth) to start from instead of random weights: fine-tuning.
+    init_from: str | None = None
     content_weight: float = 1.0
     style_weight: float = 2e-4
     tv_weight: float = 1e-3  # about 0.3% of the gradient of the other terms at 128 px: a light touch
@@ -92,6 +97,17 @@ class TrainConfig:
         """(crop size, last iteration of the stage) per stage, iterations counted from 1."""
         ends = itertools.accumulate(iterations for _, iterations in self.stages())
         return [(size, end) for (size, _), end in zip(self.stages(), ends)]
+
+    def lr_at(self, iteration: int) -> float:
+        """The learning rate of an iteration (counted from 1): a function of the
+        iteration alone, so a resumed run follows the same schedule."""
+        if self.final_lr is None:
+            return self.lr
+        last_start, last_end = (self.schedule()[-2][1] if len(self.stages()) > 1 else 0), self.schedule()[-1][1]
+        if iteration <= last_start:
+            return self.lr
+        progress = (iteration - 1 - last_start) / max(1, last_end - last_start - 1)
+        return self.final_lr + (self.lr - self.final_lr) * (1 + math.cos(math.pi * progress)) / 2
 
 
 # Settings a resumed run must share with the checkpoint, or it would not continue the same run.
@@ -140,6 +156,7 @@ def train(config: TrainConfig) -> int | None:
     # Spread over the pool: neighbours by name are often alike (ImageNet's classes come sorted).
     sample_photos = load_sample_photos(pool[:: max(1, len(pool) // SAMPLE_COUNT)][:SAMPLE_COUNT], SAMPLE_SIZE).to(device)
 
+    parent = _parent_style(config.init_from)
     loss_net = load_loss_network(config.vgg_weights).to(device)
     style = load_style_image(config.style_image, style_size).to(device)
     with torch.no_grad():
@@ -150,12 +167,13 @@ def train(config: TrainConfig) -> int | None:
         "training_images": len(train_paths),
         "vgg_weights": loss_net.description,
         "precision": precision,
+        "init_from": parent and sha256_file(parent.weights_path),
     }
 
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
-    net = TransformerNet().to(device)
+    net = (parent.load_network().train() if parent else TransformerNet()).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
     recent: deque[dict[str, float]] = deque(maxlen=FINAL_LOSS_WINDOW)
     iteration, images_consumed, elapsed_s = 0, 0, 0.0
@@ -165,7 +183,7 @@ def train(config: TrainConfig) -> int | None:
     log_path = run_dir / "log.jsonl"
     (run_dir / "samples").mkdir(parents=True, exist_ok=True)
     if config.resume:
-        checkpoint = _load_checkpoint(checkpoint_path, identity, schedule)
+        checkpoint = _load_checkpoint(checkpoint_path, identity, schedule, config.lr_at)
         net.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         _set_rng_states(checkpoint["rng"])
@@ -185,6 +203,8 @@ def train(config: TrainConfig) -> int | None:
         for iteration, images in batches:
             terms = _loss_terms(net, loss_net, style_grams, images.to(device), config.stability_weight > 0, autocast)
             total = sum(weights[name] * value for name, value in terms.items())
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr_at(iteration)
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()
@@ -233,6 +253,11 @@ def train(config: TrainConfig) -> int | None:
         "precision": precision,
         "batch_size": config.batch_size,
         "lr": config.lr,
+        "final_lr": config.final_lr,
+        "initialized_from": parent and {
+            "name": parent.name, "weights_sha256": identity["init_from"],
+            "iterations": parent.card.get("iterations"), "recipe": parent.card.get("recipe"),
+        },
         "content_weight": config.content_weight,
         "style_weight": config.style_weight,
         "tv_weight": config.tv_weight,
@@ -243,7 +268,7 @@ def train(config: TrainConfig) -> int | None:
         "wall_time_s": round(elapsed_s, 1),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
         "seed": config.seed,
-        "recipe": _recipe(config, style_size, precision),
+        "recipe": _recipe(config, style_size, precision, parent),
     }
     save_style(net, config.output, card)
     print(f"saved style {config.name}: {config.output}", file=sys.stderr)
@@ -307,6 +332,16 @@ def _save_samples(net: TransformerNet, photos: torch.Tensor, path: Path) -> None
     save_image(torch.stack([photos, stylized], dim=1).flatten(0, 1) / 255, path, nrow=2)
 
 
+def _parent_style(init_from: str | None) -> Style | None:
+    """The trained style a fine-tuning run starts from."""
+    if init_from is None:
+        return None
+    parent = find_style(init_from)
+    if parent.card.get("format", STYLE_FORMAT) != STYLE_FORMAT:
+        raise VidstyleError(f"--init-from {init_from}: model card format {parent.card['format']!r} is not {STYLE_FORMAT}")
+    return parent
+
+
 def _rng_states() -> dict:
     kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
     return {
@@ -334,7 +369,9 @@ def _save_checkpoint(path: Path, checkpoint: dict) -> None:
     os.replace(tmp, path)
 
 
-def _load_checkpoint(path: Path, identity: dict, schedule: list[tuple[int, int]]) -> dict:
+def _load_checkpoint(
+    path: Path, identity: dict, schedule: list[tuple[int, int]], lr_at: Callable[[int], float]
+) -> dict:
     if not path.is_file():
         raise VidstyleError(f"nothing to resume: no checkpoint {path}")
     try:
@@ -346,6 +383,10 @@ def _load_checkpoint(path: Path, identity: dict, schedule: list[tuple[int, int]]
     done = checkpoint["iteration"]
     if _sizes_until(checkpoint["schedule"], done) != _sizes_until(schedule, done):
         changed.append(f"crop sizes of iterations 1..{done} (now {_sizes_until(schedule, done)})")
+    # The optimizer holds the last lr used: a changed --final-lr may only shape iterations not yet run.
+    last_lr = checkpoint["optimizer"]["param_groups"][0]["lr"]
+    if not math.isclose(last_lr, lr_at(done), rel_tol=1e-9):
+        changed.append(f"learning rate {last_lr:g} at iteration {done} (now {lr_at(done):g})")
     if changed:
         raise VidstyleError(f"checkpoint {path} belongs to a run with other settings: {'; '.join(changed)}")
     return checkpoint
@@ -374,9 +415,14 @@ def _truncate_log(path: Path, last_iteration: int) -> None:
     path.write_text("".join(kept))
 
 
-def _recipe(config: TrainConfig, style_size: int, precision: str) -> str:
+def _recipe(config: TrainConfig, style_size: int, precision: str, parent: Style | None) -> str:
     stages = [f"{iterations} iterations at {size} px" for size, iterations in config.stages()]
-    text = (f"Johnson et al. (2016) perceptual-loss training of vidstyle's TransformerNet: Adam lr {config.lr}, "
+    lr = f"lr {config.lr}" + ("" if config.final_lr is None else
+                              f" (cosine decay to {config.final_lr} over the last {config.stages()[-1][1]} iterations)")
+    start = (f"Started from the weights of style {parent.name} "
+             f"({parent.card.get('iterations', 'unknown')} iterations: {parent.card.get('recipe', 'no recipe in its card')}) "
+             if parent else "")
+    text = (f"{start}Johnson et al. (2016) perceptual-loss training of vidstyle's TransformerNet: Adam {lr}, "
             f"batch {config.batch_size}, random resized crops from {Path(config.dataset).resolve().name} "
             f"({config.holdout} photos held out): {', then '.join(stages)}; "
             f"style image long side {style_size} px, VGG-16 losses, networks in {precision}.")
