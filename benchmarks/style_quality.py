@@ -7,7 +7,7 @@ its trainer held out (the last --held-out of --photos, by path; centre crops at
 --size), and `vidstyle eval flicker` on --clips handheld camera clips made from
 other held-out photos (vidstyle.sample.make_camera_video). Prints the medians
 of the L-BFGS-equivalent iterations (from white noise, from the photo), the
-median objective, and the flicker ratio on each clip and their mean. With
+median objective and its unweighted style term, and the flicker ratio on each clip and their mean. With
 --record, the figures also go into each style's model card ("evaluation").
 """
 from __future__ import annotations
@@ -66,7 +66,7 @@ def main() -> None:
             results = evaluate_quality(style, args.style_images / style.card["style_image"], args.photos, args.vgg_weights,
                                        size=args.size, limit=args.images, max_iterations=args.max_iterations,
                                        held_out=args.held_out)
-            row |= {"objective": median(r.objective for r in results),
+            row |= {"objective": median(r.objective for r in results), "style_loss": median(r.style_loss for r in results),
                     "noise": median_iterations([r.from_noise for r in results], args.max_iterations),
                     "content": median_iterations([r.from_content for r in results], args.max_iterations)}
         stylizer = Stylizer(style.load_network(), resolve_device(None), compile=False)
@@ -81,17 +81,18 @@ def main() -> None:
                     ("images", args.images), ("clips", args.clips), ("frames", args.frames), ("size", args.size),
                     ("max_iterations", args.max_iterations), ("held_out", args.held_out))),
                 "quality_photos": args.images, "size": args.size,
-                **({"median_objective": round(row["objective"], 1), "median_lbfgs_iterations_from_noise": row["noise"],
+                **({"median_objective": round(row["objective"], 1), "median_style_loss": round(row["style_loss"]),
+                    "median_lbfgs_iterations_from_noise": row["noise"],
                     "median_lbfgs_iterations_from_photo": row["content"]} if "objective" in row else {}),
                 "flicker_clips": {clip.stem: round(ratio, 2) for clip, ratio in zip(clips, row["flicker"])},
                 "mean_flicker_ratio": round(fmean(row["flicker"]), 2),
             }
             card_path.write_text(json.dumps(card, indent=2) + "\n")
     print()
-    print(f"{'style':<16} {'objective':>10} {'L-BFGS noise':>13} {'L-BFGS photo':>13}  flicker per clip (mean)")
+    print(f"{'style':<16} {'objective':>10} {'style loss':>10} {'L-BFGS noise':>13} {'L-BFGS photo':>13}  flicker per clip (mean)")
     for row in rows:
-        quality = (f"{row['objective']:>10.4g} {row['noise']:>13g} {row['content']:>13g}" if "objective" in row
-                   else f"{'-':>10} {'-':>13} {'-':>13}")
+        quality = (f"{row['objective']:>10.4g} {row['style_loss']:>10.4g} {row['noise']:>13g} {row['content']:>13g}"
+                   if "objective" in row else f"{'-':>10} {'-':>10} {'-':>13} {'-':>13}")
         flicker = ", ".join(f"{ratio:.2f}" for ratio in row["flicker"])
         print(f"{row['style']:<16} {quality}  {flicker} ({fmean(row['flicker']):.2f})")
 

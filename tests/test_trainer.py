@@ -229,8 +229,8 @@ def test_quality_eval_compares_with_lbfgs(inputs: dict[str, Path], tmp_path: Pat
     assert lines[0].split()[:2] == ["image", "objective"] and lines[-1].split()[0] == "median"
     assert [line.split()[0] for line in lines[1:-1]] == ["photo5.png", "photo7.jpg"]  # the 2 held out: last by path
     for line in lines[1:]:
-        objective, from_noise, from_content = line.split()[1:]
-        assert float(objective) > 0
+        objective, style_loss, from_noise, from_content = line.split()[1:]
+        assert float(objective) > 0 and float(style_loss) > 0
         assert from_noise == ">40" or 0 < float(from_noise) <= 40
 
     other_image = tmp_path / "other.png"

@@ -122,12 +122,13 @@ def quality(style_name: str, images: Path, style_image: Path, vgg_weights: Path 
     def shown(count: float | None) -> str:
         return f">{max_iterations}" if count is None or count > max_iterations else f"{count:g}"
 
-    click.echo(f"{'image':<32} {'objective':>12} {'L-BFGS from noise':>18} {'from content':>13}")
-    for result in results:
-        click.echo(f"{result.image:<32} {result.objective:>12.4g} {shown(result.from_noise):>18} {shown(result.from_content):>13}")
+    click.echo(f"{'image':<32} {'objective':>12} {'style loss':>12} {'L-BFGS from noise':>18} {'from content':>13}")
+    for r in results:
+        click.echo(f"{r.image:<32} {r.objective:>12.4g} {r.style_loss:>12.4g} {shown(r.from_noise):>18} {shown(r.from_content):>13}")
     noise = median_iterations([r.from_noise for r in results], max_iterations)
     content = median_iterations([r.from_content for r in results], max_iterations)
-    click.echo(f"{'median':<32} {median(r.objective for r in results):>12.4g} {shown(noise):>18} {shown(content):>13}")
+    click.echo(f"{'median':<32} {median(r.objective for r in results):>12.4g} {median(r.style_loss for r in results):>12.4g} "
+               f"{shown(noise):>18} {shown(content):>13}")
 
 
 @evaluate.command()

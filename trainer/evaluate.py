@@ -36,6 +36,7 @@ from vidstyle.styles import Style
 class QualityResult:
     image: str
     objective: float  # of the network's output
+    style_loss: float  # its unweighted style term: how much style, comparable between recipes
     from_noise: int | None  # L-BFGS iterations to reach it; None: not within the limit
     from_content: int | None
 
@@ -55,11 +56,15 @@ class PerceptualObjective:
         with torch.no_grad():
             return self.loss_net(content, num_layers=CONTENT_LAYER + 1)[CONTENT_LAYER]
 
-    def __call__(self, image: torch.Tensor, content_target: torch.Tensor) -> torch.Tensor:
+    def terms(self, image: torch.Tensor, content_target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The unweighted terms, in the trainer's units."""
         features = self.loss_net(image)
-        return (self.weights["content"] * content_loss(features[CONTENT_LAYER], content_target)
-                + self.weights["style"] * style_loss(features, self.style_grams)
-                + self.weights["tv"] * total_variation(image))
+        return {"content": content_loss(features[CONTENT_LAYER], content_target),
+                "style": style_loss(features, self.style_grams),
+                "tv": total_variation(image)}
+
+    def __call__(self, image: torch.Tensor, content_target: torch.Tensor) -> torch.Tensor:
+        return sum(self.weights[name] * term for name, term in self.terms(image, content_target).items())
 
 
 def lbfgs_iterations_to_reach(
@@ -117,10 +122,11 @@ def evaluate_quality(
         content = load_sample_photos([path], size)
         target = objective.content_target(content)
         with torch.no_grad():
-            value = objective(net(content).clamp(0, 255), target).item()
+            terms = objective.terms(net(content).clamp(0, 255), target)
+        value = sum(objective.weights[name] * term for name, term in terms.items()).item()
         noise = torch.rand(content.shape, generator=generator) * 255
         results.append(QualityResult(
-            image=path.name, objective=value,
+            image=path.name, objective=value, style_loss=terms["style"].item(),
             from_noise=lbfgs_iterations_to_reach(lambda x: objective(x, target), noise, value, max_iterations),
             from_content=lbfgs_iterations_to_reach(lambda x: objective(x, target), content, value, max_iterations),
         ))
