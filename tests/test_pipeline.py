@@ -16,6 +16,7 @@ from vidstyle.model import TransformerNet
 from vidstyle.pipeline import stylize_file
 from vidstyle.sample import make_sample_video
 from vidstyle.segments import join_segments, plan_spans
+from vidstyle.strips import stylize_in_strips
 from vidstyle.styles import find_style
 
 
@@ -121,7 +122,8 @@ def test_subpixel_upsample_conv_matches_upsample_then_conv() -> None:
 
 
 @pytest.mark.parametrize("size", [(64, 48), (67, 45)])
-def test_stylizer_matches_the_network_at_any_size(size: tuple[int, int]) -> None:
+@pytest.mark.parametrize("whole_frame_pixels", [None, 0], ids=["whole", "strips"])
+def test_stylizer_matches_the_network_at_any_size(size: tuple[int, int], whole_frame_pixels: int | None) -> None:
     torch.manual_seed(0)
     net = TransformerNet().eval()
     width, height = size
@@ -131,9 +133,23 @@ def test_stylizer_matches_the_network_at_any_size(size: tuple[int, int]) -> None
         pad = (0, -width % 4, 0, -height % 4)
         expected = net(torch.nn.functional.pad(x, pad, mode="replicate"))[..., :height, :width]
     expected = expected.clamp(0, 255).round().permute(0, 2, 3, 1).numpy()
-    got = Stylizer(net, resolve_device("cpu"), compile=False)(frames)
+    got = Stylizer(net, resolve_device("cpu"), compile=False, whole_frame_pixels=whole_frame_pixels)(frames)
     assert got.shape == frames.shape
     assert np.abs(got.astype(float) - expected).max() <= 1
+
+
+@pytest.mark.parametrize("size", [(70, 44), (96, 64)])
+def test_strips_compute_the_whole_network(size: tuple[int, int]) -> None:
+    # Trained weights: their instance-norm statistics are what tiles would get wrong.
+    net = find_style("udnie").load_network()
+    width, height = size
+    x = torch.rand(2, 3, height, width, generator=torch.Generator().manual_seed(0)) * 255
+    with torch.no_grad():
+        whole = net(x)
+        # Strips of a few rows: every layer is cut many times, at borders and in the middle.
+        strips = stylize_in_strips(net, x.clone(), strip_pixels=3 * width)
+    assert strips.shape == whole.shape
+    assert (strips - whole).abs().max() < 1e-3 and whole.std() > 10
 
 
 class IdentityStylizer:

@@ -7,6 +7,7 @@ is decided here.
 """
 from __future__ import annotations
 
+import copy
 import os
 
 import numpy as np
@@ -16,6 +17,7 @@ from torch import nn
 
 from vidstyle.errors import VidstyleError
 from vidstyle.model import ConvLayer, TransformerNet
+from vidstyle.strips import stylize_in_strips
 
 # Two stride-2 convolutions and two x2 upsamplings: sizes that are not multiples
 # of 4 would come back a few pixels larger, so frames are padded, then cropped.
@@ -151,8 +153,11 @@ class Stylizer:
     """Applies one style network to batches of uint8 RGB frames."""
 
     def __init__(self, net: TransformerNet, device: torch.device, compile: bool | None = None,
-                 precision: str | None = None):
+                 precision: str | None = None, whole_frame_pixels: int | None = None):
         self.device = device
+        # The plain layers, before prepare_network rewrites them, for frames too large to run whole.
+        self.strip_net = copy.deepcopy(net).eval().requires_grad_(False).to(device)
+        self.whole_frame_pixels = whole_frame_pixels
         self.net = prepare_network(net, device)
         if compile if compile is not None else compile_by_default():
             import torch._inductor.config as inductor_config
@@ -175,7 +180,11 @@ class Stylizer:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            y = self.net(x)
+            limit = self.whole_frame_pixels
+            if x[0, 0].numel() * len(x) <= (limit if limit is not None else whole_frame_pixel_limit(self.device)):
+                y = self.net(x)
+            else:
+                y = torch.cat([stylize_in_strips(self.strip_net, frame[None].contiguous()) for frame in x])
         y = y[..., :height, :width].float().clamp_(0, 255).round_().to(torch.uint8)
         return y.permute(0, 2, 3, 1).cpu().numpy()
 
@@ -184,6 +193,28 @@ class Stylizer:
 # activations of 32 channels at full resolution, in bytes (fp32).
 BYTES_PER_PIXEL = 1024
 CPU_BATCH_PIXELS = 4 * 640 * 360  # batches beyond this do not run faster on a CPU
+
+
+def whole_frame_pixel_limit(device: torch.device) -> int:
+    """The most pixels a batch may have to run through the network whole: half
+    the free memory of the device. Larger frames run in strips (vidstyle.strips),
+    which is exact but slower, rather than run out of memory."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free * 0.5 // (BYTES_PER_PIXEL // 2))  # float16
+    return int(available_memory() * 0.5 // BYTES_PER_PIXEL)
+
+
+def available_memory() -> int:
+    """Bytes the system can give without swapping (Linux's MemAvailable; else half the RAM)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
 
 
 def default_batch_size(device: torch.device, height: int, width: int) -> int:
