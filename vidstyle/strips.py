@@ -98,7 +98,7 @@ def _instance_norm_(norm: nn.InstanceNorm2d, x: torch.Tensor, strip_pixels: int)
     for first in range(0, height, rows):
         part = x[:, :, first:first + rows].float()
         sums += part.sum((2, 3))
-        squares += part.square_().sum((2, 3))
+        squares += part.square().sum((2, 3))
     count = height * width
     mean = sums / count
     variance = (squares / count - mean.square()).clamp_(min=0)  # biased, as InstanceNorm2d
