@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from trainer.evaluate import evaluate_flicker
-from vidstyle.preview import GAP, LABEL_WIDTH
-from vidstyle.sample import make_camera_video
+from vidstyle.preview import GAP, LABEL_WIDTH, sample_frames
+from vidstyle.sample import make_camera_video, make_sample_video
 
 from conftest import TEST_STYLE, decode, run_cli
 
@@ -68,3 +68,11 @@ def test_preview_sheet_has_a_row_per_style(camera_clip: Path, tmp_path: Path) ->
 def test_preview_of_missing_input_is_one_line_error(tmp_path: Path) -> None:
     result = run_cli("preview", tmp_path / "nothing.mp4", "--styles", TEST_STYLE)
     assert result.returncode == 1 and result.stderr.strip() == f"vidstyle: error: input not found: {tmp_path / 'nothing.mp4'}"
+
+
+@pytest.mark.parametrize("keyframes", [None, [0, 17, 40]], ids=["gop-12", "irregular"])
+def test_preview_frames_are_spread_evenly(tmp_path: Path, keyframes: list[int] | None) -> None:
+    clip = make_sample_video(tmp_path / "clip.mp4", width=64, height=48, frames=48, audio=False, keyframes=keyframes)
+    every = decode(clip)["pixels"]
+    # Mid-interval: frames 6, 18, 30 and 42 of 48, found by seeking, not by decoding the whole video.
+    assert [frame.tobytes() for frame in sample_frames(clip, 4)] == [every[i].tobytes() for i in (6, 18, 30, 42)]

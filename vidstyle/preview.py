@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from vidstyle.errors import VidstyleError
 from vidstyle.inference import Stylizer, resolve_device
-from vidstyle.pipeline import is_image, partial_file, probe_video
+from vidstyle.pipeline import is_image, open_input, partial_file, probe_video
 from vidstyle.styles import Style
 
 LABEL_WIDTH = 120
@@ -32,14 +32,20 @@ def sample_frames(path: Path, count: int) -> list[np.ndarray]:
             raise VidstyleError(f"not a readable image: {path}") from exc
     if not path.is_file():
         raise VidstyleError(f"input not found: {path}")
-    info = probe_video(path)
-    wanted = [(i + 0.5) / count for i in range(count)]  # fractions of the frame count, mid-interval
+    probe_video(path)  # a clear error for what is not a decodable video
     picked: list[np.ndarray] = []
-    with av.open(str(path)) as container:
-        # Decoding from the start is exact whatever the keyframes; a preview of
-        # a long film would seek, but previews are for choosing a style on a clip.
-        for index, frame in enumerate(container.decode(video=0)):
-            if len(picked) < count and index >= wanted[len(picked)] * max(info.frames, 1):
+    with open_input(path) as container:
+        stream = container.streams.video[0]
+        start = stream.start_time or 0
+        duration = stream.duration or (container.duration or 0) / av.time_base / stream.time_base
+        # Mid-interval times, so a long film does not show its black first frame.
+        for fraction in [(i + 0.5) / count for i in range(count)]:
+            target = start + fraction * duration
+            # To the keyframe before the target, then decode up to it: a preview of a
+            # two-hour film decodes a few GOPs, not the film.
+            container.seek(int(target), stream=stream)
+            frame = next((f for f in container.decode(stream) if f.pts is None or f.pts >= target), None)
+            if frame is not None:
                 picked.append(frame.to_ndarray(format="rgb24"))
     if not picked:
         raise VidstyleError(f"no decodable video frames in {path}")
