@@ -53,17 +53,21 @@ def main() -> None:
     loss_net = load_loss_network(args.vgg_weights)
     photos = load_sample_photos(find_images(args.dataset)[-args.held_out:][: args.photos], args.size)
 
-    def photo_style_loss(name: str) -> float:
-        with torch.no_grad():
-            grams = [gram_matrix(f) for f in loss_net(load_style_image(images[name], args.style_size))]
-            return median(style_loss(loss_net(photo.unsqueeze(0)), grams).item() for photo in photos)
+    with torch.no_grad():
+        # The photos' features are the same for every style: computed once.
+        photo_features = [loss_net(photo.unsqueeze(0)) for photo in photos]
 
-    reference = photo_style_loss(REFERENCE_STYLE)
+        def photo_style_loss(name: str) -> float:
+            grams = [gram_matrix(f) for f in loss_net(load_style_image(images[name], args.style_size))]
+            return median(style_loss(features, grams).item() for features in photo_features)
+
+        losses = {name: photo_style_loss(name) for name in dict.fromkeys([REFERENCE_STYLE, *names])}
+    reference = losses[REFERENCE_STYLE]
     print(f"median style loss of {len(photos)} unstylized held-out photos at {args.size} px (style long side "
           f"{args.style_size}); balanced weight = {REFERENCE_WEIGHT:g} x {REFERENCE_STYLE}'s loss / the style's")
     print(f"{'style':16s} {'photo style loss':>17s} {'x ' + REFERENCE_STYLE:>9s} {'balanced weight':>16s}")
     for name in names:
-        loss = reference if name == REFERENCE_STYLE else photo_style_loss(name)
+        loss = losses[name]
         print(f"{name:16s} {loss:17.3e} {loss / reference:9.2f} {REFERENCE_WEIGHT * reference / loss:16.1e}")
 
 
