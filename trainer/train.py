@@ -323,8 +323,6 @@ def _scheduled_batches(
         done = end
 
 
-
-
 def _save_samples(net: TransformerNet, photos: torch.Tensor, path: Path) -> None:
     with torch.no_grad():
         stylized = net(photos).clamp(0, 255)
