@@ -50,6 +50,8 @@ def test_styles_lists_the_search_path() -> None:
     result = run_cli("styles")
     assert result.returncode == 0
     assert TEST_STYLE in result.stdout
+    udnie_line = next(line for line in result.stdout.splitlines() if line.startswith("udnie "))
+    assert "L-BFGS equivalent 58.5" in udnie_line  # the built-in's measured quality, from its card
 
 
 def _audio_only(path: Path) -> Path:
