@@ -1,6 +1,6 @@
 """Quality and flicker of installed styles, side by side, measured in one run.
 
-    python benchmarks/style_quality.py --styles udnie,mosaic [--images 8] [--clips 3] [--threads 1]
+    python benchmarks/style_quality.py --styles udnie,the-scream [--images 8] [--clips 3] [--threads 1]
 
 For each style: `vidstyle eval quality` on the first --images of the photos
 its trainer held out (the last --held-out of --photos, by path; centre crops at
