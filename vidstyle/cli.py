@@ -117,13 +117,14 @@ def styles() -> None:
         click.echo("no styles installed (add a folder of NAME.pth + NAME.json to VIDSTYLE_STYLES_PATH)")
     for name, style in sorted(found.items()):
         card = style.card
-        detail = ", ".join(f"{k} {card[k]}" for k in ("style_image", "image_size", "iterations") if k in card)
+        parts = [f"{k} {card[k]}" for k in ("style_image", "image_size", "iterations") if k in card]
         # The measured quality and flicker (benchmarks/style_quality.py --record) help pick a style.
         evaluation = card.get("evaluation", {})
         if "median_lbfgs_iterations_from_noise" in evaluation:
-            detail += (f", L-BFGS equivalent {evaluation['median_lbfgs_iterations_from_noise']:g}"
-                       f", flicker {evaluation['mean_flicker_ratio']:g}")
-        click.echo(f"{name:<16} {detail or '(no model card)'}  {style.weights_path}")
+            parts.append(f"L-BFGS equivalent {evaluation['median_lbfgs_iterations_from_noise']:g}")
+        if "mean_flicker_ratio" in evaluation:
+            parts.append(f"flicker {evaluation['mean_flicker_ratio']:g}")
+        click.echo(f"{name:<16} {', '.join(parts) or '(no model card)'}  {style.weights_path}")
 
 
 @cli.command()
