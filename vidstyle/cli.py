@@ -120,10 +120,8 @@ def styles() -> None:
         parts = [f"{k} {card[k]}" for k in ("style_image", "image_size", "iterations") if k in card]
         # The measured quality and flicker (benchmarks/style_quality.py --record) help pick a style.
         evaluation = card.get("evaluation", {})
-        if "median_lbfgs_iterations_from_noise" in evaluation:
-            parts.append(f"L-BFGS equivalent {evaluation['median_lbfgs_iterations_from_noise']:g}")
-        if "mean_flicker_ratio" in evaluation:
-            parts.append(f"flicker {evaluation['mean_flicker_ratio']:g}")
+        parts += [f"{label} {evaluation[k]:g}" for k, label in (
+            ("median_lbfgs_iterations_from_noise", "L-BFGS equivalent"), ("mean_flicker_ratio", "flicker")) if k in evaluation]
         click.echo(f"{name:<16} {', '.join(parts) or '(no model card)'}  {style.weights_path}")
 
 
