@@ -256,8 +256,8 @@ def train(config: TrainConfig) -> int | None:
         "final_lr": config.final_lr,
         "initialized_from": parent and {
             "name": parent.name, "weights_sha256": identity["init_from"],
-            "iterations": parent.card.get("iterations"), "recipe": parent.card.get("recipe"),
-        },
+            "iterations": parent.card.get("iterations"),
+        },  # the parent's recipe is already the start of this card's "recipe"
         "content_weight": config.content_weight,
         "style_weight": config.style_weight,
         "tv_weight": config.tv_weight,
