@@ -8,6 +8,7 @@ is decided here.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 
 import numpy as np
@@ -163,6 +164,9 @@ class Stylizer:
             import torch._inductor.config as inductor_config
 
             inductor_config.freezing = True  # constant-fold the weights into oneDNN's packed layout
+            # Inductor looks for a CUDA toolkit even on CPU-only hosts and warns on every run when
+            # it finds one without a GPU: noise for the user, not a problem.
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
             self.net = torch.compile(self.net, dynamic=False)
         self.autocast_dtype = autocast_dtype(device, precision)
 
