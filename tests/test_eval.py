@@ -32,7 +32,7 @@ def test_camera_clip_moves_over_the_photo(camera_clip: Path) -> None:
 
 
 def test_flicker_ratio_is_one_for_the_input_and_grows_with_flicker(camera_clip: Path) -> None:
-    unchanged = evaluate_flicker(camera_clip, lambda frames: frames)
+    unchanged = evaluate_flicker(camera_clip, lambda frames: frames).per_frame
     assert unchanged.frames == 12 and unchanged.input_error > 0
     assert unchanged.ratio == pytest.approx(1.0)
 
@@ -41,13 +41,22 @@ def test_flicker_ratio_is_one_for_the_input_and_grows_with_flicker(camera_clip: 
     def flickering(frames: np.ndarray) -> np.ndarray:
         return (frames + rng.normal(0, 10, frames.shape)).clip(0, 255).astype(np.uint8)
 
-    assert evaluate_flicker(camera_clip, flickering).ratio > 3
+    report = evaluate_flicker(camera_clip, flickering)
+    assert report.per_frame.ratio > 3
+    # The temporal stage carries the previous output along the motion: most of the noise is gone.
+    assert report.temporal.ratio < report.per_frame.ratio / 3
 
 
-def test_flicker_cli(camera_clip: Path) -> None:
-    result = run_cli("eval", "flicker", camera_clip, "--style", TEST_STYLE, "--frames", "6")
+def test_flicker_cli_reports_both_ways_and_writes_a_strip(camera_clip: Path, tmp_path: Path) -> None:
+    strip = tmp_path / "strip.png"
+    result = run_cli("eval", "flicker", camera_clip, "--style", TEST_STYLE, "--frames", "6", "--strip", strip)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(f"{TEST_STYLE}: 6 frames, warping error") and "flicker ratio" in result.stdout
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"{TEST_STYLE} per frame: 6 frames, warping error") and "flicker ratio" in lines[0]
+    assert lines[1].startswith(f"{TEST_STYLE} temporal: 6 frames, warping error")
+    # Rows: input, per frame, temporal and the two rows of changes; four frames each.
+    sheet = Image.open(strip)
+    assert sheet.height == 5 * (180 + GAP) + GAP and sheet.width > 4 * 180
 
 
 def test_preview_sheet_has_a_row_per_style(camera_clip: Path, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import torch
 
 from trainer.train import TrainConfig
 from trainer.train import train as run_training
+from vidstyle.cli import parse_size
 from vidstyle.errors import VidstyleError
 
 
@@ -135,21 +136,44 @@ def quality(style_name: str, images: Path, style_image: Path, vgg_weights: Path 
 @click.argument("video", type=click.Path(path_type=Path))
 @click.option("--style", "-s", "style_name", required=True, help="Style name or .pth weights file.")
 @click.option("--frames", type=click.IntRange(min=2), help="Only the first N frames.")
+@click.option("--size", help="Scale the frames to WIDTHxHEIGHT first (e.g. 640x360).")
+@click.option("--temporal-strength", type=click.FloatRange(0, 1), help="The temporal stage's strength [default: submit's].")
+@click.option("--strip", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a PNG of a few consecutive frames, each way, and their changes.")
+@click.option("--style-image", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="With --vgg-weights: also compare the outputs' content and style losses.")
+@click.option("--vgg-weights", type=click.Path(path_type=Path), help="The loss network weights the style was trained with.")
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", help="cpu, cuda or cuda:N [default: cuda when available].")
-def flicker(video: Path, style_name: str, frames: int | None, batch_size: int, device: str | None) -> None:
-    """The warping error of VIDEO stylized, relative to the input's own.
+def flicker(video: Path, style_name: str, frames: int | None, size: str | None, temporal_strength: float | None,
+            strip: Path | None, style_image: Path | None, vgg_weights: Path | None, batch_size: int,
+            device: str | None) -> None:
+    """The warping error of VIDEO stylized, relative to the input's own, with and without the temporal stage.
 
     Stylized frame t+1 is warped to frame t along the input's optical flow
-    (OpenCV DIS), occluded pixels are left out by a forward-backward check, and
-    the mean squared difference is divided by the same error of the input
-    frames: 1.0 means no flicker beyond what the input itself changes.
+    (Farneback's, not the DIS flow the temporal stage uses), occluded pixels and
+    motion boundaries are left out, and the mean squared difference is divided
+    by the same error of the input frames: 1.0 means no flicker beyond what the
+    input itself changes.
     """
-    from trainer.evaluate import evaluate_flicker
+    from trainer.evaluate import PerceptualObjective, evaluate_flicker
+    from trainer.vgg import load_loss_network
     from vidstyle.inference import Stylizer, resolve_device
     from vidstyle.styles import find_style
+    from vidstyle.temporal import DEFAULT_STRENGTH
 
     style = find_style(style_name)
-    result = evaluate_flicker(video, Stylizer(style.load_network(), resolve_device(device)), batch_size, frames)
-    click.echo(f"{style.name}: {result.frames} frames, warping error {result.stylized_error:.4g} "
-               f"(input {result.input_error:.4g}), flicker ratio {result.ratio:.3g}")
+    objective = None
+    if style_image is not None:
+        objective = PerceptualObjective(style.card, style_image, load_loss_network(vgg_weights))
+    report = evaluate_flicker(video, Stylizer(style.load_network(), resolve_device(device)), batch_size=batch_size,
+                              limit=frames, size=parse_size(size) if size else None, objective=objective, strip=strip,
+                              temporal_strength=DEFAULT_STRENGTH if temporal_strength is None else temporal_strength)
+    for name, result in (("per frame", report.per_frame), ("temporal", report.temporal)):
+        click.echo(f"{style.name} {name}: {result.frames} frames, warping error {result.stylized_error:.4g} "
+                   f"(input {result.input_error:.4g}), flicker ratio {result.ratio:.3g}")
+    if objective is not None:
+        click.echo(f"temporal against per frame: content loss x{report.content_ratio:.3f}, style loss x{report.style_ratio:.3f}")
+    if strip is not None:
+        click.echo(str(strip))
+

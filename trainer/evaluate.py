@@ -5,14 +5,16 @@ objective it was trained on, and compared with direct optimisation of that
 objective by L-BFGS (Gatys et al.): how many L-BFGS iterations, from white
 noise and from the content image, reach the network's value.
 
-Flicker: the warping error of a stylized video. Stylized frame t+1 is warped
-back to frame t along the optical flow of the input frames (DIS), occluded
-pixels are masked by a forward-backward check, and the mean squared difference
-is divided by the same error of the input video: 1.0 means the stylized video
-changes no more than the input does.
+Flicker: the warping error of a stylized video (Lai et al. 2018). Stylized
+frame t+1 is warped back to frame t along the optical flow of the input frames
+(Farneback's), occluded pixels and motion boundaries are masked, and the mean
+squared difference is divided by the same error of the input video: 1.0 means
+the stylized video changes no more than the input does. It is measured frame by
+frame and with the pipeline's temporal stage.
 """
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
@@ -28,8 +30,10 @@ from trainer.losses import content_loss, gram_matrix, style_loss, total_variatio
 from trainer.vgg import CONTENT_LAYER, LossNetwork, load_loss_network
 from vidstyle.errors import VidstyleError
 from vidstyle.inference import Stylizer
-from vidstyle.pipeline import open_input, probe_video
+from vidstyle.pipeline import open_input, partial_file, probe_video
+from vidstyle.preview import contact_sheet
 from vidstyle.styles import Style
+from vidstyle.temporal import DEFAULT_STRENGTH, TemporalConsistency
 
 
 @dataclass
@@ -149,28 +153,45 @@ class FlickerResult:
         return self.stylized_error / self.input_error
 
 
-def decoded_frames(path: Path, limit: int | None = None) -> Iterator[np.ndarray]:
-    """(H, W, 3) uint8 RGB frames of a video's first video stream."""
+@dataclass
+class FlickerReport:
+    """A video stylized frame by frame and with the pipeline's temporal stage, side by side."""
+
+    per_frame: FlickerResult
+    temporal: FlickerResult
+    # The temporal output's content and style losses relative to the per-frame
+    # output's (None without a loss network): blending that blurs or ghosts raises both.
+    content_ratio: float | None = None
+    style_ratio: float | None = None
+
+
+def decoded_frames(path: Path, limit: int | None = None, size: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
+    """(H, W, 3) uint8 RGB frames of a video's first video stream, resized to size (width, height) if given."""
     probe_video(path)  # a missing, broken or audio-only file: the pipeline's one-line errors
     with open_input(path) as container:
         for count, frame in enumerate(container.decode(video=0)):
             if limit is not None and count >= limit:
                 return
-            yield frame.to_ndarray(format="rgb24")
+            pixels = frame.to_ndarray(format="rgb24")
+            yield pixels if size is None else cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
 
 
 class WarpingError:
-    """Accumulates the occlusion-masked warping error of frame pairs."""
+    """Accumulates the warping error of Lai et al. (2018) over frame pairs, for several
+    videos of the same input at once (the input itself, and its stylizations).
 
-    def __init__(self) -> None:
-        self.flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-        self.squared_sum = {"input": 0.0, "stylized": 0.0}
+    The flow is Farneback's, not the DIS flow the temporal stage blends along:
+    measured with its own flow, the blend would only be shown to agree with itself."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.squared_sum = dict.fromkeys(names, 0.0)
         self.pixels = 0
 
-    def add(self, inputs: tuple[np.ndarray, np.ndarray], stylized: tuple[np.ndarray, np.ndarray]) -> None:
-        gray = [cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) for frame in inputs]
-        forward = self.flow.calc(gray[0], gray[1], None)  # frame t -> t+1, per pixel of t
-        backward = self.flow.calc(gray[1], gray[0], None)
+    def add(self, pairs: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        """pairs: for each name, its frames t and t+1; the first pair's frames give the flow."""
+        gray = [cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) for frame in next(iter(pairs.values()))]
+        forward = cv2.calcOpticalFlowFarneback(gray[0], gray[1], None, 0.5, 3, 15, 3, 5, 1.2, 0)  # per pixel of t
+        backward = cv2.calcOpticalFlowFarneback(gray[1], gray[0], None, 0.5, 3, 15, 3, 5, 1.2, 0)
         height, width = gray[0].shape
         grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
         map_x, map_y = grid_x + forward[..., 0], grid_y + forward[..., 1]
@@ -178,38 +199,67 @@ class WarpingError:
         def back_to_t(image: np.ndarray) -> np.ndarray:
             return cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
-        # Forward-backward check (Sundaram et al. 2010): where the flows do not
-        # cancel, the pixel is occluded in t+1 or the flow is wrong.
+        # Occluded pixels (forward-backward check, Sundaram et al. 2010) and motion
+        # boundaries (Ruder et al. 2016) are left out, as Lai et al. do.
         backward_at_t = back_to_t(backward)
-        round_trip = forward + backward_at_t
-        tolerance = 0.01 * ((forward ** 2).sum(-1) + (backward_at_t ** 2).sum(-1)) + 0.5
+        squared = lambda v: (v ** 2).sum(-1)  # noqa: E731
+        consistent = squared(forward + backward_at_t) <= 0.01 * (squared(forward) + squared(backward_at_t)) + 0.5
+        (du_dy, du_dx), (dv_dy, dv_dx) = np.gradient(forward[..., 0]), np.gradient(forward[..., 1])
+        boundary = du_dx ** 2 + du_dy ** 2 + dv_dx ** 2 + dv_dy ** 2 > 0.01 * squared(forward) + 0.002
         inside = (map_x >= 0) & (map_x <= width - 1) & (map_y >= 0) & (map_y <= height - 1)
-        valid = inside & ((round_trip ** 2).sum(-1) <= tolerance)
+        valid = inside & consistent & ~boundary
         self.pixels += int(valid.sum())
-        for name, (now, following) in (("input", inputs), ("stylized", stylized)):
+        for name, (now, following) in pairs.items():
             difference = now.astype(np.float32) - back_to_t(following.astype(np.float32))
             self.squared_sum[name] += float(((difference ** 2).mean(-1) * valid).sum())
 
-    def result(self, frames: int) -> FlickerResult:
+    def result(self, name: str, reference: str, frames: int) -> FlickerResult:
         if self.pixels == 0:
             raise VidstyleError("flicker needs at least two frames with trackable motion between them")
-        return FlickerResult(frames, self.squared_sum["stylized"] / self.pixels, self.squared_sum["input"] / self.pixels)
+        return FlickerResult(frames, self.squared_sum[name] / self.pixels, self.squared_sum[reference] / self.pixels)
 
 
-def evaluate_flicker(video: Path, stylizer: Stylizer, batch_size: int = 4, limit: int | None = None) -> FlickerResult:
-    error, previous, frames = WarpingError(), None, 0
+STRIP_FRAMES = 4
+STRIP_START = 12  # frames in: past the first, which the temporal stage has no history for
+
+
+def evaluate_flicker(
+    video: Path, stylizer: Callable[[np.ndarray], np.ndarray], *, temporal_strength: float = DEFAULT_STRENGTH,
+    batch_size: int = 4, limit: int | None = None, size: tuple[int, int] | None = None,
+    objective: PerceptualObjective | None = None, loss_every: int = 8, strip: Path | None = None,
+) -> FlickerReport:
+    """The video stylized frame by frame and through the pipeline's temporal stage;
+    the warping error of each, their losses (with an objective, every loss_every-th
+    frame) and, with strip, a PNG of a few consecutive frames and their changes."""
+    device = getattr(stylizer, "device", torch.device("cpu"))
+    temporal = TemporalConsistency(device, temporal_strength)
+    error = WarpingError(("input", "per frame", "temporal"))
+    losses = {"per frame": {"content": 0.0, "style": 0.0}, "temporal": {"content": 0.0, "style": 0.0}}
+    shown: collections.deque = collections.deque(maxlen=STRIP_FRAMES + 1)
+    previous, frames = None, 0
     batch: list[np.ndarray] = []
 
     def flush() -> None:
         nonlocal previous, frames
-        for frame, styled in zip(batch, stylizer(np.stack(batch))):
+        network_input, motions = temporal.prepare(batch)
+        outputs = zip(batch, stylizer(np.stack(batch)), temporal.finish(stylizer(network_input), motions))
+        for frame, plain, steady in outputs:
+            current = {"input": frame, "per frame": plain, "temporal": steady}
             if previous is not None:
-                error.add((previous[0], frame), (previous[1], styled))
-            previous, frames = (frame, styled), frames + 1
+                error.add({name: (previous[name], current[name]) for name in current})
+            if objective is not None and frames % loss_every == 0:
+                target = objective.content_target(_as_tensor(frame))
+                for name in losses:
+                    terms = objective.terms(_as_tensor(current[name]), target)
+                    for term in losses[name]:
+                        losses[name][term] += terms[term].item()
+            if frames < STRIP_START + STRIP_FRAMES:  # the strip's frames, and the one before them
+                shown.append(current)
+            previous, frames = current, frames + 1
         batch.clear()
 
-    with tqdm(unit="frame", desc=f"flicker {video.name}") as bar:
-        for frame in decoded_frames(video, limit):
+    with tqdm(unit="frame", desc=f"flicker {video.name}") as bar, torch.no_grad():
+        for frame in decoded_frames(video, limit, size):
             batch.append(frame)
             if len(batch) == batch_size:
                 flush()
@@ -217,4 +267,27 @@ def evaluate_flicker(video: Path, stylizer: Stylizer, batch_size: int = 4, limit
         bar.update(len(batch))
         if batch:
             flush()
-    return error.result(frames)
+    if strip is not None:
+        write_flicker_strip(list(shown), strip)
+    report = FlickerReport(error.result("per frame", "input", frames), error.result("temporal", "input", frames))
+    if objective is not None:
+        report.content_ratio = losses["temporal"]["content"] / losses["per frame"]["content"]
+        report.style_ratio = losses["temporal"]["style"] / losses["per frame"]["style"]
+    return report
+
+
+def _as_tensor(frame: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(frame).permute(2, 0, 1)[None].float()
+
+
+def write_flicker_strip(frames: list[dict[str, np.ndarray]], path: Path, thumb_height: int = 180) -> Path:
+    """Consecutive frames in rows (input, per frame, temporal), and under each output
+    the change from the frame before, amplified 4x: flicker shows as bright speckle."""
+    rows = [(name, [f[name] for f in frames[1:]]) for name in ("input", "per frame", "temporal")]
+    for name in ("per frame", "temporal"):
+        changes = [np.clip(np.abs(now[name].astype(np.int16) - before[name].astype(np.int16)) * 4, 0, 255)
+                   .astype(np.uint8) for before, now in zip(frames, frames[1:])]
+        rows.append((f"{name}: change", changes))
+    with partial_file(path) as partial:
+        contact_sheet(rows, thumb_height).save(partial, format="PNG")
+    return path

@@ -59,6 +59,10 @@ def cli() -> None:
 @click.option("--precision", type=click.Choice(["auto", "fp32"]),
               help="auto: float16 on CUDA, bfloat16 on CPUs with native bf16 (faster, ~53 dB from fp32); "
                    "fp32: float32 throughout [default: VIDSTYLE_PRECISION, else auto].")
+@click.option("--temporal/--no-temporal", default=True, show_default=True,
+              help="Videos: carry each output frame into the next along the optical flow, so strokes do not flicker.")
+@click.option("--temporal-strength", type=click.FloatRange(0, 1),
+              help="How much of each frame comes from the previous one where the motion is reliable, 0..1 [default: 0.9].")
 @click.option("--force", "-f", is_flag=True, help="Overwrite an existing output.")
 @click.option("--queue", help=f"With a broker: the queue to put the job on [default: {DEFAULT_QUEUE}].")
 @click.option("--segment-seconds",
@@ -67,12 +71,16 @@ def cli() -> None:
 @click.option("--wait", is_flag=True, help="With a broker: follow the job with a progress bar; exit with its outcome.")
 @click.option("--json", "as_json", is_flag=True, help="With a broker: print the job record as JSON.")
 def submit(input_path: Path, style: str, output: Path | None, batch_size: int | None, device: str | None,
-           codec: str, crf: int, preset: str, compile_network: bool | None, precision: str | None, force: bool,
-           queue: str | None, segment_seconds: str | None, wait: bool, as_json: bool) -> None:
+           codec: str, crf: int, preset: str, compile_network: bool | None, precision: str | None, temporal: bool,
+           temporal_strength: float | None, force: bool, queue: str | None, segment_seconds: str | None, wait: bool,
+           as_json: bool) -> None:
     """Stylize a video (or a still image) with a trained style.
 
     With a broker configured (VIDSTYLE_BROKER_URL) the job goes to the worker
     fleet instead: its id is printed at once (see `vidstyle watch`)."""
+    from vidstyle.temporal import DEFAULT_STRENGTH
+
+    strength = (DEFAULT_STRENGTH if temporal_strength is None else temporal_strength) if temporal else 0.0
     if setting("VIDSTYLE_BROKER_URL"):
         if device or compile_network is not None or precision:
             raise VidstyleError("with a broker, the device, compilation and precision are worker settings "
@@ -81,7 +89,7 @@ def submit(input_path: Path, style: str, output: Path | None, batch_size: int | 
 
         submit_to_fleet(input_path, style, output=output, batch_size=batch_size, codec=codec, crf=crf, preset=preset,
                         force=force, queue=queue or DEFAULT_QUEUE, segment_seconds=segment_seconds or AUTO,
-                        wait=wait, as_json=as_json)
+                        temporal_strength=strength, wait=wait, as_json=as_json)
         return
     if queue or as_json or segment_seconds:
         raise VidstyleError("--queue, --segment-seconds and --json need a broker (VIDSTYLE_BROKER_URL); "
@@ -103,7 +111,7 @@ def submit(input_path: Path, style: str, output: Path | None, batch_size: int | 
     with bar:
         result = stylize_file(input_path, output, stylizer, batch_size=batch_size,
                               encode=EncodeOptions(codec=codec, crf=crf, preset=preset),
-                              force=force, on_progress=on_progress)
+                              force=force, on_progress=on_progress, temporal_strength=strength)
     click.echo(str(result))
 
 
@@ -156,11 +164,17 @@ def sample(output: Path, size: str, frames: int, fps: int, photo: Path | None) -
     if photo:
         click.echo(str(make_camera_video(photo, output, frames=frames, fps=fps)))
         return
-    try:
-        width, height = (int(v) for v in size.lower().split("x"))
-    except ValueError as exc:
-        raise VidstyleError(f"--size must look like 640x360, not '{size}'") from exc
+    width, height = parse_size(size)
     click.echo(str(make_sample_video(output, width=width, height=height, frames=frames, fps=fps)))
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'640x360' -> (640, 360)."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError as exc:
+        raise VidstyleError(f"--size must look like 640x360, not '{text}'") from exc
+    return width, height
 
 
 

@@ -84,6 +84,7 @@ class Job:
     # live workers), "off", or about this many seconds per segment.
     segment_seconds: str = AUTO
     segments: int = 0  # how many it was split into; 0: one task stylizes it whole
+    temporal_strength: float = 0.0  # vidstyle.temporal's blend, as submitted (0: off)
     join_seconds: float = 0.0  # how long joining the segments took
     state: str = QUEUED
     frames_done: int = 0

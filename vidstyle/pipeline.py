@@ -13,6 +13,7 @@ into place only when complete.
 """
 from __future__ import annotations
 
+import collections
 import os
 import queue
 import secrets
@@ -29,11 +30,15 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vidstyle.errors import VidstyleError
 from vidstyle.inference import Stylizer, default_batch_size
+from vidstyle.temporal import DEFAULT_STRENGTH, Motion, TemporalConsistency
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 COLOUR_TAGS = ("colorspace", "color_primaries", "color_trc")
 UNSPECIFIED = 2  # FFmpeg's value for an absent colour tag
 QUEUE_BATCHES = 3  # batches in flight between two stages: enough to absorb jitter
+# A segment of a split job first stylizes this many frames before its span (not
+# written), so its temporal blend starts with the history a single run would have.
+WARMUP_FRAMES = 16
 
 # Called with (frames done, frames expected) after every batch; raising from it
 # (a cancelled job, say) stops the run and removes the partial output.
@@ -91,6 +96,7 @@ def stylize_file(
     on_progress: ProgressCallback | None = None,
     partial_token: str | None = None,
     span: Span | None = None,
+    temporal_strength: float = DEFAULT_STRENGTH,
 ) -> Path:
     """Stylize a video or image at `input_path` into `output_path` and return it.
 
@@ -98,7 +104,9 @@ def stylize_file(
     redelivered after its worker died passes its job id, so the new attempt
     replaces the dead one's partial file instead of leaving a second one.
     With `span`, only those frames, and no audio: one segment of a job split
-    over several workers, joined later by vidstyle.segments."""
+    over several workers, joined later by vidstyle.segments.
+    `temporal_strength` (0..1; 0 turns it off) is how much of each video frame
+    comes from the previous output carried along the motion (vidstyle.temporal)."""
     input_path, output_path = Path(input_path), Path(output_path)
     if not input_path.is_file():
         raise VidstyleError(f"input not found: {input_path}")
@@ -112,7 +120,7 @@ def stylize_file(
             if on_progress:
                 on_progress(1, 1)
         else:
-            _stylize_video(input_path, partial, stylizer, batch_size, encode, on_progress, span)
+            _stylize_video(input_path, partial, stylizer, batch_size, encode, on_progress, span, temporal_strength)
     return output_path
 
 
@@ -233,6 +241,8 @@ class _FrameBatch:
     pixels: np.ndarray  # (N, H, W, 3) uint8 RGB
     pts: list[int]
     time_base: Fraction
+    motions: list[Motion | None] | None = None  # each frame's motion from the one before, with temporal blending
+    warmup: bool = False  # frames before a segment's span: stylized for the blend's history, not written
 
 
 def _stylize_video(
@@ -243,8 +253,10 @@ def _stylize_video(
     encode: EncodeOptions,
     on_progress: ProgressCallback | None,
     span: Span | None = None,
+    temporal_strength: float = DEFAULT_STRENGTH,
 ) -> None:
     info = probe_video(input_path)
+    temporal = TemporalConsistency(stylizer.device, temporal_strength) if temporal_strength > 0 else None
     expected = span.frames if span else info.frames
     batch_size = batch_size or default_batch_size(stylizer.device, info.height, info.width)
     stage = _Stage()
@@ -260,7 +272,8 @@ def _stylize_video(
         audio_in = [] if span else list(source.streams.audio)
         video_out = _add_video_stream(sink, video_in, info, encode)
         audio_out = {s.index: add_audio_stream(sink, s) for s in audio_in}
-        threads.append(stage.run(lambda: _read(source, video_in, audio_in, batch_size, span, stage), f"cannot decode {input_path}: corrupt or truncated"))
+        threads.append(stage.run(lambda: _read(source, video_in, audio_in, batch_size, span, temporal, stage),
+                                 f"cannot decode {input_path}: corrupt or truncated"))
         # A segment's clock starts at 0: an MP4 stream starting later gets an edit
         # list in milliseconds, which would shift every timestamp by a rounding.
         pts_offset = span.start or 0 if span else 0
@@ -270,6 +283,10 @@ def _stylize_video(
         while (item := stage.get(stage.decoded)) is not END:
             if isinstance(item, _FrameBatch):
                 item.pixels = stylizer(item.pixels)
+                if temporal is not None:
+                    item.pixels = temporal.finish(item.pixels, item.motions)
+                if item.warmup:
+                    continue
                 done += len(item.pts)
             stage.put(stage.stylized, item)
             if on_progress and isinstance(item, _FrameBatch):
@@ -367,19 +384,33 @@ def add_audio_stream(sink, audio_in) -> AudioRoute:
     return AudioRoute(stream, transcode=True)
 
 
-def _read(source, video_in, audio_in, batch_size: int, span: Span | None, stage: _Stage) -> None:
-    for batch in _decoded_batches(source, video_in, audio_in, batch_size, span):
+def _read(source, video_in, audio_in, batch_size: int, span: Span | None, temporal: TemporalConsistency | None,
+          stage: _Stage) -> None:
+    for batch in _decoded_batches(source, video_in, audio_in, batch_size, span, temporal):
         stage.put(stage.decoded, batch)
     stage.put(stage.decoded, END)
 
 
-def _decoded_batches(source, video_in, audio_in, batch_size: int, span: Span | None = None) -> Iterator[object]:
-    """Audio packets as they come, and batches of decoded frames (within span, if given)."""
+def _decoded_batches(
+    source, video_in, audio_in, batch_size: int, span: Span | None = None, temporal: TemporalConsistency | None = None
+) -> Iterator[object]:
+    """Audio packets as they come, and batches of decoded frames (within span, if given),
+    prepared by the temporal stage if given. With it, a span that does not start the
+    video is preceded by a warm-up batch of the frames before it."""
     pixels: list[np.ndarray] = []
     pts: list[int] = []
     start, end = (span.start, span.end) if span else (None, None)
+    warmup: collections.deque = collections.deque(maxlen=WARMUP_FRAMES if temporal else 0)
     if start is not None:
-        source.seek(start, stream=video_in)  # to the keyframe at or before start
+        # To the keyframe at or before start (or before the warm-up frames).
+        source.seek(start - warmup.maxlen * _frame_step(video_in), stream=video_in)
+
+    def batch(frames: list[np.ndarray], frame_pts: list[int], is_warmup: bool = False) -> _FrameBatch:
+        if temporal is None:
+            return _FrameBatch(np.stack(frames), frame_pts, video_in.time_base)
+        network_input, motions = temporal.prepare(frames)
+        return _FrameBatch(network_input, frame_pts, video_in.time_base, motions, is_warmup)
+
     for item in _demuxed(source, video_in, audio_in):
         if isinstance(item, av.Packet):
             yield item
@@ -389,20 +420,33 @@ def _decoded_batches(source, video_in, audio_in, batch_size: int, span: Span | N
         if end is not None and frame_pts >= end:
             break
         if start is not None and frame_pts < start:
-            continue  # a frame of the previous span, decoded on the way
+            warmup.append(frame)  # a frame of the previous span, decoded on the way
+            continue
+        if warmup:
+            frames = [earlier.to_ndarray(format="rgb24") for earlier in warmup]
+            warmup.clear()
+            for first in range(0, len(frames), batch_size):
+                yield batch(frames[first:first + batch_size], [], is_warmup=True)
         pixels.append(frame.to_ndarray(format="rgb24"))
         pts.append(frame_pts)
         if len(pixels) == batch_size:
-            yield _FrameBatch(np.stack(pixels), pts, video_in.time_base)
+            yield batch(pixels, pts)
             pixels, pts = [], []
     if pixels:
-        yield _FrameBatch(np.stack(pixels), pts, video_in.time_base)
+        yield batch(pixels, pts)
+
+
+def _frame_step(video_in) -> int:
+    """One frame's duration at the nominal rate, in the stream's time base (1 without one)."""
+    if not video_in.time_base:
+        return 1
+    return max(1, round(1 / (video_in.average_rate or 25) / video_in.time_base))
 
 
 def _demuxed(source, video_in, audio_in) -> Iterator[av.Packet | tuple[int, av.VideoFrame]]:
     """Audio packets, and (pts, frame) for each decoded video frame."""
     last_pts = None
-    step = max(1, round(1 / (video_in.average_rate or 25) / video_in.time_base)) if video_in.time_base else 1
+    step = _frame_step(video_in)
     for packet in source.demux(video_in, *audio_in):
         if packet.stream.type == "audio":
             if packet.dts is not None:  # the demuxer's final empty packet has none

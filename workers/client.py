@@ -11,6 +11,7 @@ from vidstyle.errors import VidstyleError
 from vidstyle.jobs import AUTO, DEFAULT_QUEUE, Job, JobStore
 from vidstyle.pipeline import EncodeOptions, default_output_path
 from vidstyle.styles import find_style
+from vidstyle.temporal import DEFAULT_STRENGTH
 from workers.celery import app
 from workers.celeryconfig import TASK_NAME
 from workers.storage import relative_to_storage, storage_root
@@ -26,6 +27,7 @@ def submit_job(
     queue: str = DEFAULT_QUEUE,
     force: bool = False,
     segment_seconds: str = AUTO,
+    temporal_strength: float = DEFAULT_STRENGTH,
 ) -> Job:
     """Queue `input_path` (under the storage root) for stylizing and return the job record.
 
@@ -45,7 +47,7 @@ def submit_job(
         raise VidstyleError(f"output exists: {output} (use --force to overwrite)")
     job = Job(id=secrets.token_hex(6), input=input_name, output=output_name, style=style, queue=queue,
               codec=encode.codec, crf=encode.crf, preset=encode.preset, batch_size=batch_size or 0,
-              segment_seconds=segment_seconds)
+              segment_seconds=segment_seconds, temporal_strength=temporal_strength)
     store = JobStore.from_settings()
     store.create(job)
     enqueue(job, store)

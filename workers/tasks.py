@@ -153,7 +153,8 @@ def stylize(self: Task, job_id: str) -> str:
     try:
         stylize_file(input_path, output_path, stylizer_for(job.style), batch_size=job.batch_size or None,
                      encode=EncodeOptions(codec=job.codec, crf=job.crf, preset=job.preset),
-                     force=True, on_progress=JobProgress(store, job_id), partial_token=job_id)
+                     force=True, on_progress=JobProgress(store, job_id), partial_token=job_id,
+                     temporal_strength=job.temporal_strength)
         store.finish(job_id, SUCCEEDED)
         return SUCCEEDED
     except JobCancelled:
@@ -218,7 +219,7 @@ def stylize_segment(self: Task, job_id: str, index: int, start: int | None, end:
         stylize_file(input_path, _segment_path(output_path, job_id, index), stylizer_for(job.style),
                      batch_size=job.batch_size or None, encode=EncodeOptions(codec=job.codec, crf=job.crf, preset=job.preset),
                      force=True, on_progress=JobProgress(store, job_id, segment=index), partial_token=job_id,
-                     span=Span(start, end, frames))
+                     span=Span(start, end, frames), temporal_strength=job.temporal_strength)
         return SUCCEEDED
     except JobCancelled:
         return CANCELLED
