@@ -26,6 +26,7 @@ from celery import Task, chord
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from kombu.exceptions import OperationalError
 
+from vidstyle import formats
 from vidstyle.config import setting
 from vidstyle.errors import VidstyleError
 from vidstyle.inference import Stylizer, resolve_device
@@ -186,9 +187,8 @@ def segment_dir(output_path: Path, job_id: str) -> Path:
     return output_path.with_name(f".{output_path.name}.segments-{job_id}")
 
 
-def _segment_path(output_path: Path, job_id: str, index: int) -> Path:
-    # Segments are always MP4: it keeps every timestamp exactly, for any output container.
-    return segment_dir(output_path, job_id) / f"{index:05d}.mp4"
+def _segment_path(output_path: Path, job: Job, index: int) -> Path:
+    return segment_dir(output_path, job.id) / f"{index:05d}{formats.segment_suffix(job.codec)}"
 
 
 def _remove_segments_quietly(job_id: str) -> None:
@@ -215,7 +215,7 @@ def stylize_segment(self: Task, job_id: str, index: int, start: int | None, end:
     input_path, output_path = resolve_in_storage(job.input, root), resolve_in_storage(job.output, root)
     store.set_current_job(self.request.hostname, os.getpid(), job_id)
     try:
-        stylize_file(input_path, _segment_path(output_path, job_id, index), stylizer_for(job.style),
+        stylize_file(input_path, _segment_path(output_path, job, index), stylizer_for(job.style),
                      batch_size=job.batch_size or None, encode=EncodeOptions(codec=job.codec, crf=job.crf, preset=job.preset),
                      force=True, on_progress=JobProgress(store, job_id, segment=index), partial_token=job_id,
                      span=Span(start, end, frames))
@@ -238,7 +238,7 @@ def join_segments_task(self: Task, job_id: str, spans: list[list[int | None]]) -
             return CANCELLED
         root = storage_root()
         input_path, output_path = resolve_in_storage(job.input, root), resolve_in_storage(job.output, root)
-        segments = [(_segment_path(output_path, job_id, index), Span(*span)) for index, span in enumerate(spans)]
+        segments = [(_segment_path(output_path, job, index), Span(*span)) for index, span in enumerate(spans)]
         missing = [str(index) for index, (path, _) in enumerate(segments) if not path.is_file()]
         if missing:
             raise VidstyleError(f"segments {', '.join(missing)} are missing (their files were removed)")
