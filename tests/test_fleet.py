@@ -223,7 +223,7 @@ def test_bad_input_fails_with_its_reason_and_the_worker_keeps_serving(fleet: Fle
     (fleet.storage / "escape.mp4").symlink_to(outside)
     expected = {
         fleet.submit(_not_a_video(fleet.storage / "notes.mp4")): "not a video",
-        fleet.submit(_audio_only(fleet.storage / "song.m4a")): "no video stream",
+        fleet.submit(_audio_only(fleet.storage / "song.mp4")): "no video stream",
         fleet.submit(_truncated(fleet.storage / "cut.mp4")): "corrupt",
         fleet.enqueue_unchecked(str(outside)): "not inside the storage root",
         fleet.enqueue_unchecked("../outside.mp4"): "not inside the storage root",

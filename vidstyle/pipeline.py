@@ -109,11 +109,7 @@ def stylize_file(
     if not input_path.is_file():
         raise VidstyleError(f"input not found: {input_path}")
     if not is_image(input_path):
-        try:  # an unknown suffix or a codec it cannot hold: before any work
-            formats.video_encoder(output_path, encode.codec)
-        except VidstyleError:
-            probe_video(input_path)  # but a song or a broken file is told as such first
-            raise
+        output_encoder(input_path, output_path, encode.codec)
     if output_path.exists() and not force:
         raise VidstyleError(f"output exists: {output_path} (use --force to overwrite)")
     if not output_path.parent.is_dir() or not os.access(output_path.parent, os.W_OK):
@@ -126,6 +122,17 @@ def stylize_file(
         else:
             _stylize_video(input_path, partial, stylizer, batch_size, encode, on_progress, span)
     return output_path
+
+
+def output_encoder(input_path: Path, output_path: Path, codec: str | None) -> str:
+    """The video encoder for output_path (vidstyle.formats), checked before any work:
+    an unknown suffix or a codec its container cannot hold fails here, though a
+    bad input (a song, a broken file) is told as such first."""
+    try:
+        return formats.video_encoder(output_path, codec)
+    except VidstyleError:
+        probe_video(input_path)
+        raise
 
 
 @contextmanager
