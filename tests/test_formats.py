@@ -13,9 +13,11 @@ from conftest import TEST_STYLE, decode, run_cli
 from test_cli import assert_clean_failure
 from vidstyle import cli
 from vidstyle.errors import VidstyleError
+from vidstyle.formats import segment_suffix
 from vidstyle.inference import Stylizer, resolve_device
 from vidstyle.pipeline import EncodeOptions, stylize_file
 from vidstyle.sample import make_sample_video
+from vidstyle.segments import join_segments, plan_spans
 from vidstyle.styles import find_style
 
 SIZE = dict(width=64, height=48, frames=6)
@@ -234,3 +236,17 @@ def test_codec_is_checked_before_any_work(tmp_path: Path, stylizer: Stylizer) ->
     with pytest.raises(VidstyleError, match="MPEG-TS .* cannot hold vp9"):
         stylize_file(source, tmp_path / "out.ts", stylizer, encode=EncodeOptions(codec="libvpx-vp9"))
     assert [p.name for p in tmp_path.iterdir()] == ["in.mp4"]
+
+
+@pytest.mark.parametrize("codec, suffix", [("libvpx-vp9", ".webm"), ("prores_ks", ".mov")])
+def test_a_split_job_joins_segments_of_any_codec(tmp_path: Path, stylizer: Stylizer, codec: str, suffix: str) -> None:
+    # Segments are MP4, or MOV for what MP4 cannot hold; the join copies them into the output's container.
+    source = make_sample_video(tmp_path / "in.mp4", width=64, height=48, frames=24, keyframes=[0, 8, 16])
+    spans = plan_spans(source, segment_seconds=0.3)
+    assert len(spans) >= 2
+    encode = EncodeOptions(codec=codec)
+    segments = [(stylize_file(source, tmp_path / f"segment{i}{segment_suffix(codec)}", stylizer, span=span, encode=encode), span)
+                for i, span in enumerate(spans)]
+    join_segments(source, segments, tmp_path / f"joined{suffix}")
+    assert_same_video(source, tmp_path / f"joined{suffix}")
+    assert video_format(tmp_path / f"joined{suffix}")[0] == av.Codec(codec, "w").canonical_name
