@@ -250,3 +250,31 @@ def test_a_split_job_joins_segments_of_any_codec(tmp_path: Path, stylizer: Styli
     join_segments(source, segments, tmp_path / f"joined{suffix}")
     assert_same_video(source, tmp_path / f"joined{suffix}")
     assert video_format(tmp_path / f"joined{suffix}")[0] == av.Codec(codec, "w").canonical_name
+
+
+@pytest.mark.parametrize("suffix, known", [(".mp4", True), (".mkv", False), (".webm", False)])
+def test_progress_has_no_false_total(tmp_path: Path, stylizer: Stylizer, suffix: str, known: bool) -> None:
+    # MKV and WebM state the file's duration, not a frame count: progress counts frames with no total.
+    clip = dict(codec="libvpx-vp9", audio=False) if suffix == ".webm" else dict(audio=False)
+    source = make_sample_video(tmp_path / f"in{suffix}", width=64, height=48, frames=8, **clip)
+    reports = []
+    stylize_file(source, tmp_path / f"out{suffix}", stylizer, batch_size=3, on_progress=lambda *r: reports.append(r))
+    assert reports == [(3, 8 if known else 0), (6, 8 if known else 0), (8, 8 if known else 0)]
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv", ".webm"])
+def test_title_creation_time_and_languages_are_kept(tmp_path: Path, stylizer: Stylizer, suffix: str) -> None:
+    source = make_sample_video(tmp_path / "in.mov", **SIZE)
+    tagged = tmp_path / "tagged.mkv"
+    with av.open(str(source)) as plain, av.open(str(tagged), "w") as out:
+        out.metadata.update(title="Shot 12", creation_time="2024-05-01T10:00:00.000000Z")
+        streams = {s.index: out.add_stream_from_template(s) for s in plain.streams}
+        streams[0].metadata["language"], streams[1].metadata["language"] = "fra", "deu"
+        for packet in plain.demux():
+            if packet.size:
+                packet.stream = streams[packet.stream.index]
+                out.mux(packet)
+    result = stylize_file(tagged, tmp_path / f"out{suffix}", stylizer)  # WebM: the AAC is re-encoded to Opus
+    with av.open(str(result)) as container:
+        assert (container.metadata["title"], container.metadata["creation_time"]) == ("Shot 12", "2024-05-01T10:00:00.000000Z")
+        assert [s.metadata.get("language") for s in container.streams] == ["fra", "deu"]

@@ -102,7 +102,7 @@ def submit(input_path: Path, style: str, output: Path | None, batch_size: int | 
     # The bar appears with the first stylized batch, so a run that fails at once shows only its error.
     bar = tqdm(total=0, unit="frame", desc=f"{input_path.name} -> {chosen.name}", delay=0.5, disable=is_image(input_path))
     def on_progress(done: int, total: int) -> None:
-        bar.total = total
+        bar.total = total or None  # unknown: frames and fps, no false total
         bar.update(done - bar.n)
 
     with bar:

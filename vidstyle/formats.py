@@ -57,6 +57,15 @@ MIN_SIDE = {"libx265": 16, "libsvtav1": 4}  # smaller frames make the encoder re
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
 
 
+# Tags a muxer writes about itself or its file type: the output's muxer writes its own.
+MUXER_TAGS = {"major_brand", "minor_version", "compatible_brands", "encoder", "handler_name", "vendor_id", "duration"}
+
+
+def kept_metadata(tags: dict[str, str]) -> dict[str, str]:
+    """The input's own tags (title, creation time, language...) to carry over to the output."""
+    return {key: value for key, value in tags.items() if key.lower() not in MUXER_TAGS}
+
+
 def container_for(path: Path) -> Container:
     try:
         return CONTAINERS[path.suffix.lower()]

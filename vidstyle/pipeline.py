@@ -39,7 +39,7 @@ UNSPECIFIED = 2  # FFmpeg's value for an absent colour tag
 QUEUE_BATCHES = 3  # batches in flight between two stages: enough to absorb jitter
 log = logging.getLogger("vidstyle")
 
-# Called with (frames done, frames expected) after every batch; raising from it
+# Called with (frames done, frames expected or 0 if unknown) after every batch; raising from it
 # (a cancelled job, say) stops the run and removes the partial output.
 ProgressCallback = Callable[[int, int], None]
 
@@ -319,7 +319,7 @@ def _stylize_video(
                 done += len(item.pts)
             stage.put(stage.stylized, item)
             if on_progress and isinstance(item, _FrameBatch):
-                on_progress(done, max(done, expected))
+                on_progress(done, expected and max(done, expected))  # 0: not known (MKV, WebM, FLV)
         stage.put(stage.stylized, END)
     except _Stop:
         pass
@@ -354,6 +354,9 @@ def _add_video_stream(sink, video_in, info: VideoInfo, encode: EncodeOptions):
                                             formats.container_for(Path(sink.name)))
     if encoder.endswith("_nvenc"):
         _check_hardware_encoder(encoder, info, stream.pix_fmt)
+    # The input's tags, the file's (title, creation time...) and its video stream's (language...).
+    sink.metadata.update(formats.kept_metadata(video_in.container.metadata))
+    stream.metadata.update(formats.kept_metadata(video_in.metadata))
     if info.rotation:
         stream.set_display_rotation(info.rotation)
     for tag, value in info.colour.items():
@@ -419,7 +422,9 @@ def add_audio_stream(sink, audio_in) -> AudioRoute:
         log.warning(f"{exc}: {what} dropped")
         return AudioRoute(None, transcode=False)
     if encoder is None:
-        return AudioRoute(sink.add_stream_from_template(audio_in), transcode=False)
+        stream = sink.add_stream_from_template(audio_in)
+        stream.metadata.update(formats.kept_metadata(audio_in.metadata))
+        return AudioRoute(stream, transcode=False)
     if not _decodes(audio_in):
         log.warning(f"cannot decode {what} to re-encode it for {formats.container_for(Path(sink.name)).name}: dropped")
         return AudioRoute(None, transcode=False)
@@ -427,6 +432,7 @@ def add_audio_stream(sink, audio_in) -> AudioRoute:
     if layout.name.endswith("channels"):  # an unnamed channel order, which encoders refuse
         layout = DEFAULT_LAYOUTS.get(len(layout.channels), layout)
     stream = sink.add_stream(encoder, rate=formats.audio_rate(encoder, audio_in.rate), layout=layout)
+    stream.metadata.update(formats.kept_metadata(audio_in.metadata))  # its language, above all
     return AudioRoute(stream, transcode=True)
 
 
@@ -492,7 +498,10 @@ def _demuxed(source, video_in, audio_in) -> Iterator[av.Packet | tuple[int, av.V
         if slots is not None and packet.size and packet.dts is not None:
             slots.append(packet.dts)
         for frame in packet.decode():
-            pts = slots.popleft() if slots else frame.pts if slots is None else None
+            if slots is None:
+                pts = frame.pts
+            else:
+                pts = slots.popleft() if slots else None
             # Some containers omit timestamps: continue the clock at the nominal rate.
             last_pts = pts if pts is not None else (last_pts + step if last_pts is not None else 0)
             yield last_pts, frame

@@ -66,14 +66,15 @@ class JobProgress:
 
     def __call__(self, done: int, total: int) -> None:
         now = time.monotonic()
-        if now - self.last_report < PROGRESS_INTERVAL_SECONDS and done < total:
+        # (The last batch of a known total is always reported; 0 is an unknown total.)
+        if now - self.last_report < PROGRESS_INTERVAL_SECONDS and (done < total or not total):
             return
         self.last_report = now
         if self.segment is not None:
             stop = self.store.report_segment_progress(self.job_id, self.segment, done)
         else:
             fps = done / max(now - self.started, 1e-6)
-            stop = self.store.report_progress(self.job_id, done, total, fps, (total - done) / fps if fps else 0.0)
+            stop = self.store.report_progress(self.job_id, done, total, fps, (total - done) / fps if fps and total else 0.0)
         if stop:
             raise JobCancelled
 
