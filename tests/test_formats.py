@@ -3,6 +3,7 @@ size and kind of bad input, made with PyAV, stylized, and decoded again."""
 from __future__ import annotations
 
 import logging
+import subprocess
 from pathlib import Path
 
 import av
@@ -11,6 +12,7 @@ import pytest
 
 from conftest import TEST_STYLE, decode, run_cli
 from test_cli import assert_clean_failure
+from test_pipeline import IdentityStylizer
 from vidstyle import cli
 from vidstyle.errors import VidstyleError
 from vidstyle.formats import segment_suffix
@@ -278,3 +280,28 @@ def test_title_creation_time_and_languages_are_kept(tmp_path: Path, stylizer: St
     with av.open(str(result)) as container:
         assert (container.metadata["title"], container.metadata["creation_time"]) == ("Shot 12", "2024-05-01T10:00:00.000000Z")
         assert [s.metadata.get("language") for s in container.streams] == ["fra", "deu"]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 16 kB filesystem (a tmpfs; needs root, as CI runs), to fill while writing."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path: Path, small_disk: Path) -> None:
+    source = tmp_path / "noise.mp4"  # noise: about 5 kB a frame however it is encoded
+    rng = np.random.default_rng(0)
+    with av.open(str(source), "w") as container:
+        stream = container.add_stream("libx264", rate=24, options={"crf": "18"})
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for _ in range(24):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))))
+        container.mux(stream.encode())
+    with pytest.raises(VidstyleError, match="No space left on device"):
+        stylize_file(source, small_disk / "out.mp4", IdentityStylizer())  # the network would smooth the noise away
+    assert list(small_disk.iterdir()) == []

@@ -329,16 +329,19 @@ def _stylize_video(
         for thread in threads:
             thread.join()
         source.close()
-        _close_quietly(sink)
+        _close(sink, stage)
     if stage.error is not None:
         raise stage.error
 
 
-def _close_quietly(container: av.container.OutputContainer) -> None:
+def _close(container: av.container.OutputContainer, stage: _Stage) -> None:
+    """Finish the output file. Failing to (a full disk shows only here when the
+    last writes were buffered) fails the run, unless it had failed already: then
+    the half-written file is deleted next anyway."""
     try:
         container.close()
-    except av.error.FFmpegError:
-        pass  # closing a half-written file after a failure: it is deleted next
+    except av.error.FFmpegError as exc:
+        stage.fail(VidstyleError(f"cannot finish writing the output ({exc.strerror or exc})"))
 
 
 def _add_video_stream(sink, video_in, info: VideoInfo, encode: EncodeOptions):
