@@ -305,3 +305,21 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path: Path, smal
     with pytest.raises(VidstyleError, match="No space left on device"):
         stylize_file(source, small_disk / "out.mp4", IdentityStylizer())  # the network would smooth the noise away
     assert list(small_disk.iterdir()) == []
+
+
+@pytest.mark.parametrize("codec, suffix, expected", [
+    ("libx265", ".mkv", "yuv420p10le"),
+    ("libsvtav1", ".mp4", "yuv420p10le"),
+    ("prores_ks", ".mov", "yuv422p10le"),
+    (None, ".mp4", "yuv420p"),  # H.264's 10-bit profile plays in too few places: the default stays 8-bit
+])
+def test_ten_bit_input_stays_ten_bit_with_its_colour_tags(tmp_path: Path, stylizer: Stylizer, codec: str | None,
+                                                         suffix: str, expected: str) -> None:
+    # Tagged BT.2020 (matrix, primaries; transfer 9 too, logarithmic, but the tags are what is checked).
+    source = make_sample_video(tmp_path / "hdr.mkv", **SIZE, audio=False, codec="libx265", pix_fmt="yuv420p10le",
+                               colorspace=9)
+    result = stylize_file(source, tmp_path / f"out{suffix}", stylizer, encode=EncodeOptions(codec=codec))
+    assert_same_video(source, result, audio=False)
+    with av.open(str(result)) as container:
+        frame = next(container.decode(video=0))
+    assert (frame.format.name, int(frame.colorspace), int(frame.color_primaries), int(frame.color_trc)) == (expected, 9, 9, 9)

@@ -103,16 +103,22 @@ def check_frame_size(encoder: str, width: int, height: int) -> None:
                             f"{width}x{height}); use libx264 or libvpx-vp9")
 
 
-def pixel_format(encoder: str, width: int, height: int) -> str:
+def pixel_format(encoder: str, width: int, height: int, bit_depth: int = 8) -> str:
     """4:2:0 for even sizes; 4:4:4 for odd ones where the encoder has it (4:2:0
-    cannot store them exactly); ProRes 4:2:2 10-bit (4444 for odd widths); GIF a palette."""
+    cannot store them exactly); 10-bit for 10-bit input where the encoder has it,
+    but for H.264 (whose 10-bit profile few players decode); ProRes 4:2:2 10-bit
+    (4444 for odd widths); GIF a palette."""
     if encoder == "gif":
         return "pal8"
     if encoder == "prores_ks":
         return "yuv422p10le" if width % 2 == 0 else "yuv444p10le"
-    formats = {f.name for f in av.Codec(encoder, "w").video_formats or ()}
+    codec = av.Codec(encoder, "w")
+    formats = {f.name for f in codec.video_formats or ()}
     even = width % 2 == 0 and height % 2 == 0
-    return "yuv444p" if not even and "yuv444p" in formats else "yuv420p"
+    chroma = "yuv444p" if not even and "yuv444p" in formats else "yuv420p"
+    if bit_depth > 8 and codec.canonical_name != "h264" and f"{chroma}10le" in formats:
+        return f"{chroma}10le"
+    return chroma
 
 
 def encoder_options(encoder: str, pix_fmt: str, crf: int, preset: str, container: Container) -> dict[str, str]:
@@ -138,9 +144,11 @@ def _speed_rank(preset: str) -> int:
         raise VidstyleError(f"unknown --preset '{preset}' (use one of {', '.join(X264_PRESETS)})") from None
 
 
-def video_frame(rgb: np.ndarray, pix_fmt: str, colorspace: int | None) -> av.VideoFrame:
-    """A frame to encode from (H, W, 3) uint8 RGB: converted with the input's
-    colour matrix where it has one, or (GIF) given its own 256-colour palette."""
+def video_frame(rgb: np.ndarray, encoder, colorspace: int | None) -> av.VideoFrame:
+    """A frame for `encoder` (a codec context) from (H, W, 3) uint8 RGB: converted
+    with the input's colour matrix where it has one, or (GIF) given its own
+    256-colour palette."""
+    pix_fmt = encoder.pix_fmt
     if pix_fmt == "pal8":  # FFmpeg's scaler cannot make palettes; PIL's median cut can, per frame
         quantized = Image.fromarray(rgb).quantize(256)
         palette = np.array(quantized.getpalette()[:768], np.uint8).reshape(-1, 3)
@@ -148,7 +156,12 @@ def video_frame(rgb: np.ndarray, pix_fmt: str, colorspace: int | None) -> av.Vid
         argb[: len(palette), 0], argb[: len(palette), 1:] = 255, palette
         return av.VideoFrame.from_ndarray((np.asarray(quantized), argb), format="pal8")
     frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-    return frame if colorspace is None else frame.reformat(format=pix_fmt, dst_colorspace=colorspace)
+    if colorspace is None:
+        return frame
+    frame = frame.reformat(format=pix_fmt, dst_colorspace=colorspace)
+    # Some encoders (ProRes) take the colour tags from each frame, not from the stream.
+    frame.color_primaries, frame.color_trc = encoder.color_primaries, encoder.color_trc
+    return frame
 
 
 def audio_encoder(output_path: Path, audio_in) -> str | None:

@@ -62,6 +62,7 @@ class VideoInfo:
     # The input's colour tags (colorspace, color_primaries, color_trc) where it has
     # them: frames are converted to RGB with its matrix and back with the same one.
     colour: dict[str, int]
+    bit_depth: int = 8  # of the input's samples: 10-bit input stays 10-bit where the encoder allows
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,7 @@ def probe_video(path: Path) -> VideoInfo:
             width=first.width, height=first.height, frames=frames or 0, rate=Fraction(rate),
             rotation=round(first.rotation or 0), audio_streams=len(container.streams.audio),
             colour={k: int(getattr(first, k)) for k in COLOUR_TAGS if int(getattr(first, k)) != UNSPECIFIED},
+            bit_depth=max(component.bits for component in first.format.components),
         )
 
 
@@ -349,7 +351,7 @@ def _add_video_stream(sink, video_in, info: VideoInfo, encode: EncodeOptions):
     formats.check_frame_size(encoder, info.width, info.height)
     stream = sink.add_stream(encoder, rate=info.rate)
     stream.width, stream.height = info.width, info.height
-    stream.pix_fmt = formats.pixel_format(encoder, info.width, info.height)
+    stream.pix_fmt = formats.pixel_format(encoder, info.width, info.height, info.bit_depth)
     # Keep the input's clock so every frame keeps its exact timestamp (VFR too).
     stream.codec_context.time_base = video_in.time_base
     stream.time_base = video_in.time_base
@@ -516,7 +518,7 @@ def _write(
     while (item := stage.get(stage.stylized)) is not END:
         if isinstance(item, _FrameBatch):
             for rgb, pts in zip(item.pixels, item.pts):
-                frame = formats.video_frame(rgb, video_out.pix_fmt, colorspace)
+                frame = formats.video_frame(rgb, video_out.codec_context, colorspace)
                 frame.pts, frame.time_base = pts - pts_offset, item.time_base
                 sink.mux(video_out.encode(frame))
             continue
