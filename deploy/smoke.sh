@@ -29,7 +29,16 @@ port=$("$venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0
 redis-server --port "$port" --bind 127.0.0.1 --dir "$work" --save "" --appendonly no >redis.log 2>&1 &
 pids+=($!)
 export VIDSTYLE_BROKER_URL="redis://127.0.0.1:$port/0" VIDSTYLE_STORAGE="$work"
-for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+"$venv/bin/python" - "$port" <<'PY'
+import sys, time, redis
+client = redis.Redis(port=int(sys.argv[1]), socket_connect_timeout=1)
+for _ in range(100):  # until it accepts connections, at most about 10 s
+    try:
+        client.ping()
+        break
+    except redis.ConnectionError:
+        time.sleep(0.1)
+PY
 "$venv/bin/vidstyle" worker --name smoke@%h --loglevel WARNING >worker.log 2>&1 &
 pids+=($!)
 if ! timeout 300 "$venv/bin/vidstyle" submit sample.mp4 --style udnie -o fleet.mp4 --wait; then
