@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -18,7 +19,7 @@ from vidstyle.errors import VidstyleError
 from vidstyle.formats import segment_suffix
 from vidstyle.inference import Stylizer, resolve_device
 from vidstyle.pipeline import EncodeOptions, stylize_file
-from vidstyle.sample import make_sample_video
+from vidstyle.sample import make_sample_video, sample_frame
 from vidstyle.segments import join_segments, plan_spans
 from vidstyle.styles import find_style
 
@@ -323,3 +324,28 @@ def test_ten_bit_input_stays_ten_bit_with_its_colour_tags(tmp_path: Path, styliz
     with av.open(str(result)) as container:
         frame = next(container.decode(video=0))
     assert (frame.format.name, int(frame.colorspace), int(frame.color_primaries), int(frame.color_trc)) == (expected, 9, 9, 9)
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+@pytest.mark.parametrize("first_frame", [12, -6], ids=["video-starts-after-audio", "negative-timestamps"])
+def test_video_starting_late_or_before_zero_keeps_its_times(tmp_path: Path, stylizer: Stylizer, suffix: str,
+                                                            first_frame: int) -> None:
+    source = tmp_path / f"in{suffix}"
+    tick = Fraction(1, 24)
+    with av.open(str(source), "w") as container:
+        video = container.add_stream("libx264", rate=24)
+        video.width, video.height, video.pix_fmt, video.codec_context.time_base = 64, 48, "yuv420p", tick
+        sound = container.add_stream("aac", rate=48000, layout="mono")
+        for index in range(12):  # from frame `first_frame` of the audio's clock (at 0)
+            frame = av.VideoFrame.from_ndarray(sample_frame(index, 64, 48), format="rgb24")
+            frame.pts, frame.time_base = first_frame + index, tick
+            container.mux(video.encode(frame))
+        container.mux(video.encode())
+        for start in range(0, 24000, 1024):
+            samples = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            samples.sample_rate, samples.pts = 48000, start
+            container.mux(sound.encode(samples))
+        container.mux(sound.encode())
+    result = stylize_file(source, tmp_path / f"out{suffix}", stylizer)
+    assert_same_video(source, result)
+    assert decode(result)["times"][0] == pytest.approx(decode(source)["times"][0], abs=1e-3)  # 0.5 s late stays late
