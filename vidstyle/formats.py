@@ -129,7 +129,8 @@ def encoder_options(encoder: str, pix_fmt: str, crf: int, preset: str, container
     if encoder.endswith("_nvenc"):
         return {"rc": "vbr", "cq": str(crf), "preset": preset}  # NVENC's nearest to CRF
     if encoder == "libvpx-vp9":
-        return {"crf": str(crf), "b": "0", "deadline": "good", "cpu-used": str(max(0, 8 - _speed_rank(preset))), "row-mt": "1"}
+        return {"crf": str(crf), "b": "0", "deadline": "good", "row-mt": "1",  # b=0: constant quality
+                "cpu-used": str(max(0, 8 - _speed_rank(preset)))}
     if encoder == "libsvtav1":
         return {"crf": str(crf), "preset": str(13 - _speed_rank(preset))}
     if encoder == "prores_ks":  # fixed quality per profile: HQ for 4:2:2, 4444 for 4:4:4
