@@ -349,3 +349,24 @@ def test_video_starting_late_or_before_zero_keeps_its_times(tmp_path: Path, styl
     result = stylize_file(source, tmp_path / f"out{suffix}", stylizer)
     assert_same_video(source, result)
     assert decode(result)["times"][0] == pytest.approx(decode(source)["times"][0], abs=1e-3)  # 0.5 s late stays late
+
+
+def test_transparency_is_dropped_with_a_warning(tmp_path: Path, stylizer: Stylizer, caplog: pytest.LogCaptureFixture) -> None:
+    source = tmp_path / "logo.mov"  # ProRes 4444 with alpha, the way motion graphics arrive
+    with av.open(str(source), "w") as container:
+        stream = container.add_stream("prores_ks", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuva444p10le"
+        for index in range(4):
+            rgba = np.dstack([sample_frame(index, 64, 48), np.full((48, 64), 255, np.uint8)])
+            rgba[:, :32, 3] = 0  # the left half see-through
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgba, format="rgba")))
+        container.mux(stream.encode())
+    with caplog.at_level(logging.WARNING, logger="vidstyle"):
+        result = stylize_file(source, tmp_path / "out.mov", stylizer)
+    assert "its transparency (alpha channel) is dropped" in caplog.text
+    assert (decode(result)["frames"], video_format(result)) == (4, ("h264", "yuv420p"))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="vidstyle"):
+        stylize_file(make_sample_video(tmp_path / "in.gif", **SIZE, codec="gif", pix_fmt="rgb8", audio=False),
+                     tmp_path / "out.gif", stylizer)  # GIF decodes with an alpha channel, but an opaque one: no warning
+    assert caplog.text == ""

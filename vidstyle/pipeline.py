@@ -63,6 +63,7 @@ class VideoInfo:
     # them: frames are converted to RGB with its matrix and back with the same one.
     colour: dict[str, int]
     bit_depth: int = 8  # of the input's samples: 10-bit input stays 10-bit where the encoder allows
+    transparent: bool = False  # its first frame has see-through pixels (an alpha channel that is used)
 
 
 @dataclass(frozen=True)
@@ -185,6 +186,8 @@ def probe_video(path: Path) -> VideoInfo:
             rotation=round(first.rotation or 0), audio_streams=len(container.streams.audio),
             colour={k: int(getattr(first, k)) for k in COLOUR_TAGS if int(getattr(first, k)) != UNSPECIFIED},
             bit_depth=max(component.bits for component in first.format.components),
+            transparent=any(c.is_alpha for c in first.format.components)
+            and int(first.to_ndarray(format="rgba")[..., 3].min()) < 255,
         )
 
 
@@ -359,6 +362,8 @@ def _add_video_stream(sink, video_in, info: VideoInfo, encode: EncodeOptions):
                                             formats.container_for(Path(sink.name)))
     if encoder.endswith("_nvenc"):
         _check_hardware_encoder(encoder, info, stream.pix_fmt)
+    if info.transparent:
+        log.warning(f"{video_in.container.name}: its transparency (alpha channel) is dropped: the output is opaque")
     # The input's tags, the file's (title, creation time...) and its video stream's (language...).
     sink.metadata.update(formats.kept_metadata(video_in.container.metadata))
     stream.metadata.update(formats.kept_metadata(video_in.metadata))
