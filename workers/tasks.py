@@ -63,10 +63,12 @@ class JobProgress:
         self.store, self.job_id, self.segment = store, job_id, segment
         self.started = time.monotonic()
         self.last_report = float("-inf")
+        self.done = 0
 
     def __call__(self, done: int, total: int) -> None:
         now = time.monotonic()
-        # (The last batch of a known total is always reported; 0 is an unknown total.)
+        self.done = done
+        # (The last batch of a known total is always reported; 0 is an unknown total, see complete.)
         if now - self.last_report < PROGRESS_INTERVAL_SECONDS and (done < total or not total):
             return
         self.last_report = now
@@ -77,6 +79,11 @@ class JobProgress:
             stop = self.store.report_progress(self.job_id, done, total, fps, (total - done) / fps if fps and total else 0.0)
         if stop:
             raise JobCancelled
+
+    def complete(self) -> None:
+        """The job ran to its end: the frames done are the total (which MKV or WebM do not state before)."""
+        fps = self.done / max(time.monotonic() - self.started, 1e-6)
+        self.store.report_progress(self.job_id, self.done, self.done, fps, 0.0)
 
 
 @functools.lru_cache(maxsize=STYLIZER_CACHE_SIZE)
@@ -152,10 +159,12 @@ def stylize(self: Task, job_id: str) -> str:
             _start_segments(job, spans, output_path)
         return "split"
     store.set_current_job(self.request.hostname, os.getpid(), job_id)
+    progress = JobProgress(store, job_id)
     try:
         stylize_file(input_path, output_path, stylizer_for(job.style), batch_size=job.batch_size or None,
                      encode=EncodeOptions(codec=job.codec, crf=job.crf, preset=job.preset),
-                     force=True, on_progress=JobProgress(store, job_id), partial_token=job_id)
+                     force=True, on_progress=progress, partial_token=job_id)
+        progress.complete()
         store.finish(job_id, SUCCEEDED)
         return SUCCEEDED
     except JobCancelled:
