@@ -186,12 +186,23 @@ def _cover_art_only(path: Path) -> Path:
     return path
 
 
-def _cut(path: Path, keep: float | int) -> Path:
-    """A clip cut short: the first `keep` bytes (an int) or that fraction of them."""
+def _cut(path: Path, keep: float | int, faststart: bool = False) -> Path:
+    """A clip cut short: the first `keep` bytes (an int) or that fraction of them.
+    `faststart`: an MP4 with its index first, as made for the web (else it is last, and cut off)."""
     full = make_sample_video(path.with_name("full" + path.suffix), width=64, height=48, frames=48)
+    if faststart:
+        with av.open(str(full)) as plain, av.open(str(path), "w", options={"movflags": "faststart"}) as web:
+            streams = {s.index: web.add_stream_from_template(s) for s in plain.streams}
+            for packet in plain.demux():
+                if packet.size:
+                    packet.stream = streams[packet.stream.index]
+                    web.mux(packet)
+        full.unlink()
+        full = path
     data = full.read_bytes()
     path.write_bytes(data[: keep if isinstance(keep, int) else int(len(data) * keep)])
-    full.unlink()
+    if full != path:
+        full.unlink()
     return path
 
 
@@ -200,6 +211,8 @@ def _cut(path: Path, keep: float | int) -> Path:
     (lambda tmp: _cut(tmp / "header.mkv", 700), [], "no decodable video frames"),
     (lambda tmp: _cut(tmp / "half.mkv", 0.5), [], "truncated: its data stops at"),
     (lambda tmp: _cut(tmp / "half.flv", 0.5), [], "truncated: its data stops at"),
+    (lambda tmp: _cut(tmp / "half.mp4", 0.5), [], "not a video file, or corrupt"),  # its index was at the end
+    (lambda tmp: _cut(tmp / "web.mp4", 0.5, faststart=True), [], "truncated: its data stops at"),
     (lambda tmp: _cover_art_only(tmp / "song.mp3"), [], "no video stream in"),
     (lambda tmp: (tmp / "shot").mkdir() or tmp / "shot", [], "is a directory"),
     (lambda tmp: make_sample_video(tmp / "in.mp4", **SIZE), ["-o", "out.xyz"], "no video container for the suffix '.xyz'"),
@@ -207,7 +220,7 @@ def _cut(path: Path, keep: float | int) -> Path:
      "WebM (.webm) cannot hold h264 video ('libx264'): it takes libvpx-vp9, libsvtav1"),
     (lambda tmp: make_sample_video(tmp / "in.mp4", width=3, height=5, frames=2), ["-o", "out.mp4", "--codec", "libx265"],
      "libx265 cannot encode frames smaller than 16x16 (this video is 3x5)"),
-], ids=["zero-bytes", "header-only", "truncated-mkv", "truncated-flv", "cover-art-only", "directory", "unknown-suffix",
+], ids=["zero-bytes", "header-only", "truncated-mkv", "truncated-flv", "truncated-mp4", "truncated-mp4-faststart", "cover-art-only", "directory", "unknown-suffix",
         "codec-the-container-cannot-hold", "frames-too-small-for-the-encoder"])
 def test_bad_input_is_one_line_and_leaves_nothing(tmp_path: Path, make_input, args: list[str], expected: str) -> None:
     source = make_input(tmp_path)
