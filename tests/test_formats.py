@@ -10,6 +10,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import TEST_STYLE, decode, run_cli
 from test_cli import assert_clean_failure
@@ -383,3 +384,23 @@ def test_transparency_is_dropped_with_a_warning(tmp_path: Path, stylizer: Styliz
         stylize_file(make_sample_video(tmp_path / "in.gif", **SIZE, codec="gif", pix_fmt="rgb8", audio=False),
                      tmp_path / "out.gif", stylizer)  # GIF decodes with an alpha channel, but an opaque one: no warning
     assert caplog.text == ""
+
+
+@pytest.mark.parametrize("suffix, keeps_alpha", [(".png", True), (".webp", True), (".tif", True), (".jpg", False)])
+def test_a_still_image_s_transparency_is_kept_where_its_format_holds_it(
+        tmp_path: Path, stylizer: Stylizer, caplog: pytest.LogCaptureFixture, suffix: str, keeps_alpha: bool) -> None:
+    rgba = np.dstack([sample_frame(0, 64, 48), np.full((48, 64), 255, np.uint8)])
+    rgba[:, :20, 3], rgba[:, 20:40, 3] = 0, 128  # a see-through and a half-transparent band
+    source = tmp_path / "logo.png"
+    Image.fromarray(rgba).save(source)
+    with caplog.at_level(logging.WARNING, logger="vidstyle"):
+        result = stylize_file(source, tmp_path / f"out{suffix}", stylizer)
+    with Image.open(result) as out:
+        out.load()
+    colour = np.asarray(out.convert("RGB")).astype(int)
+    assert np.abs(colour[:, 40:] - rgba[:, 40:, :3]).mean() > 20  # stylized
+    if keeps_alpha:
+        assert out.mode == "RGBA" and np.array_equal(np.asarray(out.getchannel("A")), rgba[..., 3])
+        assert caplog.text == ""
+    else:
+        assert out.mode == "RGB" and "JPEG holds no transparency: logo.png's is dropped" in caplog.text

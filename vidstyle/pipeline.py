@@ -33,7 +33,7 @@ from vidstyle import formats
 from vidstyle.errors import VidstyleError
 from vidstyle.inference import Stylizer, default_batch_size
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff"}
 COLOUR_TAGS = ("colorspace", "color_primaries", "color_trc")
 UNSPECIFIED = 2  # FFmpeg's value for an absent colour tag
 QUEUE_BATCHES = 3  # batches in flight between two stages: enough to absorb jitter
@@ -151,16 +151,35 @@ def partial_file(output_path: Path, token: str | None = None) -> Iterator[Path]:
 
 def _stylize_image(input_path: Path, partial: Path, suffix: str, stylizer: Stylizer) -> None:
     try:
-        with Image.open(input_path) as image:
+        with Image.open(input_path) as opened:
             # Phones store portrait photos sideways plus an EXIF flag: apply it.
-            pixels = np.array(ImageOps.exif_transpose(image).convert("RGB"))
+            image = ImageOps.exif_transpose(opened)
+            pixels = np.array(image.convert("RGB"))
+            alpha = _transparency(image)
     except (UnidentifiedImageError, OSError) as exc:
         raise VidstyleError(f"not a readable image: {input_path}") from exc
     out = Image.fromarray(stylizer(pixels[None])[0])
+    image_format = Image.registered_extensions().get(suffix.lower())
+    if alpha is not None:
+        if image_format in ALPHA_IMAGE_FORMATS:
+            out.putalpha(alpha)  # the stylized colour, under the input's own transparency
+        else:
+            log.warning(f"{image_format or suffix} holds no transparency: {input_path.name}'s is dropped")
     try:
-        out.save(partial, format=Image.registered_extensions().get(suffix.lower()), quality=95)
+        out.save(partial, format=image_format, quality=95)
     except (KeyError, ValueError) as exc:
-        raise VidstyleError(f"cannot write an image with suffix '{suffix}' (use .jpg, .png or .webp)") from exc
+        raise VidstyleError(f"cannot write an image with suffix '{suffix}' (use .jpg, .png, .webp or .tif)") from exc
+
+
+ALPHA_IMAGE_FORMATS = {"PNG", "WEBP", "TIFF"}
+
+
+def _transparency(image: Image.Image) -> Image.Image | None:
+    """The image's alpha channel, if it has one that is not fully opaque."""
+    if image.mode not in ("RGBA", "LA", "PA") and "transparency" not in image.info:
+        return None
+    alpha = image.convert("RGBA").getchannel("A")
+    return alpha if alpha.getextrema()[0] < 255 else None
 
 
 def probe_video(path: Path) -> VideoInfo:
