@@ -152,6 +152,17 @@ def test_submit_watch_and_decode_the_output(fleet: Fleet) -> None:
     assert sorted(p.name for p in fleet.storage.iterdir()) == ["movie.mp4", f"movie.{TEST_STYLE}.mp4"]
 
 
+def test_a_webm_job_gets_vp9_and_its_frame_count_once_known(fleet: Fleet) -> None:
+    # WebM states no frame count: the record counts frames as they come and takes the count as the total at the end.
+    fleet.start_worker("w1")
+    source = make_sample_video(fleet.storage / "clip.webm", width=64, height=48, frames=12, codec="libvpx-vp9",
+                               audio_codec="libopus", audio_rate=48000)
+    job_id = fleet.submit(source, TEST_STYLE)
+    job = fleet.wait_for([job_id])[job_id]
+    assert (job.state, job.codec, job.frames_done, job.frames_total) == (SUCCEEDED, "libvpx-vp9", 12, 12)
+    assert decode(fleet.storage / f"clip.{TEST_STYLE}.webm")["audio_codecs"] == ["opus"]
+
+
 def test_submit_wait_follows_a_photo_to_its_end(fleet: Fleet) -> None:
     fleet.start_worker("w1")
     Image.fromarray(np.full((40, 60, 3), 120, np.uint8)).save(fleet.storage / "photo.png")
@@ -223,7 +234,7 @@ def test_bad_input_fails_with_its_reason_and_the_worker_keeps_serving(fleet: Fle
     (fleet.storage / "escape.mp4").symlink_to(outside)
     expected = {
         fleet.submit(_not_a_video(fleet.storage / "notes.mp4")): "not a video",
-        fleet.submit(_audio_only(fleet.storage / "song.m4a")): "no video stream",
+        fleet.submit(_audio_only(fleet.storage / "song.mp4")): "no video stream",
         fleet.submit(_truncated(fleet.storage / "cut.mp4")): "corrupt",
         fleet.enqueue_unchecked(str(outside)): "not inside the storage root",
         fleet.enqueue_unchecked("../outside.mp4"): "not inside the storage root",

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import importlib
+import logging
+import os
 import sys
 from pathlib import Path
 
@@ -51,9 +53,12 @@ def cli() -> None:
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="Output file [default: INPUT.STYLE.EXT beside the input].")
 @click.option("--batch-size", type=click.IntRange(1), help="Frames per network batch [default: from frame size and device memory].")
 @click.option("--device", help="cpu, cuda or cuda:N [default: cuda when available].")
-@click.option("--codec", default="libx264", show_default=True, help="Video encoder (any FFmpeg encoder in PyAV, e.g. libx265, h264_nvenc).")
-@click.option("--crf", default=18, show_default=True, type=click.IntRange(0, 51), help="x264/x265 quality (lower is better).")
-@click.option("--preset", default="medium", show_default=True, help="x264/x265 speed preset.")
+@click.option("--codec", help="Video encoder: libx264, libx265, libvpx-vp9, libsvtav1, prores_ks, gif, h264_nvenc... "
+                               "[default: from the output's container: libx264, libvpx-vp9 for WebM, gif for GIF].")
+@click.option("--crf", default=18, show_default=True, type=click.IntRange(0, 51),
+              help="Quality, lower is better (x264, x265, VP9, AV1, NVENC; ProRes and GIF have none).")
+@click.option("--preset", default="medium", show_default=True,
+              help="x264's speed preset names (ultrafast..placebo), mapped onto VP9's and AV1's speed levels.")
 @click.option("--compile/--no-compile", "compile_network", default=None,
               help="torch.compile the network: faster per frame, slower to start [default: on; VIDSTYLE_COMPILE=0 turns it off].")
 @click.option("--precision", type=click.Choice(["auto", "fp32"]),
@@ -71,7 +76,7 @@ def cli() -> None:
 @click.option("--wait", is_flag=True, help="With a broker: follow the job with a progress bar; exit with its outcome.")
 @click.option("--json", "as_json", is_flag=True, help="With a broker: print the job record as JSON.")
 def submit(input_path: Path, style: str, output: Path | None, batch_size: int | None, device: str | None,
-           codec: str, crf: int, preset: str, compile_network: bool | None, precision: str | None, temporal: bool,
+           codec: str | None, crf: int, preset: str, compile_network: bool | None, precision: str | None, temporal: bool,
            temporal_strength: float | None, force: bool, queue: str | None, segment_seconds: str | None, wait: bool,
            as_json: bool) -> None:
     """Stylize a video (or a still image) with a trained style.
@@ -105,7 +110,7 @@ def submit(input_path: Path, style: str, output: Path | None, batch_size: int | 
     # The bar appears with the first stylized batch, so a run that fails at once shows only its error.
     bar = tqdm(total=0, unit="frame", desc=f"{input_path.name} -> {chosen.name}", delay=0.5, disable=is_image(input_path))
     def on_progress(done: int, total: int) -> None:
-        bar.total = total
+        bar.total = total or None  # unknown: frames and fps, no false total
         bar.update(done - bar.n)
 
     with bar:
@@ -179,7 +184,13 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def main() -> None:
-    """Console entry point: user errors become one line on stderr and exit status 1."""
+    """Console entry point: user errors become one line on stderr and exit status 1,
+    and so does anything unexpected (with VIDSTYLE_DEBUG=1, its traceback too)."""
+    debug = os.environ.get("VIDSTYLE_DEBUG", "0") not in ("", "0")
+    # The pipeline's warnings (audio dropped, say) as one line each, in the same voice as errors.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("vidstyle: warning: %(message)s"))
+    logging.getLogger("vidstyle").addHandler(handler)
     try:
         cli.main(standalone_mode=False)
     except VidstyleError as exc:
@@ -194,6 +205,13 @@ def main() -> None:
     except KeyboardInterrupt:
         click.echo("vidstyle: interrupted", err=True)
         sys.exit(130)
+    except Exception as exc:
+        if debug:
+            raise
+        message = " ".join(str(exc).split())  # one line, whatever the exception says
+        click.echo(f"vidstyle: error: unexpected {type(exc).__name__}: {message} (VIDSTYLE_DEBUG=1 shows the traceback)",
+                   err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,9 @@ from vidstyle.strips import stylize_in_strips
 # Two stride-2 convolutions and two x2 upsamplings: sizes that are not multiples
 # of 4 would come back a few pixels larger, so frames are padded, then cropped.
 SIZE_MULTIPLE = 4
+# The 9x9 convolutions reflect 4 pixels at each border, which needs more than 4
+# rows and columns: smaller frames (down to 1x1) are padded up to this, then cropped.
+MIN_SIDE = 8
 
 
 def resolve_device(name: str | None = None) -> torch.device:
@@ -179,7 +182,7 @@ class Stylizer:
         # NHWC uint8 -> NCHW float viewed in channels_last: no copy of the layout.
         x = batch.permute(0, 3, 1, 2).float()
         height, width = x.shape[-2:]
-        pad_h, pad_w = -height % SIZE_MULTIPLE, -width % SIZE_MULTIPLE
+        pad_h, pad_w = (max(MIN_SIDE, side + -side % SIZE_MULTIPLE) - side for side in (height, width))
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
         x = x.contiguous(memory_format=torch.channels_last)

@@ -14,6 +14,7 @@ into place only when complete.
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import queue
 import secrets
@@ -28,26 +29,28 @@ import av
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from vidstyle import formats
 from vidstyle.errors import VidstyleError
 from vidstyle.inference import Stylizer, default_batch_size
 from vidstyle.temporal import DEFAULT_STRENGTH, Motion, TemporalConsistency
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff"}
 COLOUR_TAGS = ("colorspace", "color_primaries", "color_trc")
 UNSPECIFIED = 2  # FFmpeg's value for an absent colour tag
 QUEUE_BATCHES = 3  # batches in flight between two stages: enough to absorb jitter
 # A segment of a split job first stylizes this many frames before its span (not
 # written), so its temporal blend starts with the history a single run would have.
 WARMUP_FRAMES = 16
+log = logging.getLogger("vidstyle")
 
-# Called with (frames done, frames expected) after every batch; raising from it
+# Called with (frames done, frames expected or 0 if unknown) after every batch; raising from it
 # (a cancelled job, say) stops the run and removes the partial output.
 ProgressCallback = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
 class EncodeOptions:
-    codec: str = "libx264"
+    codec: str | None = None  # None: the output container's default (vidstyle.formats)
     crf: int = 18
     preset: str = "medium"
 
@@ -63,6 +66,8 @@ class VideoInfo:
     # The input's colour tags (colorspace, color_primaries, color_trc) where it has
     # them: frames are converted to RGB with its matrix and back with the same one.
     colour: dict[str, int]
+    bit_depth: int = 8  # of the input's samples: 10-bit input stays 10-bit where the encoder allows
+    transparent: bool = False  # its first frame has see-through pixels (an alpha channel that is used)
 
 
 @dataclass(frozen=True)
@@ -108,8 +113,12 @@ def stylize_file(
     `temporal_strength` (0..1; 0 turns it off) is how much of each video frame
     comes from the previous output carried along the motion (vidstyle.temporal)."""
     input_path, output_path = Path(input_path), Path(output_path)
+    if input_path.is_dir():
+        raise VidstyleError(f"input is a directory, not a video or image: {input_path}")
     if not input_path.is_file():
         raise VidstyleError(f"input not found: {input_path}")
+    if not is_image(input_path):
+        output_encoder(input_path, output_path, encode.codec)
     if output_path.exists() and not force:
         raise VidstyleError(f"output exists: {output_path} (use --force to overwrite)")
     if not output_path.parent.is_dir() or not os.access(output_path.parent, os.W_OK):
@@ -122,6 +131,17 @@ def stylize_file(
         else:
             _stylize_video(input_path, partial, stylizer, batch_size, encode, on_progress, span, temporal_strength)
     return output_path
+
+
+def output_encoder(input_path: Path, output_path: Path, codec: str | None) -> str:
+    """The video encoder for output_path (vidstyle.formats), checked before any work:
+    an unknown suffix or a codec its container cannot hold fails here, though a
+    bad input (a song, a broken file) is told as such first."""
+    try:
+        return formats.video_encoder(output_path, codec)
+    except VidstyleError:
+        probe_video(input_path)
+        raise
 
 
 @contextmanager
@@ -138,23 +158,43 @@ def partial_file(output_path: Path, token: str | None = None) -> Iterator[Path]:
 
 def _stylize_image(input_path: Path, partial: Path, suffix: str, stylizer: Stylizer) -> None:
     try:
-        with Image.open(input_path) as image:
+        with Image.open(input_path) as opened:
             # Phones store portrait photos sideways plus an EXIF flag: apply it.
-            pixels = np.array(ImageOps.exif_transpose(image).convert("RGB"))
+            image = ImageOps.exif_transpose(opened)
+            pixels = np.array(image.convert("RGB"))
+            alpha = _transparency(image)
     except (UnidentifiedImageError, OSError) as exc:
         raise VidstyleError(f"not a readable image: {input_path}") from exc
     out = Image.fromarray(stylizer(pixels[None])[0])
+    image_format = Image.registered_extensions().get(suffix.lower())
+    if alpha is not None:
+        if image_format in ALPHA_IMAGE_FORMATS:
+            out.putalpha(alpha)  # the stylized colour, under the input's own transparency
+        else:
+            log.warning(f"{image_format or suffix} holds no transparency: {input_path.name}'s is dropped")
     try:
-        out.save(partial, format=Image.registered_extensions().get(suffix.lower()), quality=95)
+        out.save(partial, format=image_format, quality=95)
     except (KeyError, ValueError) as exc:
-        raise VidstyleError(f"cannot write an image with suffix '{suffix}' (use .jpg, .png or .webp)") from exc
+        raise VidstyleError(f"cannot write an image with suffix '{suffix}' (use .jpg, .png, .webp or .tif)") from exc
+
+
+ALPHA_IMAGE_FORMATS = {"PNG", "WEBP", "TIFF"}
+
+
+def _transparency(image: Image.Image) -> Image.Image | None:
+    """The image's alpha channel, if it has one that is not fully opaque."""
+    if image.mode not in ("RGBA", "LA", "PA") and "transparency" not in image.info:
+        return None
+    alpha = image.convert("RGBA").getchannel("A")
+    return alpha if alpha.getextrema()[0] < 255 else None
 
 
 def probe_video(path: Path) -> VideoInfo:
     """What the pipeline needs to know before it starts; raises VidstyleError for non-videos."""
     with open_input(path) as container:
-        if not container.streams.video:
-            raise VidstyleError(f"no video stream in {path}")
+        # An audio file's cover art is a one-picture "video" stream: not a video.
+        if not any(not s.disposition & av.stream.Disposition.attached_pic for s in container.streams.video):
+            raise VidstyleError(f"no video stream in {path}" + (" (only cover art)" if container.streams.video else ""))
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate or Fraction(25)
         frames = stream.frames
@@ -166,16 +206,45 @@ def probe_video(path: Path) -> VideoInfo:
             raise VidstyleError(f"cannot decode {path}: corrupt or truncated ({exc.strerror or exc})") from exc
         if first is None:
             raise VidstyleError(f"no decodable video frames in {path}")
+        _check_complete(container, path)
         return VideoInfo(
             width=first.width, height=first.height, frames=frames or 0, rate=Fraction(rate),
             rotation=round(first.rotation or 0), audio_streams=len(container.streams.audio),
             colour={k: int(getattr(first, k)) for k in COLOUR_TAGS if int(getattr(first, k)) != UNSPECIFIED},
+            bit_depth=max(component.bits for component in first.format.components),
+            transparent=any(c.is_alpha for c in first.format.components)
+            and int(first.to_ndarray(format="rgba")[..., 3].min()) < 255,
         )
+
+
+# A file whose packets stop this long before the duration its header states was cut short.
+TRUNCATION_SLACK_SECONDS = 0.5
+
+
+def _check_complete(container: av.container.InputContainer, path: Path) -> None:
+    """Refuse a file cut short (a copy or download that stopped): its packets end
+    before the duration its header states. Files without a stated duration (a live
+    recording) cannot be checked and are taken as they are."""
+    if not container.duration:
+        return
+    stated = container.duration / av.time_base + (container.start_time or 0) / av.time_base
+    last = 0.0
+    try:
+        container.seek(max(0, container.duration - 2 * av.time_base) + (container.start_time or 0))  # a keyframe before
+        for packet in container.demux():
+            if packet.size and packet.pts is not None and packet.time_base:
+                last = max(last, float((packet.pts + (packet.duration or 0)) * packet.time_base))
+    except av.error.FFmpegError:
+        return  # no seeking in this file (or damaged near its end): nothing to compare
+    if last < stated - TRUNCATION_SLACK_SECONDS:
+        raise VidstyleError(f"{path} is truncated: its data stops at {last:.1f} s of the {stated:.1f} s its header states")
 
 
 def open_input(path: Path) -> av.container.InputContainer:
     try:
         return av.open(str(path), "r")
+    except av.error.PermissionError as exc:
+        raise VidstyleError(f"cannot read {path}: permission denied") from exc
     except av.error.FFmpegError as exc:
         raise VidstyleError(f"not a video file, or corrupt: {path} ({exc.strerror or exc})") from exc
 
@@ -290,7 +359,7 @@ def _stylize_video(
                 done += len(item.pts)
             stage.put(stage.stylized, item)
             if on_progress and isinstance(item, _FrameBatch):
-                on_progress(done, max(done, expected))
+                on_progress(done, expected and max(done, expected))  # 0: not known (MKV, WebM, FLV)
         stage.put(stage.stylized, END)
     except _Stop:
         pass
@@ -300,37 +369,39 @@ def _stylize_video(
         for thread in threads:
             thread.join()
         source.close()
-        _close_quietly(sink)
+        _close(sink, stage)
     if stage.error is not None:
         raise stage.error
 
 
-def _close_quietly(container: av.container.OutputContainer) -> None:
+def _close(container: av.container.OutputContainer, stage: _Stage) -> None:
+    """Finish the output file. Failing to (a full disk shows only here when the
+    last writes were buffered) fails the run, unless it had failed already: then
+    the half-written file is deleted next anyway."""
     try:
         container.close()
-    except av.error.FFmpegError:
-        pass  # closing a half-written file after a failure: it is deleted next
+    except av.error.FFmpegError as exc:
+        stage.fail(VidstyleError(f"cannot finish writing the output ({exc.strerror or exc})"))
 
 
 def _add_video_stream(sink, video_in, info: VideoInfo, encode: EncodeOptions):
-    try:
-        stream = sink.add_stream(encode.codec, rate=info.rate)
-    except (av.error.FFmpegError, ValueError) as exc:
-        raise VidstyleError(f"unknown video codec '{encode.codec}'") from exc
+    encoder = formats.video_encoder(Path(sink.name), encode.codec)
+    formats.check_frame_size(encoder, info.width, info.height)
+    stream = sink.add_stream(encoder, rate=info.rate)
     stream.width, stream.height = info.width, info.height
-    # H.264 4:2:0 cannot store odd sizes at all; 4:4:4 keeps the exact size.
-    even = info.width % 2 == 0 and info.height % 2 == 0
-    formats = {f.name for f in stream.codec_context.codec.video_formats or ()}
-    stream.pix_fmt = "yuv420p" if even or "yuv444p" not in formats else "yuv444p"
+    stream.pix_fmt = formats.pixel_format(encoder, info.width, info.height, info.bit_depth)
     # Keep the input's clock so every frame keeps its exact timestamp (VFR too).
     stream.codec_context.time_base = video_in.time_base
     stream.time_base = video_in.time_base
-    if encode.codec.startswith("libx26"):
-        stream.options = {"crf": str(encode.crf), "preset": encode.preset}
-    elif encode.codec.endswith("_nvenc"):
-        # NVENC's constant-quality mode is the nearest to x264's CRF.
-        stream.options = {"rc": "vbr", "cq": str(encode.crf), "preset": encode.preset}
-        _check_hardware_encoder(encode.codec, info, stream.pix_fmt)
+    stream.options = formats.encoder_options(encoder, stream.pix_fmt, encode.crf, encode.preset,
+                                            formats.container_for(Path(sink.name)))
+    if encoder.endswith("_nvenc"):
+        _check_hardware_encoder(encoder, info, stream.pix_fmt)
+    if info.transparent:
+        log.warning(f"{video_in.container.name}: its transparency (alpha channel) is dropped: the output is opaque")
+    # The input's tags, the file's (title, creation time...) and its video stream's (language...).
+    sink.metadata.update(formats.kept_metadata(video_in.container.metadata))
+    stream.metadata.update(formats.kept_metadata(video_in.metadata))
     if info.rotation:
         stream.set_display_rotation(info.rotation)
     for tag, value in info.colour.items():
@@ -355,33 +426,73 @@ DEFAULT_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.
 
 @dataclass
 class AudioRoute:
-    """Where an input audio stream's packets go in the output, and whether they are re-encoded."""
+    """Where an input audio stream's packets go in the output: copied, re-encoded,
+    or nowhere (stream None: the output cannot take it, see add_audio_stream)."""
 
-    stream: av.audio.stream.AudioStream
+    stream: av.audio.stream.AudioStream | None
     transcode: bool
+    skipped: int = 0  # packets that would not decode
 
     def mux(self, sink, packet: av.Packet) -> None:
-        if self.transcode:
-            for samples in packet.decode():
-                sink.mux(self.stream.encode(samples))
-        else:
+        if self.stream is None:
+            return
+        if not self.transcode:
             packet.stream = self.stream
             sink.mux(packet)
+            return
+        try:
+            decoded = packet.decode()
+        except av.error.FFmpegError:
+            # A damaged packet costs a moment of silence, not the video.
+            self.skipped += 1
+            if self.skipped == 1:
+                log.warning(f"audio stream {packet.stream.index}: skipping packets that do not decode")
+            return
+        for samples in decoded:
+            sink.mux(self.stream.encode(samples))
 
     def flush(self, sink) -> None:
-        if self.transcode:
+        if self.stream is not None and self.transcode:
             sink.mux(self.stream.encode())
 
 
 def add_audio_stream(sink, audio_in) -> AudioRoute:
-    """Copy the audio packets when the container accepts the codec, else re-encode."""
-    if audio_in.codec_context.name in sink.supported_codecs:
-        return AudioRoute(sink.add_stream_from_template(audio_in), transcode=False)
+    """Copy the audio packets when the container holds the codec, else re-encode
+    them (vidstyle.formats); audio the output cannot take is dropped with a warning,
+    and the video still comes out."""
+    what = f"audio stream {audio_in.index} ({audio_in.codec_context.name})"
+    try:
+        encoder = formats.audio_encoder(Path(sink.name), audio_in)
+    except VidstyleError as exc:
+        log.warning(f"{exc}: {what} dropped")
+        return AudioRoute(None, transcode=False)
+    if encoder is None:
+        stream = sink.add_stream_from_template(audio_in)
+        stream.metadata.update(formats.kept_metadata(audio_in.metadata))
+        return AudioRoute(stream, transcode=False)
+    if not _decodes(audio_in):
+        log.warning(f"cannot decode {what} to re-encode it for {formats.container_for(Path(sink.name)).name}: dropped")
+        return AudioRoute(None, transcode=False)
     layout = audio_in.layout
     if layout.name.endswith("channels"):  # an unnamed channel order, which encoders refuse
         layout = DEFAULT_LAYOUTS.get(len(layout.channels), layout)
-    stream = sink.add_stream(sink.default_audio_codec, rate=audio_in.rate, layout=layout)
+    stream = sink.add_stream(encoder, rate=formats.audio_rate(encoder, audio_in.rate), layout=layout)
+    stream.metadata.update(formats.kept_metadata(audio_in.metadata))  # its language, above all
     return AudioRoute(stream, transcode=True)
+
+
+def _decodes(audio_in, packets: int = 16) -> bool:
+    """Whether the stream's first packets decode to sound (read from a second handle on the file)."""
+    try:
+        with av.open(audio_in.container.name) as probe:
+            for index, packet in enumerate(probe.demux(probe.streams[audio_in.index])):
+                if packet.size and packet.decode():
+                    return True
+                if index >= packets:
+                    break
+    except av.error.FFmpegError:
+        pass
+    return False
 
 
 def _read(source, video_in, audio_in, batch_size: int, span: Span | None, temporal: TemporalConsistency | None,
@@ -447,14 +558,24 @@ def _demuxed(source, video_in, audio_in) -> Iterator[av.Packet | tuple[int, av.V
     """Audio packets, and (pts, frame) for each decoded video frame."""
     last_pts = None
     step = _frame_step(video_in)
+    # AVI stores one time per frame slot, in decoding order: with B-frames the
+    # decoder hands frames back with each other's times. Frames come out in
+    # presentation order, so the n-th frame takes the n-th slot instead.
+    slots: collections.deque[int] | None = collections.deque() if source.format.name == "avi" else None
     for packet in source.demux(video_in, *audio_in):
         if packet.stream.type == "audio":
             if packet.dts is not None:  # the demuxer's final empty packet has none
                 yield packet
             continue
+        if slots is not None and packet.size and packet.dts is not None:
+            slots.append(packet.dts)
         for frame in packet.decode():
+            if slots is None:
+                pts = frame.pts
+            else:
+                pts = slots.popleft() if slots else None
             # Some containers omit timestamps: continue the clock at the nominal rate.
-            last_pts = frame.pts if frame.pts is not None else (last_pts + step if last_pts is not None else 0)
+            last_pts = pts if pts is not None else (last_pts + step if last_pts is not None else 0)
             yield last_pts, frame
 
 
@@ -464,9 +585,7 @@ def _write(
     while (item := stage.get(stage.stylized)) is not END:
         if isinstance(item, _FrameBatch):
             for rgb, pts in zip(item.pixels, item.pts):
-                frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-                if colorspace is not None:
-                    frame = frame.reformat(format=video_out.pix_fmt, dst_colorspace=colorspace)
+                frame = formats.video_frame(rgb, video_out.codec_context, colorspace)
                 frame.pts, frame.time_base = pts - pts_offset, item.time_base
                 sink.mux(video_out.encode(frame))
             continue

@@ -45,6 +45,7 @@ def make_sample_video(
     codec: str = "libx264",
     pix_fmt: str | None = None,
     audio_codec: str = "aac",
+    audio_rate: int = 44100,
     colorspace: int | None = None,
     keyframes: list[int] | None = None,
 ) -> Path:
@@ -67,7 +68,7 @@ def make_sample_video(
             video.options = {"x264-params": "keyint=infinite:scenecut=0", "forced-idr": "1"}
         sound = None
         if audio:
-            sound = container.add_stream(audio_codec, rate=44100, layout="stereo")
+            sound = container.add_stream(audio_codec, rate=audio_rate, layout="stereo")
         ticks = 0
         for index in range(frames):
             frame = av.VideoFrame.from_ndarray(sample_frame(index, width, height), format="rgb24")

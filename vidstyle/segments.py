@@ -18,6 +18,7 @@ from typing import Iterator
 import av
 
 from vidstyle.errors import VidstyleError
+from vidstyle.formats import kept_metadata
 from vidstyle.pipeline import Span, add_audio_stream, open_input
 
 # Automatic segment length: every worker gets about two segments (so a slow one
@@ -86,6 +87,8 @@ def join_segments(source_path: Path, segments: list[tuple[Path, Span]], output_p
     try:
         with open_input(source_path) as source, av.open(str(output_path), "w") as sink:
             video_out = sink.add_stream_from_template(opened[0][0].streams.video[0])
+            sink.metadata.update(kept_metadata(source.metadata))
+            video_out.metadata.update(kept_metadata(source.streams.video[0].metadata))
             audio_routes = {s.index: add_audio_stream(sink, s) for s in source.streams.audio}
             video = _video_packets([(segment, start * source_time_base) for segment, start in opened])
             audio = (p for p in source.demux(*source.streams.audio) if p.dts is not None) if audio_routes else iter(())

@@ -56,8 +56,8 @@ def _when(timestamp: float) -> str:
 
 
 def _progress(job: Job) -> str:
-    if not job.frames_total:
-        return "-"
+    if not job.frames_total:  # not known (MKV, WebM, FLV state no frame count)
+        return str(job.frames_done) if job.frames_done else "-"
     return f"{job.frames_done}/{job.frames_total} ({100 * job.frames_done // job.frames_total}%)"
 
 

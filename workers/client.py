@@ -9,7 +9,7 @@ from kombu.exceptions import OperationalError
 
 from vidstyle.errors import VidstyleError
 from vidstyle.jobs import AUTO, DEFAULT_QUEUE, Job, JobStore
-from vidstyle.pipeline import EncodeOptions, default_output_path
+from vidstyle.pipeline import EncodeOptions, default_output_path, is_image, output_encoder
 from vidstyle.styles import find_style
 from vidstyle.temporal import DEFAULT_STRENGTH
 from workers.celery import app
@@ -45,8 +45,10 @@ def submit_job(
     output_name = relative_to_storage(output, root)
     if (root / output_name).exists() and not force:
         raise VidstyleError(f"output exists: {output} (use --force to overwrite)")
+    # Named in the job, so that a split job's segments and their join agree on it.
+    codec = (encode.codec or "") if is_image(input_path) else output_encoder(input_path, output, encode.codec)
     job = Job(id=secrets.token_hex(6), input=input_name, output=output_name, style=style, queue=queue,
-              codec=encode.codec, crf=encode.crf, preset=encode.preset, batch_size=batch_size or 0,
+              codec=codec, crf=encode.crf, preset=encode.preset, batch_size=batch_size or 0,
               segment_seconds=segment_seconds, temporal_strength=temporal_strength)
     store = JobStore.from_settings()
     store.create(job)

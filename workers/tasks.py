@@ -26,6 +26,7 @@ from celery import Task, chord
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from kombu.exceptions import OperationalError
 
+from vidstyle import formats
 from vidstyle.config import setting
 from vidstyle.errors import VidstyleError
 from vidstyle.inference import Stylizer, resolve_device
@@ -62,19 +63,27 @@ class JobProgress:
         self.store, self.job_id, self.segment = store, job_id, segment
         self.started = time.monotonic()
         self.last_report = float("-inf")
+        self.done = 0
 
     def __call__(self, done: int, total: int) -> None:
         now = time.monotonic()
-        if now - self.last_report < PROGRESS_INTERVAL_SECONDS and done < total:
+        self.done = done
+        # (The last batch of a known total is always reported; 0 is an unknown total, see complete.)
+        if now - self.last_report < PROGRESS_INTERVAL_SECONDS and (done < total or not total):
             return
         self.last_report = now
         if self.segment is not None:
             stop = self.store.report_segment_progress(self.job_id, self.segment, done)
         else:
             fps = done / max(now - self.started, 1e-6)
-            stop = self.store.report_progress(self.job_id, done, total, fps, (total - done) / fps if fps else 0.0)
+            stop = self.store.report_progress(self.job_id, done, total, fps, (total - done) / fps if fps and total else 0.0)
         if stop:
             raise JobCancelled
+
+    def complete(self) -> None:
+        """The job ran to its end: the frames done are the total (which MKV or WebM do not state before)."""
+        fps = self.done / max(time.monotonic() - self.started, 1e-6)
+        self.store.report_progress(self.job_id, self.done, self.done, fps, 0.0)
 
 
 @functools.lru_cache(maxsize=STYLIZER_CACHE_SIZE)
@@ -150,11 +159,13 @@ def stylize(self: Task, job_id: str) -> str:
             _start_segments(job, spans, output_path)
         return "split"
     store.set_current_job(self.request.hostname, os.getpid(), job_id)
+    progress = JobProgress(store, job_id)
     try:
         stylize_file(input_path, output_path, stylizer_for(job.style), batch_size=job.batch_size or None,
                      encode=EncodeOptions(codec=job.codec, crf=job.crf, preset=job.preset),
-                     force=True, on_progress=JobProgress(store, job_id), partial_token=job_id,
+                     force=True, on_progress=progress, partial_token=job_id,
                      temporal_strength=job.temporal_strength)
+        progress.complete()
         store.finish(job_id, SUCCEEDED)
         return SUCCEEDED
     except JobCancelled:
@@ -187,9 +198,8 @@ def segment_dir(output_path: Path, job_id: str) -> Path:
     return output_path.with_name(f".{output_path.name}.segments-{job_id}")
 
 
-def _segment_path(output_path: Path, job_id: str, index: int) -> Path:
-    # Segments are always MP4: it keeps every timestamp exactly, for any output container.
-    return segment_dir(output_path, job_id) / f"{index:05d}.mp4"
+def _segment_path(output_path: Path, job: Job, index: int) -> Path:
+    return segment_dir(output_path, job.id) / f"{index:05d}{formats.segment_suffix(job.codec)}"
 
 
 def _remove_segments_quietly(job_id: str) -> None:
@@ -216,7 +226,7 @@ def stylize_segment(self: Task, job_id: str, index: int, start: int | None, end:
     input_path, output_path = resolve_in_storage(job.input, root), resolve_in_storage(job.output, root)
     store.set_current_job(self.request.hostname, os.getpid(), job_id)
     try:
-        stylize_file(input_path, _segment_path(output_path, job_id, index), stylizer_for(job.style),
+        stylize_file(input_path, _segment_path(output_path, job, index), stylizer_for(job.style),
                      batch_size=job.batch_size or None, encode=EncodeOptions(codec=job.codec, crf=job.crf, preset=job.preset),
                      force=True, on_progress=JobProgress(store, job_id, segment=index), partial_token=job_id,
                      span=Span(start, end, frames), temporal_strength=job.temporal_strength)
@@ -239,7 +249,7 @@ def join_segments_task(self: Task, job_id: str, spans: list[list[int | None]]) -
             return CANCELLED
         root = storage_root()
         input_path, output_path = resolve_in_storage(job.input, root), resolve_in_storage(job.output, root)
-        segments = [(_segment_path(output_path, job_id, index), Span(*span)) for index, span in enumerate(spans)]
+        segments = [(_segment_path(output_path, job, index), Span(*span)) for index, span in enumerate(spans)]
         missing = [str(index) for index, (path, _) in enumerate(segments) if not path.is_file()]
         if missing:
             raise VidstyleError(f"segments {', '.join(missing)} are missing (their files were removed)")

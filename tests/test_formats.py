@@ -1,0 +1,406 @@
+"""Every kind of file a user brings: one small file per container, codec, frame
+size and kind of bad input, made with PyAV, stylized, and decoded again."""
+from __future__ import annotations
+
+import logging
+import subprocess
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import TEST_STYLE, decode, run_cli
+from test_cli import assert_clean_failure
+from test_pipeline import IdentityStylizer
+from vidstyle import cli
+from vidstyle.errors import VidstyleError
+from vidstyle.formats import segment_suffix
+from vidstyle.inference import Stylizer, resolve_device
+from vidstyle.pipeline import EncodeOptions, stylize_file
+from vidstyle.sample import make_sample_video, sample_frame
+from vidstyle.segments import join_segments, plan_spans
+from vidstyle.styles import find_style
+
+SIZE = dict(width=64, height=48, frames=6)
+
+
+@pytest.fixture(scope="module")
+def stylizer() -> Stylizer:
+    return Stylizer(find_style(TEST_STYLE).load_network(), resolve_device("cpu"), compile=False)
+
+
+def video_format(path: Path) -> tuple[str, str]:
+    """(codec, pixel format) of the first video frame, as a player decodes it."""
+    with av.open(str(path)) as container:
+        frame = next(container.decode(video=0))
+        return container.streams.video[0].codec_context.codec.canonical_name, frame.format.name
+
+
+def assert_same_video(source: Path, result: Path, audio: bool = True) -> dict:
+    """Every frame at its time (MKV, MPEG-TS and FLV may move the whole clock so
+    that no timestamp is negative: the spacing is what must stay), the size, and
+    the audio (or none), with the pixels stylized."""
+    before, after = decode(source), decode(result)
+    assert (after["frames"], after["size"]) == (before["frames"], before["size"])
+    times_in, times_out = frame_times(source, before), frame_times(result, after)
+    # GIF counts hundredths of a second; FFmpeg's AVI muxer, interleaving audio, moves a frame a slot or two.
+    tolerance = {".gif": 0.006, ".avi": 0.09}.get(result.suffix, 1e-3)
+    assert np.all(np.diff(times_out) > 0)
+    assert times_out - times_out[0] == pytest.approx(times_in - times_in[0], abs=tolerance)
+    assert abs(times_out[0] - times_in[0]) < 0.1
+    assert len(after["audio_durations"]) == (len(before["audio_durations"]) if audio else 0)
+    assert after["audio_durations"] == pytest.approx(before["audio_durations"] if audio else [], abs=0.05)
+    change = np.abs(after["pixels"].astype(int) - before["pixels"].astype(int)).mean()
+    assert change > 20, f"the frames barely changed (mean |diff| {change:.1f})"
+    return after
+
+
+def frame_times(path: Path, decoded: dict) -> np.ndarray:
+    """Each frame's time. AVI stores one slot time per frame, in decoding order, and
+    FFmpeg's AVI demuxer guesses H.264's presentation times a slot late: its slots are its times."""
+    if path.suffix != ".avi":
+        return np.array(decoded["times"])
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return np.array(sorted(float(p.dts * stream.time_base) for p in container.demux(stream) if p.size))
+
+
+# Each container in, with a codec it commonly carries; out to the same container, by default.
+@pytest.mark.parametrize("suffix, clip, encoded_as", [
+    (".mp4", dict(codec="libx264"), ("h264", "yuv420p")),
+    (".mov", dict(codec="prores_ks", pix_fmt="yuv422p10le", audio_codec="pcm_s16le"), ("h264", "yuv420p")),
+    (".mkv", dict(codec="libx265", audio_codec="libopus", audio_rate=48000), ("h264", "yuv420p")),
+    (".webm", dict(codec="libvpx-vp9", audio_codec="libopus", audio_rate=48000), ("vp9", "yuv420p")),
+    (".avi", dict(codec="mpeg4", audio_codec="libmp3lame"), ("h264", "yuv420p")),
+    (".ts", dict(codec="libx264"), ("h264", "yuv420p")),
+    (".flv", dict(codec="libx264"), ("h264", "yuv420p")),
+    (".gif", dict(codec="gif", pix_fmt="rgb8", audio=False), ("gif", "bgra")),
+    (".mkv", dict(codec="libsvtav1", audio_codec="flac"), ("h264", "yuv420p")),
+], ids=["mp4", "mov-prores-pcm", "mkv-hevc-opus", "webm-vp9-opus", "avi-mpeg4-mp3", "mpegts", "flv", "gif", "mkv-av1-flac"])
+def test_each_container_in_comes_out_the_same(tmp_path: Path, stylizer: Stylizer, suffix: str, clip: dict,
+                                              encoded_as: tuple[str, str]) -> None:
+    source = make_sample_video(tmp_path / f"in{suffix}", **SIZE, **clip)
+    result = stylize_file(source, tmp_path / f"out{suffix}", stylizer)
+    after = assert_same_video(source, result, audio=clip.get("audio", True))
+    assert video_format(result) == encoded_as
+    if clip.get("audio", True):
+        assert after["audio_codecs"] == decode(source)["audio_codecs"]  # copied: every container holds its own
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([source.name, result.name])
+
+
+@pytest.mark.parametrize("codec, suffix, encoded_as", [
+    ("libx264", ".mp4", ("h264", "yuv420p")),
+    ("libx265", ".mp4", ("hevc", "yuv420p")),
+    ("libvpx-vp9", ".webm", ("vp9", "yuv420p")),
+    ("libsvtav1", ".mkv", ("av1", "yuv420p")),
+    ("prores_ks", ".mov", ("prores", "yuv422p10le")),
+    ("gif", ".gif", ("gif", "bgra")),
+])
+def test_each_encoder_out(tmp_path: Path, stylizer: Stylizer, codec: str, suffix: str, encoded_as: tuple[str, str]) -> None:
+    source = make_sample_video(tmp_path / "in.mp4", **SIZE, audio=False)
+    result = stylize_file(source, tmp_path / f"out{suffix}", stylizer, encode=EncodeOptions(codec=codec))
+    assert_same_video(source, result)
+    assert video_format(result) == encoded_as
+
+
+@pytest.mark.parametrize("size, suffix, encoded_as", [
+    ((1, 1), ".mp4", ("h264", "yuv444p")),
+    ((3, 5), ".mp4", ("h264", "yuv444p")),
+    ((3, 5), ".webm", ("vp9", "yuv444p")),
+    ((65, 49), ".mov", ("h264", "yuv444p")),  # odd: 4:4:4 keeps the exact size
+    ((65, 49), ".mkv", ("h264", "yuv444p")),
+])
+def test_tiny_and_odd_frames(tmp_path: Path, stylizer: Stylizer, size: tuple[int, int], suffix: str,
+                             encoded_as: tuple[str, str]) -> None:
+    width, height = size
+    source = make_sample_video(tmp_path / "in.mp4", width=width, height=height, frames=4)
+    result = stylize_file(source, tmp_path / f"out{suffix}", stylizer)
+    before, after = decode(source), decode(result)
+    assert (after["frames"], after["size"]) == (4, size)
+    assert after["times"] == pytest.approx(before["times"], abs=0.1)
+    assert video_format(result) == encoded_as
+
+
+def test_prores_of_odd_width_is_4444(tmp_path: Path, stylizer: Stylizer) -> None:
+    source = make_sample_video(tmp_path / "in.mp4", width=65, height=48, frames=3, audio=False)
+    result = stylize_file(source, tmp_path / "out.mov", stylizer, encode=EncodeOptions(codec="prores_ks"))
+    assert (decode(result)["size"], video_format(result)[1]) == ((65, 48), "yuv444p12le")  # how FFmpeg decodes 4444
+
+
+def test_audio_follows_the_container(tmp_path: Path, stylizer: Stylizer, caplog: pytest.LogCaptureFixture) -> None:
+    source = make_sample_video(tmp_path / "in.mp4", **SIZE)  # AAC
+    webm = stylize_file(source, tmp_path / "out.webm", stylizer)
+    assert assert_same_video(source, webm)["audio_codecs"] == ["opus"]  # re-encoded, at 48 kHz
+    avi = stylize_file(source, tmp_path / "out.avi", stylizer)
+    assert decode(avi)["audio_codecs"] == ["mp3float"]
+    with caplog.at_level(logging.WARNING, logger="vidstyle"):
+        gif = stylize_file(source, tmp_path / "out.gif", stylizer)
+    assert_same_video(source, gif, audio=False)
+    assert "GIF holds no audio: audio stream 1 (aac) dropped" in caplog.text
+
+
+def test_audio_that_does_not_decode_is_dropped_and_the_video_comes_out(
+        tmp_path: Path, stylizer: Stylizer, caplog: pytest.LogCaptureFixture) -> None:
+    good = make_sample_video(tmp_path / "good.mp4", **SIZE)
+    source = tmp_path / "in.mkv"
+    rng = np.random.default_rng(0)
+    with av.open(str(good)) as template, av.open(str(source), "w") as broken:
+        streams = {s.index: broken.add_stream_from_template(s) for s in template.streams}
+        for packet in template.demux():
+            if not packet.size:
+                continue
+            if packet.stream.type == "audio":  # the AAC headers say sound; the payload is noise
+                packet = _with_payload(packet, rng.integers(0, 256, packet.size, dtype=np.uint8).tobytes())
+            packet.stream = streams[packet.stream.index]
+            broken.mux(packet)
+    with caplog.at_level(logging.WARNING, logger="vidstyle"):
+        result = stylize_file(source, tmp_path / "out.webm", stylizer)  # WebM cannot take AAC: it must decode it
+    assert_same_video(good, result, audio=False)
+    assert "cannot decode audio stream 1 (aac)" in caplog.text
+
+
+def _with_payload(packet: av.Packet, payload: bytes) -> av.Packet:
+    replaced = av.Packet(payload)
+    replaced.pts, replaced.dts, replaced.duration, replaced.time_base = packet.pts, packet.dts, packet.duration, packet.time_base
+    replaced.stream = packet.stream
+    return replaced
+
+
+def _cover_art_only(path: Path) -> Path:
+    """A song with its album cover: an audio stream and a one-picture 'video' stream."""
+    with av.open(str(path), "w") as container:
+        sound = container.add_stream("libmp3lame", rate=8000, layout="mono")
+        cover = container.add_stream("mjpeg")
+        cover.width, cover.height, cover.pix_fmt = 32, 32, "yuvj420p"
+        cover.disposition = av.stream.Disposition.attached_pic
+        picture = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 200, np.uint8), format="rgb24").reformat(format="yuvj420p")
+        picture.pts = 0
+        container.mux(cover.encode(picture))
+        container.mux(cover.encode())
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 4096), np.float32), format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = 8000, 0
+        container.mux(sound.encode(frame))
+        container.mux(sound.encode())
+    return path
+
+
+def _cut(path: Path, keep: float | int, faststart: bool = False) -> Path:
+    """A clip cut short: the first `keep` bytes (an int) or that fraction of them.
+    `faststart`: an MP4 with its index first, as made for the web (else it is last, and cut off)."""
+    full = make_sample_video(path.with_name("full" + path.suffix), width=64, height=48, frames=48)
+    if faststart:
+        with av.open(str(full)) as plain, av.open(str(path), "w", options={"movflags": "faststart"}) as web:
+            streams = {s.index: web.add_stream_from_template(s) for s in plain.streams}
+            for packet in plain.demux():
+                if packet.size:
+                    packet.stream = streams[packet.stream.index]
+                    web.mux(packet)
+        full.unlink()
+        full = path
+    data = full.read_bytes()
+    path.write_bytes(data[: keep if isinstance(keep, int) else int(len(data) * keep)])
+    if full != path:
+        full.unlink()
+    return path
+
+
+@pytest.mark.parametrize("make_input, args, expected", [
+    (lambda tmp: _cut(tmp / "empty.mp4", 0), [], "not a video file, or corrupt"),
+    (lambda tmp: _cut(tmp / "header.mkv", 700), [], "no decodable video frames"),
+    (lambda tmp: _cut(tmp / "half.mkv", 0.5), [], "truncated: its data stops at"),
+    (lambda tmp: _cut(tmp / "half.flv", 0.5), [], "truncated: its data stops at"),
+    (lambda tmp: _cut(tmp / "half.mp4", 0.5), [], "not a video file, or corrupt"),  # its index was at the end
+    (lambda tmp: _cut(tmp / "web.mp4", 0.5, faststart=True), [], "truncated: its data stops at"),
+    (lambda tmp: _cover_art_only(tmp / "song.mp3"), [], "(only cover art)"),
+    (lambda tmp: (tmp / "shot").mkdir() or tmp / "shot", [], "is a directory"),
+    (lambda tmp: make_sample_video(tmp / "in.mp4", **SIZE), ["-o", "out.xyz"], "no video container for the suffix '.xyz'"),
+    (lambda tmp: make_sample_video(tmp / "in.mp4", **SIZE), ["-o", "out.webm", "--codec", "libx264"],
+     "WebM (.webm) cannot hold h264 video ('libx264'): it takes libvpx-vp9, libsvtav1"),
+    (lambda tmp: make_sample_video(tmp / "in.mp4", width=3, height=5, frames=2), ["-o", "out.mp4", "--codec", "libx265"],
+     "libx265 cannot encode frames smaller than 16x16 (this video is 3x5)"),
+], ids=["zero-bytes", "header-only", "truncated-mkv", "truncated-flv", "truncated-mp4", "truncated-mp4-faststart", "cover-art-only", "directory", "unknown-suffix",
+        "codec-the-container-cannot-hold", "frames-too-small-for-the-encoder"])
+def test_bad_input_is_one_line_and_leaves_nothing(tmp_path: Path, make_input, args: list[str], expected: str) -> None:
+    source = make_input(tmp_path)
+    before = set(tmp_path.rglob("*"))
+    result = run_cli("submit", source, "--style", TEST_STYLE, *[tmp_path / a if a.startswith("out.") else a for a in args])
+    assert_clean_failure(result, expected)
+    assert result.returncode == 1
+    assert set(tmp_path.rglob("*")) == before
+
+
+def test_an_unexpected_error_is_one_line_naming_it(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    def broken(**_kwargs):
+        raise RuntimeError("something\nnobody expected")
+
+    monkeypatch.setattr(cli.cli, "main", broken)
+    monkeypatch.delenv("VIDSTYLE_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err == ("vidstyle: error: unexpected RuntimeError: something nobody expected "
+                                       "(VIDSTYLE_DEBUG=1 shows the traceback)\n")
+    monkeypatch.setenv("VIDSTYLE_DEBUG", "1")
+    with pytest.raises(RuntimeError):
+        cli.main()
+
+
+def test_codec_is_checked_before_any_work(tmp_path: Path, stylizer: Stylizer) -> None:
+    source = make_sample_video(tmp_path / "in.mp4", **SIZE)
+    with pytest.raises(VidstyleError, match="MPEG-TS .* cannot hold vp9"):
+        stylize_file(source, tmp_path / "out.ts", stylizer, encode=EncodeOptions(codec="libvpx-vp9"))
+    assert [p.name for p in tmp_path.iterdir()] == ["in.mp4"]
+
+
+@pytest.mark.parametrize("codec, suffix", [("libvpx-vp9", ".webm"), ("prores_ks", ".mov")])
+def test_a_split_job_joins_segments_of_any_codec(tmp_path: Path, stylizer: Stylizer, codec: str, suffix: str) -> None:
+    # Segments are MP4, or MOV for what MP4 cannot hold; the join copies them into the output's container.
+    source = make_sample_video(tmp_path / "in.mp4", width=64, height=48, frames=24, keyframes=[0, 8, 16])
+    spans = plan_spans(source, segment_seconds=0.3)
+    assert len(spans) >= 2
+    encode = EncodeOptions(codec=codec)
+    segments = [(stylize_file(source, tmp_path / f"segment{i}{segment_suffix(codec)}", stylizer, span=span, encode=encode), span)
+                for i, span in enumerate(spans)]
+    join_segments(source, segments, tmp_path / f"joined{suffix}")
+    assert_same_video(source, tmp_path / f"joined{suffix}")
+    assert video_format(tmp_path / f"joined{suffix}")[0] == av.Codec(codec, "w").canonical_name
+
+
+@pytest.mark.parametrize("suffix, known", [(".mp4", True), (".mkv", False), (".webm", False)])
+def test_progress_has_no_false_total(tmp_path: Path, stylizer: Stylizer, suffix: str, known: bool) -> None:
+    # MKV and WebM state the file's duration, not a frame count: progress counts frames with no total.
+    clip = dict(codec="libvpx-vp9", audio=False) if suffix == ".webm" else dict(audio=False)
+    source = make_sample_video(tmp_path / f"in{suffix}", width=64, height=48, frames=8, **clip)
+    reports = []
+    stylize_file(source, tmp_path / f"out{suffix}", stylizer, batch_size=3, on_progress=lambda *r: reports.append(r))
+    assert reports == [(3, 8 if known else 0), (6, 8 if known else 0), (8, 8 if known else 0)]
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv", ".webm"])
+def test_title_creation_time_and_languages_are_kept(tmp_path: Path, stylizer: Stylizer, suffix: str) -> None:
+    source = make_sample_video(tmp_path / "in.mov", **SIZE)
+    tagged = tmp_path / "tagged.mkv"
+    with av.open(str(source)) as plain, av.open(str(tagged), "w") as out:
+        out.metadata.update(title="Shot 12", creation_time="2024-05-01T10:00:00.000000Z")
+        streams = {s.index: out.add_stream_from_template(s) for s in plain.streams}
+        streams[0].metadata["language"], streams[1].metadata["language"] = "fra", "deu"
+        for packet in plain.demux():
+            if packet.size:
+                packet.stream = streams[packet.stream.index]
+                out.mux(packet)
+    result = stylize_file(tagged, tmp_path / f"out{suffix}", stylizer)  # WebM: the AAC is re-encoded to Opus
+    with av.open(str(result)) as container:
+        assert (container.metadata["title"], container.metadata["creation_time"]) == ("Shot 12", "2024-05-01T10:00:00.000000Z")
+        assert [s.metadata.get("language") for s in container.streams] == ["fra", "deu"]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 16 kB filesystem (a tmpfs; needs root, as CI runs), to fill while writing."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path: Path, small_disk: Path) -> None:
+    source = tmp_path / "noise.mp4"  # noise: about 5 kB a frame however it is encoded
+    rng = np.random.default_rng(0)
+    with av.open(str(source), "w") as container:
+        stream = container.add_stream("libx264", rate=24, options={"crf": "18"})
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for _ in range(24):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))))
+        container.mux(stream.encode())
+    with pytest.raises(VidstyleError, match="No space left on device"):
+        stylize_file(source, small_disk / "out.mp4", IdentityStylizer())  # the network would smooth the noise away
+    assert list(small_disk.iterdir()) == []
+
+
+@pytest.mark.parametrize("codec, suffix, expected", [
+    ("libx265", ".mkv", "yuv420p10le"),
+    ("libsvtav1", ".mp4", "yuv420p10le"),
+    ("prores_ks", ".mov", "yuv422p10le"),
+    (None, ".mp4", "yuv420p"),  # H.264's 10-bit profile plays in too few places: the default stays 8-bit
+])
+def test_ten_bit_input_stays_ten_bit_with_its_colour_tags(tmp_path: Path, stylizer: Stylizer, codec: str | None,
+                                                         suffix: str, expected: str) -> None:
+    # Tagged BT.2020 (matrix, primaries; transfer 9 too, logarithmic, but the tags are what is checked).
+    source = make_sample_video(tmp_path / "hdr.mkv", **SIZE, audio=False, codec="libx265", pix_fmt="yuv420p10le",
+                               colorspace=9)
+    result = stylize_file(source, tmp_path / f"out{suffix}", stylizer, encode=EncodeOptions(codec=codec))
+    assert_same_video(source, result, audio=False)
+    with av.open(str(result)) as container:
+        frame = next(container.decode(video=0))
+    assert (frame.format.name, int(frame.colorspace), int(frame.color_primaries), int(frame.color_trc)) == (expected, 9, 9, 9)
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+@pytest.mark.parametrize("first_frame", [12, -6], ids=["video-starts-after-audio", "negative-timestamps"])
+def test_video_starting_late_or_before_zero_keeps_its_times(tmp_path: Path, stylizer: Stylizer, suffix: str,
+                                                            first_frame: int) -> None:
+    source = tmp_path / f"in{suffix}"
+    tick = Fraction(1, 24)
+    with av.open(str(source), "w") as container:
+        video = container.add_stream("libx264", rate=24)
+        video.width, video.height, video.pix_fmt, video.codec_context.time_base = 64, 48, "yuv420p", tick
+        sound = container.add_stream("aac", rate=48000, layout="mono")
+        for index in range(12):  # from frame `first_frame` of the audio's clock (at 0)
+            frame = av.VideoFrame.from_ndarray(sample_frame(index, 64, 48), format="rgb24")
+            frame.pts, frame.time_base = first_frame + index, tick
+            container.mux(video.encode(frame))
+        container.mux(video.encode())
+        for start in range(0, 24000, 1024):
+            samples = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            samples.sample_rate, samples.pts = 48000, start
+            container.mux(sound.encode(samples))
+        container.mux(sound.encode())
+    result = stylize_file(source, tmp_path / f"out{suffix}", stylizer)
+    assert_same_video(source, result)
+    assert decode(result)["times"][0] == pytest.approx(decode(source)["times"][0], abs=1e-3)  # 0.5 s late stays late
+
+
+def test_transparency_is_dropped_with_a_warning(tmp_path: Path, stylizer: Stylizer, caplog: pytest.LogCaptureFixture) -> None:
+    source = tmp_path / "logo.mov"  # ProRes 4444 with alpha, the way motion graphics arrive
+    with av.open(str(source), "w") as container:
+        stream = container.add_stream("prores_ks", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuva444p10le"
+        for index in range(4):
+            rgba = np.dstack([sample_frame(index, 64, 48), np.full((48, 64), 255, np.uint8)])
+            rgba[:, :32, 3] = 0  # the left half see-through
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgba, format="rgba")))
+        container.mux(stream.encode())
+    with caplog.at_level(logging.WARNING, logger="vidstyle"):
+        result = stylize_file(source, tmp_path / "out.mov", stylizer)
+    assert "its transparency (alpha channel) is dropped" in caplog.text
+    assert (decode(result)["frames"], video_format(result)) == (4, ("h264", "yuv420p"))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="vidstyle"):
+        stylize_file(make_sample_video(tmp_path / "in.gif", **SIZE, codec="gif", pix_fmt="rgb8", audio=False),
+                     tmp_path / "out.gif", stylizer)  # GIF decodes with an alpha channel, but an opaque one: no warning
+    assert caplog.text == ""
+
+
+@pytest.mark.parametrize("suffix, keeps_alpha", [(".png", True), (".webp", True), (".tif", True), (".jpg", False)])
+def test_a_still_image_s_transparency_is_kept_where_its_format_holds_it(
+        tmp_path: Path, stylizer: Stylizer, caplog: pytest.LogCaptureFixture, suffix: str, keeps_alpha: bool) -> None:
+    rgba = np.dstack([sample_frame(0, 64, 48), np.full((48, 64), 255, np.uint8)])
+    rgba[:, :20, 3], rgba[:, 20:40, 3] = 0, 128  # a see-through and a half-transparent band
+    source = tmp_path / "logo.png"
+    Image.fromarray(rgba).save(source)
+    with caplog.at_level(logging.WARNING, logger="vidstyle"):
+        result = stylize_file(source, tmp_path / f"out{suffix}", stylizer)
+    with Image.open(result) as out:
+        out.load()
+    colour = np.asarray(out.convert("RGB")).astype(int)
+    assert np.abs(colour[:, 40:] - rgba[:, 40:, :3]).mean() > 20  # stylized
+    if keeps_alpha:
+        assert out.mode == "RGBA" and np.array_equal(np.asarray(out.getchannel("A")), rgba[..., 3])
+        assert caplog.text == ""
+    else:
+        assert out.mode == "RGB" and "JPEG holds no transparency: logo.png's is dropped" in caplog.text
