@@ -39,6 +39,9 @@ FLOW_LONG_SIDE = 480  # flow resolution: finer costs time and changes little in 
 # The previous input frame, warped, may differ from the current one by grain and
 # compression noise; beyond a few levels (after a light blur) it is new content.
 PHOTOMETRIC_TOLERANCE = 12.0
+# Below this mean trust a frame is taken for a new shot (on the real clips,
+# consecutive frames of one shot stay above 0.6, fast phone footage included).
+SCENE_CUT_TRUST = 0.3
 
 
 @dataclass
@@ -118,6 +121,8 @@ def reliable_motion(
     backward = backward.copy()
     backward[use_still] = 0
     weight = np.maximum(weight, still)
+    if weight.mean() < SCENE_CUT_TRUST:
+        weight[:] = 0  # a cut: what matches here matches by chance
     return backward, cv2.GaussianBlur(weight, (5, 5), 1.0)  # soft edges: no seams where trust changes
 
 

@@ -1,0 +1,115 @@
+"""The temporal consistency stage: motion, its reliability, the blend, and the pipeline with it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from conftest import decode
+from trainer.evaluate import WarpingError
+from vidstyle.pipeline import stylize_file
+from vidstyle.segments import join_segments, plan_spans
+from vidstyle.temporal import MotionTracker, TemporalBlend
+
+
+def texture(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Smooth random structure at several scales: something for optical flow to hold on to."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    channels = [sum(np.sin(xs / s * rng.uniform(0.5, 1.5) + rng.uniform(0, 6)) *
+                    np.cos(ys / s * rng.uniform(0.5, 1.5) + rng.uniform(0, 6)) for s in (5, 11, 23)) for _ in range(3)]
+    return (128 + 40 * np.stack(channels, -1)).clip(0, 255).astype(np.uint8)
+
+
+def grainy_clip(path: Path, frames: int = 24, width: int = 128, height: int = 96, keyframes: tuple[int, ...] = ()) -> Path:
+    """A still, smooth background (a wall, a sky) with sensor grain and a square moving
+    across it: where per-frame stylization boils most."""
+    rng = np.random.default_rng(1)
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    background = np.stack([60 + xs, 90 + ys, 160 - 0.5 * xs], -1)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=24, options={"crf": "12", "g": "240"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv444p"
+        for index in range(frames):
+            image = background + rng.normal(0, 4, background.shape)
+            left = 10 + 3 * index
+            image[30:42, left:left + 12] = (230, 60, 40)
+            frame = av.VideoFrame.from_ndarray(image.clip(0, 255).astype(np.uint8), format="rgb24")
+            frame.pts = index
+            if index in keyframes:
+                frame.pict_type = av.video.frame.PictureType.I
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
+def pair_errors(source: Path, result: Path) -> list[float]:
+    """The warping error of each consecutive pair of the result, along the source's flow."""
+    inputs, outputs = decode(source)["pixels"], decode(result)["pixels"]
+    errors = []
+    for t in range(len(inputs) - 1):
+        error = WarpingError(("input", "output"))
+        error.add({"input": (inputs[t], inputs[t + 1]), "output": (outputs[t], outputs[t + 1])})
+        errors.append(error.result("output", "input", 2).stylized_error)
+    return errors
+
+
+def test_motion_follows_a_shift_and_distrusts_a_new_scene() -> None:
+    frame = texture(120, 160)
+    shifted = np.roll(frame, (2, 3), axis=(0, 1))  # content moved 3 px right, 2 px down
+    tracker = MotionTracker()
+    assert tracker(frame) is None  # the first frame has nothing to come from
+    motion = tracker(shifted)
+    inner = (slice(20, -20), slice(20, -20))
+    # Backward flow: each pixel came from 3 px left and 2 px up.
+    assert np.median(motion.flow[inner][..., 0]) == pytest.approx(-3, abs=0.3)
+    assert np.median(motion.flow[inner][..., 1]) == pytest.approx(-2, abs=0.3)
+    assert motion.weight[inner].mean() > 0.8
+    cut = tracker(texture(120, 160, seed=5))  # a scene cut: nothing can be carried over
+    assert cut.weight[inner].mean() < 0.2
+
+
+def test_blend_carries_the_previous_output_where_trusted() -> None:
+    frame = texture(48, 64)
+    tracker, blend = MotionTracker(), TemporalBlend(torch.device("cpu"), strength=0.8)
+    tracker(frame)
+    still = tracker(frame)  # the same frame again: zero flow, full trust
+    first = np.full((1, 48, 64, 3), 100, np.uint8)
+    assert (blend(first, [None]) == first).all()
+    second = blend(np.full((1, 48, 64, 3), 200, np.uint8), [still])
+    assert np.abs(second.astype(int) - 120).max() <= 1  # 200 + 0.8 * (100 - 200)
+
+
+class GrainAmplifier:
+    """Stands in for a style network in what makes it flicker: small changes of the
+    input (grain) come out several times larger."""
+
+    device = torch.device("cpu")
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        return (128 + 4 * (frames.astype(np.float32) - 128)).clip(0, 255).astype(np.uint8)
+
+
+def test_temporal_stage_removes_most_of_the_flicker(tmp_path: Path) -> None:
+    source = grainy_clip(tmp_path / "grain.mp4")
+    steady = stylize_file(source, tmp_path / "steady.mp4", GrainAmplifier())
+    plain = stylize_file(source, tmp_path / "plain.mp4", GrainAmplifier(), temporal_strength=0)
+    assert decode(steady)["times"] == decode(plain)["times"] == decode(source)["times"]
+    assert np.mean(pair_errors(source, steady)) < 0.5 * np.mean(pair_errors(source, plain))
+
+
+def test_split_job_has_no_jump_at_segment_boundaries(tmp_path: Path) -> None:
+    source = grainy_clip(tmp_path / "grain.mp4", frames=48, keyframes=(0, 24))
+    spans = plan_spans(source, segment_seconds=0.9)
+    assert [span.frames for span in spans] == [24, 24]
+    segments = [(stylize_file(source, tmp_path / f"segment{i}.mp4", GrainAmplifier(), span=span), span)
+                for i, span in enumerate(spans)]
+    join_segments(source, segments, tmp_path / "joined.mp4")
+    errors = pair_errors(source, tmp_path / "joined.mp4")
+    # Pair 23 -> 24 crosses the boundary; the second segment warmed up on the frames before it
+    # (without the warm-up, this pair's error is 4 times the largest within a segment).
+    within = errors[1:23] + errors[24:]
+    assert errors[23] <= max(within)
