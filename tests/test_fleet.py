@@ -339,8 +339,8 @@ def test_progress_reaches_the_record_a_few_times_a_second_at_most(fleet: Fleet) 
     job = Job(id="progress-test", input="a.mp4", output="b.mp4", style=TEST_STYLE, queue=fleet.queue,
               codec="libx264", crf=18, preset="medium")
     fleet.store.create(job)
-    fleet.store.start(job.id, worker="here")
-    progress = JobProgress(fleet.store, job.id)
+    attempt, _ = fleet.store.start_unit(job.id, "", "here", os.getpid(), {})
+    progress = JobProgress(fleet.store, attempt)
     for done in range(1, 100):  # a burst of batches, far faster than 3 a second
         progress(done, 100)
     assert fleet.store.get(job.id).frames_done == 1  # the first is written, the rest of the burst is not

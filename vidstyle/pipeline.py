@@ -91,6 +91,7 @@ def stylize_file(
     on_progress: ProgressCallback | None = None,
     partial_token: str | None = None,
     span: Span | None = None,
+    before_commit: Callable[[], None] | None = None,
 ) -> Path:
     """Stylize a video or image at `input_path` into `output_path` and return it.
 
@@ -98,7 +99,9 @@ def stylize_file(
     redelivered after its worker died passes its job id, so the new attempt
     replaces the dead one's partial file instead of leaving a second one.
     With `span`, only those frames, and no audio: one segment of a job split
-    over several workers, joined later by vidstyle.segments."""
+    over several workers, joined later by vidstyle.segments.
+    `before_commit` is called just before the rename; raising from it (a worker
+    whose job was handed to another, say) discards the output instead."""
     input_path, output_path = Path(input_path), Path(output_path)
     if not input_path.is_file():
         raise VidstyleError(f"input not found: {input_path}")
@@ -106,7 +109,7 @@ def stylize_file(
         raise VidstyleError(f"output exists: {output_path} (use --force to overwrite)")
     if not output_path.parent.is_dir() or not os.access(output_path.parent, os.W_OK):
         raise VidstyleError(f"cannot write to output directory {output_path.parent} (missing or not writable)")
-    with partial_file(output_path, partial_token) as partial:
+    with partial_file(output_path, partial_token, before_commit) as partial:
         if is_image(input_path):
             _stylize_image(input_path, partial, output_path.suffix, stylizer)
             if on_progress:
@@ -116,13 +119,20 @@ def stylize_file(
     return output_path
 
 
+def partial_path(output_path: Path, token: str) -> Path:
+    return output_path.with_name(f".{output_path.stem}.partial-{token}{output_path.suffix}")
+
+
 @contextmanager
-def partial_file(output_path: Path, token: str | None = None) -> Iterator[Path]:
+def partial_file(output_path: Path, token: str | None = None,
+                 before_commit: Callable[[], None] | None = None) -> Iterator[Path]:
     """A hidden temporary name beside output_path to write to; renamed to
-    output_path when the block completes, removed if it fails."""
-    partial = output_path.with_name(f".{output_path.stem}.partial-{token or secrets.token_hex(4)}{output_path.suffix}")
+    output_path when the block completes (after `before_commit`, if given), removed if it fails."""
+    partial = partial_path(output_path, token or secrets.token_hex(4))
     try:
         yield partial
+        if before_commit:
+            before_commit()
         os.replace(partial, output_path)
     finally:
         partial.unlink(missing_ok=True)
@@ -283,16 +293,18 @@ def _stylize_video(
         for thread in threads:
             thread.join()
         source.close()
-        _close_quietly(sink)
+        _close(sink, stage)
     if stage.error is not None:
         raise stage.error
 
 
-def _close_quietly(container: av.container.OutputContainer) -> None:
+def _close(container: av.container.OutputContainer, stage: _Stage) -> None:
+    """Close the output; closing writes its index, so a failure fails a run that had none."""
     try:
         container.close()
-    except av.error.FFmpegError:
-        pass  # closing a half-written file after a failure: it is deleted next
+    except av.error.FFmpegError as exc:
+        if stage.error is None:  # after a failure the half-written file is deleted next anyway
+            stage.fail(VidstyleError(f"cannot finish writing the output ({exc.strerror or exc})"))
 
 
 def _add_video_stream(sink, video_in, info: VideoInfo, encode: EncodeOptions):

@@ -6,8 +6,10 @@ Why each matters for long GPU jobs on a Redis broker:
 - prefetch multiplier 1: a worker holds only the jobs it is running, and the
   rest stay in the queue for idle workers;
 - visibility timeout: Redis hands an unacknowledged job to another worker after
-  this long, so it must exceed the longest job (the hard time limit), or a job
-  still running would be started twice;
+  this long; recovery does not wait for it (workers.heartbeat takes back the jobs
+  of workers whose presence lapsed), and a message that comes back for a job
+  running on a live worker or already finished is dropped, so it only bounds
+  how long a stale copy lingers in Redis;
 - short connect timeouts and few publish retries: a client facing an
   unreachable broker says so within seconds instead of hanging.
 """
