@@ -130,9 +130,6 @@ def status(job_id: str, as_json: bool) -> None:
     """Show one job: state, progress, worker, error, and each attempt: its worker and how it ended."""
     store = JobStore.from_settings()
     job = store.get(job_id)
-    if as_json:
-        click.echo(json.dumps(job.to_dict()))
-        return
     history = store.attempt_history(job.id)
     if as_json:
         click.echo(json.dumps({**job.to_dict(), "attempt_history": history}))

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import redis
-from celery import Task, chord, signals
+from celery import Task, chord
 from celery.exceptions import Ignore, SoftTimeLimitExceeded, TimeLimitExceeded
 from kombu.exceptions import OperationalError
 
@@ -74,10 +74,15 @@ def on_term_setting() -> str:
     return value
 
 
-@signals.worker_process_init.connect
-def _hand_back_on_term(**_) -> None:
-    if on_term_setting() == ON_TERM_REQUEUE:
-        signal.signal(signal.SIGTERM, lambda *_: preempted.set())
+def _hand_back_on_term() -> None:
+    """In a pool process, under --on-term requeue: SIGTERM stops the job at its next batch.
+    Installed when a job starts, since billiard sets its own handlers after Celery's start-up hooks."""
+    if on_term_setting() == ON_TERM_REQUEUE and signal.getsignal(signal.SIGTERM) is not _preempt:
+        signal.signal(signal.SIGTERM, _preempt)
+
+
+def _preempt(*_) -> None:
+    preempted.set()
 
 
 class AttemptEnded(Exception):
@@ -206,6 +211,7 @@ def _fail_quietly(task_id: str, job_id: str, reason: str) -> bool:
 
 def begin_attempt(task: Task, store: JobStore, job_id: str, unit: str) -> tuple[Attempt | None, str]:
     """Start this task's unit as a new attempt, or say why it is not to run."""
+    _hand_back_on_term()
     worker, pid = task.request.hostname, os.getpid()
     fields = store.unit_fields(job_id, unit)
     own_dead_pid = None
