@@ -7,6 +7,7 @@ a dead node's job waits the lapse plus at most one interval, whatever Redis's
 visibility timeout."""
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -38,9 +39,11 @@ def worker_device() -> str:
 def recover_lost_units(store: JobStore, worker_name: str, reserved_task_ids: Callable[[], set[str]], lapse: float) -> list[str]:
     """Put back the running units whose worker's presence has lapsed, and this
     worker's own whose task it no longer holds (its pool process died); publish
-    again those whose recoverer died before it published. Returns the units put back."""
+    again those whose recoverer died before it published; hand back messages taken
+    by workers that died before they started them. Returns the units put back."""
+    from workers.broker import hand_back_stranded
     from workers.storage import storage_root
-    from workers.tasks import publish_unit, remove_partials  # the task module imports this one's app
+    from workers.tasks import publish_unit, remove_partials, unit_waits  # they import this module's app
 
     recovered = []
     for member in store.active_units():
@@ -67,6 +70,7 @@ def recover_lost_units(store: JobStore, worker_name: str, reserved_task_ids: Cal
     for member in store.stale_requeues(older_than=lapse):
         if store.reclaim_requeue(member, older_than=lapse):
             publish_unit(store, member)
+    hand_back_stranded(lapse, functools.partial(unit_waits, store))
     return recovered
 
 

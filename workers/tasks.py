@@ -46,6 +46,7 @@ from vidstyle.pipeline import (EncodeOptions, Span, is_image, partial_file, part
 from vidstyle.segments import join_segments, plan_spans
 from vidstyle.styles import find_style
 from workers.celery import app
+from workers.broker import to_front
 from workers.celeryconfig import JOIN_TASK_NAME, SEGMENT_TASK_NAME, TASK_NAME
 from workers.storage import resolve_in_storage, storage_root
 
@@ -284,7 +285,33 @@ def publish_unit(store: JobStore, member: str) -> None:
         message = json.loads(fields["message"])
         app.send_task(message["name"], args=message["args"], task_id=message["id"], queue=job.queue,
                       group_id=message["group"], group_index=message["group_index"], chord=message["chord"])
+        to_front(job.queue, message["id"])  # it waited long enough: before the jobs queued since
     store.requeue_published(member)
+
+
+def unit_of_message(name: str, args: list) -> tuple[str, str] | None:
+    """The (job id, unit) a task message runs."""
+    if name == TASK_NAME:
+        return args[0], WHOLE_JOB
+    if name == SEGMENT_TASK_NAME:
+        return args[0], segment_unit(args[1])
+    if name == JOIN_TASK_NAME:
+        return args[0], JOIN
+    return None
+
+
+def unit_waits(store: JobStore, name: str, args: list) -> bool:
+    """Whether the unit a message runs is still to run: its job wanted, the unit neither running nor done."""
+    unit = unit_of_message(name, args)
+    if unit is None:
+        return False
+    job = store.find(unit[0])
+    if job is None:
+        return False
+    state = store.unit_fields(*unit)["state"]
+    if unit[1] == WHOLE_JOB:
+        return state == QUEUED and not job.cancel_requested
+    return job.state == RUNNING and state in (None, QUEUED)
 
 
 def unit_output(job: Job, unit: str, root: Path) -> Path:
