@@ -14,6 +14,7 @@ unit that runs on a live worker or is done, so a copy too many costs nothing.
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import logging
 import time
@@ -70,9 +71,11 @@ def hand_back_stranded(waiting: float, is_waiting: Callable[[str, list], bool]) 
             message = json.loads(raw)[0]
             try:
                 args = json.loads(base64.b64decode(message["body"]))[0]
-                name = message["headers"]["task"]
+                name, eta = message["headers"]["task"], message["headers"].get("eta")
             except (KeyError, ValueError, TypeError, IndexError):
                 continue  # not a message of ours
+            if eta and datetime.datetime.fromisoformat(eta).timestamp() > time.time() - waiting:
+                continue  # a retry that its worker holds until its time
             if is_waiting(name, args) and hand_back(keys=[UNACKED, UNACKED_INDEX], args=[tag]):
                 logger.warning("message %s of %s%s handed back: its worker took it and died", tag, name, args[:2])
                 handed += 1

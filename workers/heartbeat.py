@@ -14,6 +14,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import redis
 from celery import bootsteps, signals
@@ -43,35 +44,49 @@ def recover_lost_units(store: JobStore, worker_name: str, reserved_task_ids: Cal
     by workers that died before they started them. Returns the units put back."""
     from workers.broker import hand_back_stranded
     from workers.storage import storage_root
-    from workers.tasks import publish_unit, remove_partials, unit_waits  # they import this module's app
+    from workers.tasks import publish_unit, unit_waits  # they import this module's app
 
     recovered = []
     for member in store.active_units():
-        job_id, unit = parse_member(member)
-        fields = store.unit_fields(job_id, unit)  # read before the held tasks: an attempt started since is not ours to judge
-        own_dead = None
-        if fields["worker"] == worker_name and fields["state"] == RUNNING and fields["attempt"]:
-            if json.loads(fields["message"] or "{}").get("id") not in reserved_task_ids():
-                own_dead = int(fields["attempt"])
-        claimed, number, owner = store.recover_unit(member, own_dead, worker_name)
-        if not claimed:
-            continue
-        logger.warning("job %s: %s of lost worker %s (attempt %d) taken back", job_id, unit.rstrip(":") or "job",
-                       owner, number)
-        job = store.find(job_id)
-        if job is not None:
-            try:
-                remove_partials(job, unit, storage_root(), number)
-            except (OSError, VidstyleError) as exc:
-                logger.warning("job %s: partial file of attempt %d not removed: %s", job_id, number, exc)
-        if claimed == 1:
-            publish_unit(store, member)
-            recovered.append(member)
+        try:
+            if recover_unit(store, member, worker_name, reserved_task_ids, storage_root):
+                recovered.append(member)
+        except (redis.RedisError, OperationalError):
+            raise
+        except Exception:  # one odd record must not stop the scan, nor the worker
+            logger.exception("recovery of %s failed", member)
     for member in store.stale_requeues(older_than=lapse):
         if store.reclaim_requeue(member, older_than=lapse):
             publish_unit(store, member)
     hand_back_stranded(lapse, functools.partial(unit_waits, store))
     return recovered
+
+
+def recover_unit(store: JobStore, member: str, worker_name: str, reserved_task_ids: Callable[[], set[str]],
+                 storage_root: Callable[[], Path]) -> bool:
+    """Put back one running unit if its worker is lost; True if it was put back."""
+    from workers.tasks import publish_unit, remove_partials
+
+    job_id, unit = parse_member(member)
+    fields = store.unit_fields(job_id, unit)  # read before the held tasks: an attempt started since is not ours to judge
+    own_dead = None
+    if fields["worker"] == worker_name and fields["state"] == RUNNING and fields["attempt"]:
+        if json.loads(fields["message"] or "{}").get("id") not in reserved_task_ids():
+            own_dead = int(fields["attempt"])
+    claimed, number, owner = store.recover_unit(member, own_dead, worker_name)
+    if not claimed:
+        return False
+    logger.warning("job %s: %s of lost worker %s (attempt %d) taken back", job_id, unit.rstrip(":") or "job",
+                   owner, number)
+    job = store.find(job_id)
+    if job is not None:
+        try:
+            remove_partials(job, unit, storage_root(), number)
+        except (OSError, VidstyleError) as exc:
+            logger.warning("job %s: partial file of attempt %d not removed: %s", job_id, number, exc)
+    if claimed == 1:
+        publish_unit(store, member)
+    return claimed == 1
 
 
 def reserved_task_ids() -> set[str]:
@@ -118,6 +133,8 @@ class Heartbeat(bootsteps.StartStopStep):
             recover_lost_units(self.store, self.info.name, reserved_task_ids, self.lapse)
         except (redis.RedisError, OperationalError) as exc:
             logger.warning("recovery scan not done: %s", exc)
+        except Exception:  # a bug here must not take the worker down
+            logger.exception("recovery scan failed")
 
     def hand_back_on_term(self, sig=None, **_) -> None:
         """Under --on-term requeue, SIGTERM to this process alone (as Kubernetes and Docker

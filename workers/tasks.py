@@ -177,7 +177,11 @@ class JobTask(Task):
     """Keeps the job record in step with Celery's view of the task."""
 
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
-        _fail_quietly(task_id, args[0], failure_reason(exc))
+        if _fail_quietly(task_id, args[0], self.failure_reason(exc, args)) and self.name != TASK_NAME:
+            _remove_segments_quietly(args[0])  # a segment or the join: the job is split
+
+    def failure_reason(self, exc: BaseException, args: tuple) -> str:
+        return failure_reason(exc)
 
     def after_return(self, status, retval, task_id, args, kwargs, einfo) -> None:
         running_attempts.pop(task_id, None)
@@ -187,10 +191,8 @@ class SegmentTask(JobTask):
     """A segment that fails for good fails its job: the other segments stop at
     their next batch (the job is no longer running) and the files go."""
 
-    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
-        job_id, index = args[0], args[1]
-        if _fail_quietly(task_id, job_id, f"segment {index}: {failure_reason(exc)}"):
-            _remove_segments_quietly(job_id)
+    def failure_reason(self, exc: BaseException, args: tuple) -> str:
+        return f"segment {args[1]}: {failure_reason(exc)}"
 
 
 def _fail_quietly(task_id: str, job_id: str, reason: str) -> bool:
@@ -251,6 +253,7 @@ def run_attempt(task: Task, store: JobStore, attempt: Attempt, job: Job, work: C
     except JobCancelled:
         return on_cancel()
     except JobPreempted:
+        preempted.clear()  # (Celery's own SIGTERM, on a lost broker connection, leaves the process serving)
         # Marked for publishing in the same step, so a worker dying right here is covered too.
         if store.end_unit(attempt, PREEMPTED, requeue=True, **requeued(f"requeued: {task.request.hostname} preempted")):
             publish_unit(store, attempt.member)
@@ -281,8 +284,8 @@ def publish_unit(store: JobStore, member: str) -> None:
     """Publish again the message of a unit put back on its queue (by a recovery or a preemption)."""
     job_id, unit = parse_member(member)
     fields, job = store.unit_fields(job_id, unit), store.find(job_id)
-    if job is not None and fields["state"] == QUEUED and fields["message"]:
-        message = json.loads(fields["message"])
+    message = json.loads(fields["message"] or "{}")
+    if job is not None and fields["state"] == QUEUED and "name" in message:
         app.send_task(message["name"], args=message["args"], task_id=message["id"], queue=job.queue,
                       group_id=message["group"], group_index=message["group_index"], chord=message["chord"])
         to_front(job.queue, message["id"])  # it waited long enough: before the jobs queued since
@@ -488,7 +491,6 @@ def join_segments_task(self: Task, job_id: str, spans: list[list[int | None]]) -
         segments = [(_segment_path(output_path, job_id, index), Span(*span)) for index, span in enumerate(spans)]
         missing = [str(index) for index, (path, _) in enumerate(segments) if not path.is_file()]
         if missing:
-            _remove_segments_quietly(job_id)
             raise VidstyleError(f"segments {', '.join(missing)} are missing (their files were removed)")
         started = time.monotonic()
         with partial_file(output_path, attempt.partial_token, JobProgress(store, attempt).before_commit) as partial:
