@@ -129,6 +129,7 @@ class Fleet:
 
 def main() -> None:
     args = parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the workers and Redis on the way out
     rng = random.Random(args.seed)
     width, height = (int(v) for v in args.size.split("x"))
     low, high = (float(v) for v in args.fault_interval.split(":"))
@@ -191,9 +192,7 @@ def main() -> None:
             if done == len(jobs):
                 break
             if faults and time.monotonic() >= next_fault:
-                busy = {store.unit_fields(*member.split("|"))["worker"] for member in store.active_units()}
-                victims = [name for name in fleet.processes if name in busy] or list(fleet.processes)
-                victim = rng.choice(victims)
+                victim = rng.choice(sorted(fleet.processes))
                 units = [member for member in store.active_units()
                          if store.unit_fields(*member.split("|"))["worker"] == victim]
                 fleet.kill(victim)

@@ -37,8 +37,10 @@ task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
 worker_concurrency = 1  # a job at a time: one network fills a GPU (`vidstyle worker -c N` for more)
-# A job whose broker connection drops will be redelivered anyway: stop it rather than run it twice.
-worker_cancel_long_running_tasks_on_connection_loss = True
+# A job whose broker connection drops runs on: the copy of its message that Redis hands out again
+# finds it running on a live worker and is dropped (workers.tasks). Celery's alternative, killing
+# the job, would also record its segment as revoked and so fail the chord of a split job.
+worker_cancel_long_running_tasks_on_connection_loss = False
 
 task_time_limit = seconds_setting("VIDSTYLE_JOB_TIME_LIMIT", DEFAULT_TIME_LIMIT_SECONDS)
 # The soft limit stops the job cleanly (its partial output removed) a minute, or half the limit, before the kill.
