@@ -44,8 +44,9 @@ DEFAULT_QUEUE = "vidstyle"
 JOB_PREFIX, JOB_INDEX, WORKER_PREFIX = "vidstyle:job:", "vidstyle:jobs", "vidstyle:worker:"
 ACTIVE_UNITS, REQUEUED_UNITS = "vidstyle:active", "vidstyle:requeued"
 WHOLE_JOB, JOIN = "", "join:"  # unit prefixes; a segment's is segment_unit(N)
-# How an attempt ended, as `vidstyle status` lists them.
-WORKER_LOST, PREEMPTED, SPLIT = "worker lost", "preempted", "split"
+# How an attempt ended, as `vidstyle status` lists them, besides the final states, 'worker lost'
+# (written by the scripts below), 'retrying after: ...' and 'failed'.
+PREEMPTED, SPLIT = "preempted", "split"
 DEFAULT_WORKER_LAPSE_SECONDS = 10.0  # a worker's presence outlives its last heartbeat by this much
 DEFAULT_RECOVERY_INTERVAL_SECONDS = 5.0
 

@@ -37,20 +37,19 @@ def worker_device() -> str:
     return str(resolve_device(setting("VIDSTYLE_DEVICE")))
 
 
-def recover_lost_units(store: JobStore, worker_name: str, reserved_task_ids: Callable[[], set[str]], lapse: float) -> list[str]:
+def recover_lost_units(store: JobStore, worker_name: str, reserved_task_ids: Callable[[], set[str]],
+                       lapse: float) -> None:
     """Put back the running units whose worker's presence has lapsed, and this
     worker's own whose task it no longer holds (its pool process died); publish
     again those whose recoverer died before it published; hand back messages taken
-    by workers that died before they started them. Returns the units put back."""
+    by workers that died before they started them."""
     from workers.broker import hand_back_stranded
     from workers.storage import storage_root
     from workers.tasks import publish_unit, unit_waits  # they import this module's app
 
-    recovered = []
     for member in store.active_units():
         try:
-            if recover_unit(store, member, worker_name, reserved_task_ids, storage_root):
-                recovered.append(member)
+            recover_unit(store, member, worker_name, reserved_task_ids, storage_root)
         except (redis.RedisError, OperationalError):
             raise
         except Exception:  # one odd record must not stop the scan, nor the worker
@@ -59,12 +58,11 @@ def recover_lost_units(store: JobStore, worker_name: str, reserved_task_ids: Cal
         if store.reclaim_requeue(member, older_than=lapse):
             publish_unit(store, member)
     hand_back_stranded(lapse, functools.partial(unit_waits, store))
-    return recovered
 
 
 def recover_unit(store: JobStore, member: str, worker_name: str, reserved_task_ids: Callable[[], set[str]],
-                 storage_root: Callable[[], Path]) -> bool:
-    """Put back one running unit if its worker is lost; True if it was put back."""
+                 storage_root: Callable[[], Path]) -> None:
+    """Put back one running unit if its worker is lost."""
     from workers.tasks import publish_unit, remove_partials
 
     job_id, unit = parse_member(member)
@@ -75,7 +73,7 @@ def recover_unit(store: JobStore, member: str, worker_name: str, reserved_task_i
             own_dead = int(fields["attempt"])
     claimed, number, owner = store.recover_unit(member, own_dead, worker_name)
     if not claimed:
-        return False
+        return
     logger.warning("job %s: %s of lost worker %s (attempt %d) taken back", job_id, unit.rstrip(":") or "job",
                    owner, number)
     job = store.find(job_id)
@@ -86,7 +84,6 @@ def recover_unit(store: JobStore, member: str, worker_name: str, reserved_task_i
             logger.warning("job %s: partial file of attempt %d not removed: %s", job_id, number, exc)
     if claimed == 1:
         publish_unit(store, member)
-    return claimed == 1
 
 
 def reserved_task_ids() -> set[str]:
