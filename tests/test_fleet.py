@@ -508,6 +508,34 @@ def test_a_segment_lost_with_the_only_worker_is_run_by_one_that_starts_later(fle
     assert sorted(p.name for p in fleet.storage.iterdir()) == sorted(["long.mp4", job.output])
 
 
+def test_a_preempted_split_job_loses_only_its_unfinished_segment(fleet: Fleet) -> None:
+    source = split_clip(fleet.storage / "long.mp4")
+    first, first_name = fleet.start_worker("w1", VIDSTYLE_ON_TERM="requeue", **FAST_RECOVERY)
+    job_id = fleet.submit(source, segment_seconds="0.5", batch_size=1)
+
+    def one_done_one_running() -> list[dict] | None:
+        history = fleet.store.attempt_history(job_id)
+        ended = [a["outcome"] for a in history if a["unit"].startswith("segment:")]
+        return history if SUCCEEDED in ended and "" in ended else None
+
+    done_before = {a["unit"] for a in wait_until(one_done_one_running, JOB_TIMEOUT, "a segment done, the next running")
+                   if a["outcome"] == SUCCEEDED}
+    os.killpg(first.pid, signal.SIGTERM)  # the whole node is told to go
+    first.wait(timeout=60)
+    _, second_name = fleet.start_worker("w2", **FAST_RECOVERY)
+    job = fleet.wait_for([job_id])[job_id]
+    assert job.state == SUCCEEDED, job.error
+
+    history = [(a["unit"], a["worker"], a["outcome"]) for a in fleet.store.attempt_history(job_id)]
+    preempted = [unit for unit, _, outcome in history if outcome == "preempted"]
+    assert len(preempted) == 1 and preempted[0] not in done_before
+    for unit in done_before:  # finished segments are not run again
+        assert [(w, outcome) for u, w, outcome in history if u == unit] == [(first_name, SUCCEEDED)]
+    assert (preempted[0], second_name, SUCCEEDED) in history
+    assert decode(fleet.storage / job.output)["times"] == decode(source)["times"]
+    assert sorted(p.name for p in fleet.storage.iterdir()) == sorted(["long.mp4", job.output])
+
+
 def test_a_segment_failing_for_good_fails_the_job_and_leaves_nothing(fleet: Fleet) -> None:
     fleet.start_worker("w1", OMP_NUM_THREADS="1", VIDSTYLE_JOB_TIME_LIMIT="4")  # each segment outlasts it
     source = make_sample_video(fleet.storage / "big.mp4", width=320, height=240, frames=192, audio=False,
