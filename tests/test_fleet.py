@@ -287,22 +287,122 @@ def test_a_job_outlasting_the_time_limit_fails_and_leaves_nothing(fleet: Fleet) 
     assert [p.name for p in fleet.storage.iterdir()] == ["big.mp4"]
 
 
-def test_a_killed_worker_s_job_is_finished_by_another(fleet: Fleet) -> None:
-    first, first_name = fleet.start_worker("w1")
+# A worker's presence lapses after 3 s without a heartbeat, and workers look for lapsed ones every half
+# second, so that recovery tests are quick; the visibility timeout stays at its default (hours).
+FAST_RECOVERY = {"VIDSTYLE_WORKER_LAPSE": "3", "VIDSTYLE_RECOVERY_INTERVAL": "0.5", "OMP_NUM_THREADS": "1"}
+
+
+def outcomes(fleet: Fleet, job_id: str) -> list[tuple[str, str, str]]:
+    """Each attempt of the job as (unit, worker, how it ended), from `vidstyle status --json`."""
+    status = json.loads(fleet.cli("status", job_id, "--json").stdout)
+    return [(a["unit"], a["worker"], a["outcome"]) for a in status["attempt_history"]]
+
+
+def unacknowledged(fleet: Fleet) -> dict[bytes, list]:
+    """The messages of this test's queue that workers took and have not acknowledged (kombu's layout)."""
+    client = redis.Redis.from_url(fleet.redis_server.url)
+    entries = {tag: json.loads(raw) for tag, raw in client.hgetall("unacked").items()}
+    return {tag: entry for tag, entry in entries.items() if entry[2] == fleet.queue}
+
+
+def redeliver_unacknowledged(fleet: Fleet) -> None:
+    """What Redis does once the visibility timeout passes: hand them back to the queue."""
+    client = redis.Redis.from_url(fleet.redis_server.url)
+    for tag, (message, _, routing_key) in unacknowledged(fleet).items():
+        if client.hdel("unacked", tag):
+            client.zrem("unacked_index", tag)
+            client.rpush(routing_key, json.dumps(message))
+
+
+def test_a_killed_worker_s_job_is_taken_over_by_a_survivor(fleet: Fleet) -> None:
+    workers = dict(reversed(fleet.start_worker(name, **FAST_RECOVERY)) for name in ("w1", "w2"))
     # A frame a batch: the worker dies after its first of 40 frames, whatever the CPU's speed.
     job_id = fleet.submit(tiny_clip(fleet.storage / "clip.mp4", frames=40), batch_size=1)
-    fleet.wait_running(job_id)
-    fleet.kill(first)  # SIGKILL to the worker and its pool: as if the node died
+    first_name = fleet.wait_running(job_id).worker
+    (second_name,) = set(workers) - {first_name}
+    fleet.kill(workers[first_name])  # SIGKILL to the worker and its pool: as if the node died
     assert fleet.store.get(job_id).state == RUNNING
 
-    # Redis hands the unacknowledged job out again once its visibility timeout has passed.
-    _, second_name = fleet.start_worker("w2", VIDSTYLE_VISIBILITY_TIMEOUT="1")
+    # The survivor sees w1's presence lapse and puts the job back, long before the visibility timeout.
     job = fleet.wait_for([job_id])[job_id]
     assert (job.state, job.attempts, job.worker) == (SUCCEEDED, 2, second_name)
-    assert decode(fleet.storage / f"clip.{TEST_STYLE}.mp4")["frames"] == 40
+    assert outcomes(fleet, job_id) == [("", first_name, "worker lost"), ("", second_name, SUCCEEDED)]
+    status = fleet.cli("status", job_id).stdout
+    assert re.search(rf"attempt 1 +whole job +{re.escape(first_name)} .* worker lost", status), status
+    output = fleet.storage / f"clip.{TEST_STYLE}.mp4"
+    assert decode(output)["frames"] == 40
+    assert sorted(p.name for p in fleet.storage.iterdir()) == ["clip.mp4", output.name]  # the dead one's partial too
+
+    # w1's original message, taken and never acknowledged, comes back (the survivor hands it back once it
+    # has waited a lapse, or Redis would after the visibility timeout): the job is done, so it is dropped.
+    written = output.stat().st_mtime_ns
+    redeliver_unacknowledged(fleet)
+    wait_until(lambda: not unacknowledged(fleet) and fleet.queued_messages() == 0, 60, "the late message taken")
+    survivor_log = fleet.logs / f"worker-{second_name.split('-')[0]}.log"
+    wait_until(lambda: f"job {job_id}: job not run (" in survivor_log.read_text(), 30, "the drop logged")
+    assert (fleet.store.get(job_id).attempts, output.stat().st_mtime_ns) == (2, written)
+    # The dead worker's presence record expires by itself.
+    assert first_name not in [w.name for w in fleet.store.live_workers()]
+
+
+def test_a_paused_worker_cannot_overwrite_or_finish_a_job_taken_over(fleet: Fleet) -> None:
+    first, first_name = fleet.start_worker("w1", **FAST_RECOVERY)
+    job_id = fleet.submit(tiny_clip(fleet.storage / "clip.mp4", frames=60), batch_size=1)
+    fleet.wait_running(job_id)
+    os.killpg(first.pid, signal.SIGSTOP)  # cut off, not dead: it will resume mid-job
+    try:
+        _, second_name = fleet.start_worker("w2", **FAST_RECOVERY)
+        wait_until(lambda: fleet.store.get(job_id).attempts == 2, JOB_TIMEOUT, "the job taken over")
+    finally:
+        os.killpg(first.pid, signal.SIGCONT)
+    # w1 carries on from its batch; its next progress report is refused, and it stops.
+    wait_until(lambda: "attempt 1 stopped: another worker took it over" in (fleet.logs / "worker-w1.log").read_text(),
+               JOB_TIMEOUT, "w1 to be fenced")
+    job = fleet.wait_for([job_id])[job_id]
+    assert (job.state, job.attempts, job.worker) == (SUCCEEDED, 2, second_name)
+    assert outcomes(fleet, job_id) == [("", first_name, "worker lost"), ("", second_name, SUCCEEDED)]
+    original, styled = decode(fleet.storage / "clip.mp4"), decode(fleet.storage / f"clip.{TEST_STYLE}.mp4")
+    assert styled["times"] == original["times"]
     assert sorted(p.name for p in fleet.storage.iterdir()) == ["clip.mp4", f"clip.{TEST_STYLE}.mp4"]
-    # The dead worker's presence record expires by itself (the heartbeat TTL is 6 s).
-    wait_until(lambda: first_name not in [w.name for w in fleet.store.live_workers()], 15, "the dead worker to drop out")
+    assert first.poll() is None  # it serves on
+
+
+def test_sigterm_with_on_term_requeue_hands_the_job_back_at_once(fleet: Fleet) -> None:
+    first, first_name = fleet.start_worker("w1", VIDSTYLE_ON_TERM="requeue", **FAST_RECOVERY)
+    job_id = fleet.submit(tiny_clip(fleet.storage / "clip.mp4", frames=60), batch_size=1)
+    fleet.wait_running(job_id)
+    os.kill(first.pid, signal.SIGTERM)  # to the worker alone, as Kubernetes and Docker send it
+    first.wait(timeout=60)
+    job = fleet.store.get(job_id)
+    assert (job.state, job.error) == ("queued", f"requeued: {first_name} preempted")
+    assert fleet.queued_messages() == 1
+    assert sorted(p.name for p in fleet.storage.iterdir()) == ["clip.mp4"]  # its partial file removed
+
+    _, second_name = fleet.start_worker("w2", **FAST_RECOVERY)
+    job = fleet.wait_for([job_id])[job_id]
+    assert (job.state, job.attempts) == (SUCCEEDED, 2)
+    assert outcomes(fleet, job_id) == [("", first_name, "preempted"), ("", second_name, SUCCEEDED)]
+    assert decode(fleet.storage / f"clip.{TEST_STYLE}.mp4")["frames"] == 60
+
+
+def test_a_full_disk_fails_the_job_with_its_reason_and_the_worker_keeps_serving(fleet: Fleet) -> None:
+    full = fleet.storage / "full"
+    full.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(full)], capture_output=True).returncode:
+        pytest.skip("needs to mount a small tmpfs (root)")
+    try:
+        worker, _ = fleet.start_worker("w1", OMP_NUM_THREADS="1")
+        source = long_clip(fleet.storage / "big.mp4")
+        job_id = fleet.submit(source, output=full / "big.out.mp4")
+        job = fleet.wait_for([job_id])[job_id]
+        assert (job.state, job.attempts) == (FAILED, 1), job
+        assert "No space left on device" in job.error
+        assert list(full.iterdir()) == []  # the partial file removed
+        good = fleet.submit(tiny_clip(fleet.storage / "good.mp4"))
+        assert fleet.wait_for([good])[good].state == SUCCEEDED
+        assert worker.poll() is None
+    finally:
+        subprocess.run(["umount", str(full)], check=True)
 
 
 def test_queued_jobs_survive_a_redis_restart(fleet: Fleet) -> None:
@@ -350,13 +450,14 @@ def test_progress_reaches_the_record_a_few_times_a_second_at_most(fleet: Fleet) 
     job = Job(id="progress-test", input="a.mp4", output="b.mp4", style=TEST_STYLE, queue=fleet.queue,
               codec="libx264", crf=18, preset="medium")
     fleet.store.create(job)
-    fleet.store.start(job.id, worker="here")
-    progress = JobProgress(fleet.store, job.id)
+    attempt, _ = fleet.store.start_unit(job.id, "", "here", os.getpid(), {})
+    progress = JobProgress(fleet.store, attempt)
     for done in range(1, 100):  # a burst of batches, far faster than 3 a second
         progress(done, 100)
     assert fleet.store.get(job.id).frames_done == 1  # the first is written, the rest of the burst is not
     progress(100, 100)
     assert fleet.store.get(job.id).frames_done == 100  # the last one always is
+    assert fleet.store.end_unit(attempt, SUCCEEDED)  # (or the fleet tests that follow would take it over)
 
 
 def split_clip(path: Path, frames: int = 96) -> Path:
@@ -400,19 +501,49 @@ def test_cancelling_a_split_job_stops_every_segment(fleet: Fleet) -> None:
     assert [p.name for p in fleet.storage.iterdir()] == ["long.mp4"]  # no output, no segment files
 
 
-def test_a_segment_lost_with_its_worker_is_redelivered(fleet: Fleet) -> None:
+def test_a_segment_lost_with_the_only_worker_is_run_by_one_that_starts_later(fleet: Fleet) -> None:
     source = split_clip(fleet.storage / "long.mp4")
-    first, _ = fleet.start_worker("w1", OMP_NUM_THREADS="1")
+    first, first_name = fleet.start_worker("w1", **FAST_RECOVERY)
     job_id = fleet.submit(source, segment_seconds="0.5", batch_size=1)
     fleet.wait_running(job_id)
     fleet.kill(first)  # mid-segment: its message was never acknowledged
 
-    _, second = fleet.start_worker("w2", OMP_NUM_THREADS="1", VIDSTYLE_VISIBILITY_TIMEOUT="1")
+    _, second = fleet.start_worker("w2", **FAST_RECOVERY)
     job = fleet.wait_for([job_id])[job_id]
     assert job.state == SUCCEEDED, job.error
     assert set(fleet.store.segment_workers(job_id).values()) == {second}  # it redid the dead worker's segment
+    lost = [(unit, worker) for unit, worker, outcome in outcomes(fleet, job_id) if outcome == "worker lost"]
+    assert lost == [(lost[0][0], first_name)] and lost[0][0].startswith("segment:")
     out, original = decode(fleet.storage / job.output), decode(source)
     assert out["times"] == original["times"]
+    assert sorted(p.name for p in fleet.storage.iterdir()) == sorted(["long.mp4", job.output])
+
+
+def test_a_preempted_split_job_loses_only_its_unfinished_segment(fleet: Fleet) -> None:
+    source = split_clip(fleet.storage / "long.mp4")
+    first, first_name = fleet.start_worker("w1", VIDSTYLE_ON_TERM="requeue", **FAST_RECOVERY)
+    job_id = fleet.submit(source, segment_seconds="0.5", batch_size=1)
+
+    def one_done_one_running() -> list[dict] | None:
+        history = fleet.store.attempt_history(job_id)
+        ended = [a["outcome"] for a in history if a["unit"].startswith("segment:")]
+        return history if SUCCEEDED in ended and "" in ended else None
+
+    done_before = {a["unit"] for a in wait_until(one_done_one_running, JOB_TIMEOUT, "a segment done, the next running")
+                   if a["outcome"] == SUCCEEDED}
+    os.killpg(first.pid, signal.SIGTERM)  # the whole node is told to go
+    first.wait(timeout=60)
+    _, second_name = fleet.start_worker("w2", **FAST_RECOVERY)
+    job = fleet.wait_for([job_id])[job_id]
+    assert job.state == SUCCEEDED, job.error
+
+    history = [(a["unit"], a["worker"], a["outcome"]) for a in fleet.store.attempt_history(job_id)]
+    preempted = [unit for unit, _, outcome in history if outcome == "preempted"]
+    assert len(preempted) == 1 and preempted[0] not in done_before
+    for unit in done_before:  # finished segments are not run again
+        assert [(w, outcome) for u, w, outcome in history if u == unit] == [(first_name, SUCCEEDED)]
+    assert (preempted[0], second_name, SUCCEEDED) in history
+    assert decode(fleet.storage / job.output)["times"] == decode(source)["times"]
     assert sorted(p.name for p in fleet.storage.iterdir()) == sorted(["long.mp4", job.output])
 
 

@@ -6,12 +6,26 @@
                          expires `retention` seconds after its last change
     vidstyle:jobs        sorted set: job ids by creation time, for `vidstyle list`
     vidstyle:worker:NAME hash: one live worker; expires unless its heartbeat renews it
+    vidstyle:active      set: the units ("JOB|UNIT") being run now, for the recovery scan
+    vidstyle:requeued    sorted set: units put back by a recovery or a preemption whose
+                         message is being published (a recoverer that dies mid-way is replaced)
+
+A job runs in units: the whole job (unit ""), or once split, its segments
+("segment:N:") and their join ("join:"). Each start of a unit is an attempt
+with a number unique within the job (its fence token); the record holds, per
+unit, UNITstate, UNITworker, UNITpid, UNITattempt and UNITmessage (the Celery
+message that runs it, to publish again), and per attempt attempt:N (JSON: unit,
+worker, started_at, ended_at, outcome). Writes from an attempt that is no longer
+its unit's current one are refused, so a worker that was only cut off cannot
+overwrite or end a job that another worker has taken over.
 
 Deliberately free of torch and Celery, so the monitoring commands start at once.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -28,24 +42,150 @@ FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED)
 DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600
 DEFAULT_QUEUE = "vidstyle"
 JOB_PREFIX, JOB_INDEX, WORKER_PREFIX = "vidstyle:job:", "vidstyle:jobs", "vidstyle:worker:"
+ACTIVE_UNITS, REQUEUED_UNITS = "vidstyle:active", "vidstyle:requeued"
+WHOLE_JOB, JOIN = "", "join:"  # unit prefixes; a segment's is segment_unit(N)
+# How an attempt ended, as `vidstyle status` lists them, besides the final states, 'worker lost'
+# (written by the scripts below), 'retrying after: ...' and 'failed'.
+PREEMPTED, SPLIT = "preempted", "split"
+DEFAULT_WORKER_LAPSE_SECONDS = 10.0  # a worker's presence outlives its last heartbeat by this much
+DEFAULT_RECOVERY_INTERVAL_SECONDS = 5.0
+
+# Ends attempt number ARGV[n] of a job (KEYS[1]) with an outcome, unless it already ended.
+END_ATTEMPT_LUA = """
+local function end_attempt(number, outcome, now)
+  local raw = number and redis.call('HGET', KEYS[1], 'attempt:' .. number)
+  if not raw then return end
+  local attempt = cjson.decode(raw)
+  if attempt.outcome ~= '' then return end
+  attempt.outcome, attempt.ended_at = outcome, tonumber(now)
+  redis.call('HSET', KEYS[1], 'attempt:' .. number, cjson.encode(attempt))
+end
+"""
+
+# Starts a unit of a job as a new attempt, if it is to run: the job is wanted,
+# the unit is not done, and no live worker is running it (a message can come
+# twice: redelivered after a recovery, or handed back by Celery).
+# KEYS[1] job, KEYS[2] active units; ARGV[1] retention, [2] unit, [3] member,
+# [4] worker, [5] pid, [6] now, [7] message (JSON), [8] worker key prefix,
+# [9] pid of this worker whose attempt may be taken over ('' if none).
+# Returns {attempt number, ''} or {0, why not}.
+START_UNIT_LUA = END_ATTEMPT_LUA + """
+local unit = ARGV[2]
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return {0, 'gone'} end
+if unit == '' then
+  if state ~= 'queued' and state ~= 'running' then return {0, state} end
+  if redis.call('HGET', KEYS[1], 'split') == '1' then return {0, 'split'} end
+elseif state ~= 'running' then return {0, 'stopped'} end
+local unit_state = redis.call('HGET', KEYS[1], unit .. 'state')
+if unit_state == 'done' then return {0, 'done'} end
+local previous = redis.call('HGET', KEYS[1], unit .. 'attempt')
+if unit_state == 'running' then
+  local owner = redis.call('HGET', KEYS[1], unit .. 'worker') or ''
+  local own_dead = owner == ARGV[4] and redis.call('HGET', KEYS[1], unit .. 'pid') == ARGV[9]
+  if redis.call('EXISTS', ARGV[8] .. owner) == 1 and not own_dead then return {0, 'running elsewhere'} end
+  end_attempt(previous, 'worker lost', ARGV[6])
+end
+local number = redis.call('HINCRBY', KEYS[1], 'attempt_seq', 1)
+redis.call('HSET', KEYS[1], unit .. 'state', 'running', unit .. 'worker', ARGV[4], unit .. 'pid', ARGV[5],
+           unit .. 'attempt', number, unit .. 'message', ARGV[7], 'attempt:' .. number,
+           cjson.encode({unit = unit, worker = ARGV[4], started_at = tonumber(ARGV[6]), ended_at = 0, outcome = ''}))
+if unit == '' then
+  redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+  redis.call('HSET', KEYS[1], 'started_at', ARGV[6], 'error', '', 'frames_done', 0, 'fps', 0, 'eta_seconds', 0)
+end
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[6])
+redis.call('SADD', KEYS[2], ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return {number, ''}
+"""
+
+# Ends an attempt of a unit, only if it is still the unit's current one (and,
+# with ARGV[7] = '1', still running); sets the unit's fields, and the job's
+# (ARGV[9], JSON) if the job is still queued or running; with ARGV[6] = '1'
+# marks the unit for publishing again.
+# KEYS[1] job, [2] active units, [3] requeued units; ARGV[1] retention, [2] unit,
+# [3] member, [4] attempt number, [5] outcome, [6] requeue, [7] running only,
+# [8] unit fields (JSON), [9] job fields (JSON), [10] now. Returns 1 if applied.
+END_UNIT_LUA = END_ATTEMPT_LUA + """
+local unit = ARGV[2]
+if redis.call('HGET', KEYS[1], unit .. 'attempt') ~= ARGV[4] then return 0 end
+if ARGV[7] == '1' and redis.call('HGET', KEYS[1], unit .. 'state') ~= 'running' then return 0 end
+end_attempt(ARGV[4], ARGV[5], ARGV[10])
+redis.call('SREM', KEYS[2], ARGV[3])
+if ARGV[6] == '1' then redis.call('ZADD', KEYS[3], ARGV[10], ARGV[3]) end
+for name, value in pairs(cjson.decode(ARGV[8])) do redis.call('HSET', KEYS[1], name, value) end
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'queued' or state == 'running' then
+  for name, value in pairs(cjson.decode(ARGV[9])) do redis.call('HSET', KEYS[1], name, value) end
+end
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[10])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
+# The recovery claim: a running unit whose worker's presence has lapsed (or,
+# with ARGV[6], whose attempt ARGV[6] is known dead by its own worker ARGV[7])
+# is put back, exactly once however many workers try: its attempt ends as
+# 'worker lost' and the unit is marked to be published again.
+# KEYS[1] job, [2] active units, [3] requeued units; ARGV[1] retention, [2] unit,
+# [3] member, [4] now, [5] worker key prefix, [6] attempt number or '', [7] worker.
+# Returns {1 requeued / 2 ended (the job is over) / 0 not claimed, attempt number, worker}.
+RECOVER_UNIT_LUA = END_ATTEMPT_LUA + """
+local unit = ARGV[2]
+if redis.call('HGET', KEYS[1], unit .. 'state') ~= 'running' then
+  redis.call('SREM', KEYS[2], ARGV[3])
+  return {0, 0, ''}
+end
+local owner = redis.call('HGET', KEYS[1], unit .. 'worker') or ''
+local number = redis.call('HGET', KEYS[1], unit .. 'attempt')
+local own_dead = ARGV[6] ~= '' and number == ARGV[6] and owner == ARGV[7]
+if redis.call('EXISTS', ARGV[5] .. owner) == 1 and not own_dead then return {0, 0, ''} end
+end_attempt(number, 'worker lost', ARGV[4])
+redis.call('SREM', KEYS[2], ARGV[3])
+local state = redis.call('HGET', KEYS[1], 'state')
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+if unit ~= '' and state ~= 'running' then
+  redis.call('HSET', KEYS[1], unit .. 'state', 'done')  -- the job ended meanwhile: nothing to run again
+  return {2, number, owner}
+end
+redis.call('HSET', KEYS[1], unit .. 'state', 'queued', 'updated_at', ARGV[4])
+if unit == '' then redis.call('HSET', KEYS[1], 'error', 'requeued: worker ' .. owner .. ' lost') end
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
+return {1, number, owner}
+"""
+
+# A unit marked for publishing longer ago than ARGV[2] (its recoverer died before
+# it published): claimed again for publishing, by one worker. KEYS[1] requeued
+# units; ARGV[1] member, [2] cutoff, [3] now. Returns 1 if claimed.
+RECLAIM_REQUEUE_LUA = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) > tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+return 1
+"""
 
 # Sets fields of a job only if it is in one of the given states, atomically, so
 # a worker starting a job and a user cancelling it cannot both win.
-# KEYS[1] job; ARGV[1] retention; ARGV[2] allowed states, space separated; ARGV[3..] field, value.
-# Returns {1 if applied else 0, the state it was in ('' if there is no such job)}.
+# With a fence (ARGV[3] = attempt number), only if that attempt is still the whole job's.
+# KEYS[1] job; ARGV[1] retention; ARGV[2] allowed states, space separated; ARGV[3] fence or '';
+# ARGV[4..] field, value. Returns {1 if applied else 0, the state it was in ('' if there is no such job)}.
 TRANSITION_LUA = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {0, ''} end
 if not string.find(' ' .. ARGV[2] .. ' ', ' ' .. state .. ' ', 1, true) then return {0, state} end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[3] then return {0, 'fenced'} end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 return {1, state}
 """
 
 # A segment's progress: its own frame count, and the job's as the sum over its segments.
-# KEYS[1] job; ARGV[1] retention; ARGV[2] segment index; ARGV[3] frames done; ARGV[4] now.
-# Returns {frames done in all segments, cancel requested (1/0)}.
+# KEYS[1] job; ARGV[1] retention; ARGV[2] segment index; ARGV[3] frames done; ARGV[4] now;
+# ARGV[5] the segment's attempt number.
+# Returns {frames done in all segments, 0 go on / 1 stop (cancelled, or the job ended) / 2 fenced}.
 SEGMENT_PROGRESS_LUA = """
+if redis.call('HGET', KEYS[1], 'segment:' .. ARGV[2] .. ':attempt') ~= ARGV[5] then return {0, 2} end
 if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return {0, 1} end
 redis.call('HSET', KEYS[1], 'segment:' .. ARGV[2] .. ':done', ARGV[3])
 local record = redis.call('HGETALL', KEYS[1])
@@ -64,6 +204,37 @@ redis.call('EXPIRE', KEYS[1], ARGV[1])
 return {done, redis.call('HGET', KEYS[1], 'cancel_requested') == '1' and 1 or 0}
 """
 AUTO = "auto"
+
+
+def segment_unit(index: int) -> str:
+    return f"segment:{index}:"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One start of one unit of a job; `number` is its fence token."""
+
+    job_id: str
+    unit: str
+    number: int
+
+    @property
+    def member(self) -> str:
+        return unit_member(self.job_id, self.unit)
+
+    @property
+    def partial_token(self) -> str:
+        """Names the attempt's temporary file: two attempts never write the same one."""
+        return f"{self.job_id}-{self.number}"
+
+
+def unit_member(job_id: str, unit: str) -> str:
+    return f"{job_id}|{unit}"
+
+
+def parse_member(member: str) -> tuple[str, str]:
+    job_id, _, unit = member.partition("|")
+    return job_id, unit
 
 
 @dataclass
@@ -122,6 +293,11 @@ def _format(value: object) -> str:
     return ("1" if value else "0") if isinstance(value, bool) else str(value)
 
 
+def _json_fields(fields: dict | None) -> str:
+    # An empty Lua table encodes as an object either way; values are stored as strings.
+    return json.dumps({name: _format(value) for name, value in (fields or {}).items()}) if fields else "{}"
+
+
 @dataclass
 class WorkerInfo:
     """A live worker as its heartbeat describes it; `jobs` are the ids its pool processes are running."""
@@ -175,6 +351,16 @@ def retention_seconds() -> int:
     return max(1, round(seconds_setting("VIDSTYLE_JOB_RETENTION", DEFAULT_RETENTION_SECONDS)))
 
 
+def worker_lapse_seconds() -> float:
+    """How long a worker's presence outlives its last heartbeat: past it, its jobs are taken over."""
+    return seconds_setting("VIDSTYLE_WORKER_LAPSE", DEFAULT_WORKER_LAPSE_SECONDS)
+
+
+def recovery_interval_seconds() -> float:
+    """How often each worker looks for units of lapsed workers."""
+    return seconds_setting("VIDSTYLE_RECOVERY_INTERVAL", DEFAULT_RECOVERY_INTERVAL_SECONDS)
+
+
 class JobStore:
     """Job records and worker heartbeats in one Redis database."""
 
@@ -183,6 +369,10 @@ class JobStore:
         self.retention = retention
         self._transition = client.register_script(TRANSITION_LUA)
         self._segment_progress = client.register_script(SEGMENT_PROGRESS_LUA)
+        self._start_unit = client.register_script(START_UNIT_LUA)
+        self._end_unit = client.register_script(END_UNIT_LUA)
+        self._recover_unit = client.register_script(RECOVER_UNIT_LUA)
+        self._reclaim_requeue = client.register_script(RECLAIM_REQUEUE_LUA)
 
     @classmethod
     def from_settings(cls) -> JobStore:
@@ -231,52 +421,110 @@ class JobStore:
             self.redis.zrem(JOB_INDEX, *gone)
         return jobs[:limit]
 
-    def transition(self, job_id: str, from_states: tuple[str, ...], **fields: object) -> tuple[bool, str]:
-        """Set `fields` if the job is in one of `from_states`: (applied, the state it was in)."""
+    def transition(self, job_id: str, from_states: tuple[str, ...], fence: Attempt | None = None,
+                   **fields: object) -> tuple[bool, str]:
+        """Set `fields` if the job is in one of `from_states` (and, with `fence`, that
+        attempt is still the whole job's): (applied, the state it was in, or 'fenced')."""
         fields["updated_at"] = time.time()
-        args = [self.retention, " ".join(from_states)]
+        args = [self.retention, " ".join(from_states), fence.number if fence else ""]
         for name, value in fields.items():
             args += [name, _format(value)]
         applied, state = self._transition(keys=[JOB_PREFIX + job_id], args=args)
         return bool(applied), state
 
-    def start(self, job_id: str, worker: str) -> Job | None:
-        """Mark the job running on `worker` and count the attempt; None if it is not
-        to be run (cancelled while queued, already finished, or expired). A job
-        already `running` is a redelivery after its worker died, so it starts again."""
-        applied, _ = self.transition(job_id, (QUEUED, RUNNING), state=RUNNING, worker=worker, error="",
-                                     started_at=time.time(), frames_done=0, fps=0.0, eta_seconds=0.0)
-        if not applied:
-            return None
-        self.redis.hincrby(JOB_PREFIX + job_id, "attempts", 1)
-        return self.find(job_id)
+    # -- attempts -----------------------------------------------------------
 
-    def report_progress(self, job_id: str, done: int, total: int, fps: float, eta_seconds: float) -> bool:
-        """Record progress of a running job; True if the user asked to cancel it."""
-        self.transition(job_id, (RUNNING,), frames_done=done, frames_total=total, fps=round(fps, 2),
-                        eta_seconds=round(eta_seconds, 1))
-        return self.redis.hget(JOB_PREFIX + job_id, "cancel_requested") == "1"
+    def start_unit(self, job_id: str, unit: str, worker: str, pid: int, message: dict,
+                   own_dead_pid: int | None = None) -> tuple[Attempt | None, str]:
+        """Start a unit as a new attempt: (the attempt, '') or (None, why it is not to run:
+        'gone', a final state, 'split', 'stopped' (the job ended), 'done', 'running elsewhere').
+        A unit still marked running on a worker whose presence lapsed, or on this worker's
+        `own_dead_pid`, is taken over (its attempt ends as 'worker lost')."""
+        number, why = self._start_unit(
+            keys=[JOB_PREFIX + job_id, ACTIVE_UNITS],
+            args=[self.retention, unit, unit_member(job_id, unit), worker, pid, time.time(), json.dumps(message),
+                  WORKER_PREFIX, "" if own_dead_pid is None else own_dead_pid])
+        return (Attempt(job_id, unit, int(number)), "") if number else (None, why)
 
-    def split(self, job_id: str, segments: int, frames_total: int) -> bool:
-        """Record that a running job is split; False if it already was (a redelivered
-        first task must not split it twice) or is no longer running."""
-        if not self.redis.hsetnx(JOB_PREFIX + job_id, "split", "1"):
-            return False
-        applied, _ = self.transition(job_id, (RUNNING,), segments=segments, frames_total=frames_total, frames_done=0)
-        return applied
+    def unit_fields(self, job_id: str, unit: str) -> dict[str, str]:
+        """A unit's state, worker, pid, attempt and message, as stored."""
+        names = ["state", "worker", "pid", "attempt", "message"]
+        return dict(zip(names, self.redis.hmget(JOB_PREFIX + job_id, [unit + name for name in names])))
 
-    def start_segment(self, job_id: str, index: int, worker: str) -> Job | None:
-        """The job, if its segment is to run: None if the job was cancelled, failed or expired."""
-        job = self.find(job_id)
-        if job is None or job.state != RUNNING or job.cancel_requested:
-            return None
-        self.redis.hset(JOB_PREFIX + job_id, f"segment:{index}:worker", worker)
-        return job
+    def end_unit(self, attempt: Attempt, outcome: str, *, requeue: bool = False, running_only: bool = True,
+                 unit_fields: dict | None = None, job_fields: dict | None = None) -> bool:
+        """End `attempt` with `outcome` if it is still its unit's current one: set the unit's
+        fields, and the job's if the job is still queued or running. False: fenced."""
+        applied = self._end_unit(
+            keys=[JOB_PREFIX + attempt.job_id, ACTIVE_UNITS, REQUEUED_UNITS],
+            args=[self.retention, attempt.unit, attempt.member, attempt.number, outcome, "1" if requeue else "",
+                  "1" if running_only else "", _json_fields(unit_fields), _json_fields(job_fields), time.time()])
+        return bool(applied)
 
-    def report_segment_progress(self, job_id: str, index: int, done: int) -> bool:
-        """Record a segment's frames done (the job's are their sum); True if the job is to stop."""
-        _, stop = self._segment_progress(keys=[JOB_PREFIX + job_id], args=[self.retention, index, done, time.time()])
-        return bool(stop)
+    def is_current(self, attempt: Attempt) -> bool:
+        """Whether `attempt` still owns its unit of a running job (one atomic read)."""
+        number, unit_state, state = self.redis.hmget(
+            JOB_PREFIX + attempt.job_id, [attempt.unit + "attempt", attempt.unit + "state", "state"])
+        return number == str(attempt.number) and unit_state == RUNNING and state == RUNNING
+
+    def attempt_history(self, job_id: str) -> list[dict]:
+        """Every attempt of every unit, in the order they started."""
+        record = self.redis.hgetall(JOB_PREFIX + job_id)
+        found = [(int(k.split(":")[1]), json.loads(v)) for k, v in record.items() if re.fullmatch(r"attempt:\d+", k)]
+        return [{"number": number, **attempt} for number, attempt in sorted(found)]
+
+    # -- recovery -----------------------------------------------------------
+
+    def active_units(self) -> list[str]:
+        return sorted(self.redis.smembers(ACTIVE_UNITS))
+
+    def recover_unit(self, member: str, own_dead_attempt: int | None = None, worker: str = "") -> tuple[int, int, str]:
+        """Claim a running unit whose worker's presence has lapsed (or whose attempt
+        `own_dead_attempt` its own `worker` knows dead): (1 put back / 2 ended with its
+        job / 0 not claimed, the lost attempt's number, its worker)."""
+        job_id, unit = parse_member(member)
+        claimed, number, owner = self._recover_unit(
+            keys=[JOB_PREFIX + job_id, ACTIVE_UNITS, REQUEUED_UNITS],
+            args=[self.retention, unit, member, time.time(), WORKER_PREFIX,
+                  "" if own_dead_attempt is None else own_dead_attempt, worker])
+        return int(claimed), int(number or 0), owner
+
+    def stale_requeues(self, older_than: float) -> list[str]:
+        """Units marked for publishing more than `older_than` seconds ago: their recoverer died."""
+        return self.redis.zrangebyscore(REQUEUED_UNITS, "-inf", time.time() - older_than)
+
+    def reclaim_requeue(self, member: str, older_than: float) -> bool:
+        now = time.time()
+        return bool(self._reclaim_requeue(keys=[REQUEUED_UNITS], args=[member, now - older_than, now]))
+
+    def requeue_published(self, member: str) -> None:
+        self.redis.zrem(REQUEUED_UNITS, member)
+
+    # -- progress -----------------------------------------------------------
+
+    def report_progress(self, attempt: Attempt, done: int, total: int, fps: float, eta_seconds: float) -> str:
+        """Record progress of a running job: 'go', 'stop' (cancel requested, or the job
+        ended) or 'fenced' (a newer attempt owns it)."""
+        applied, state = self.transition(attempt.job_id, (RUNNING,), fence=attempt, frames_done=done,
+                                         frames_total=total, fps=round(fps, 2), eta_seconds=round(eta_seconds, 1))
+        if state == "fenced":
+            return "fenced"
+        if not applied or self.redis.hget(JOB_PREFIX + attempt.job_id, "cancel_requested") == "1":
+            return "stop"
+        return "go"
+
+    def split(self, attempt: Attempt, segments: int, frames_total: int, spans: list) -> bool:
+        """Record that a running job is split, once (a late copy of its first message
+        finds it split and is dropped); False if `attempt` was fenced."""
+        # The whole-job attempt ends here: from now on its segments and their join are run.
+        return self.end_unit(attempt, SPLIT, unit_fields={"split": 1, "segments": segments, "frames_total": frames_total,
+                                                          "frames_done": 0, "spans": json.dumps(spans)})
+
+    def report_segment_progress(self, attempt: Attempt, index: int, done: int) -> str:
+        """Record a segment's frames done (the job's are their sum): 'go', 'stop' or 'fenced'."""
+        _, code = self._segment_progress(keys=[JOB_PREFIX + attempt.job_id],
+                                         args=[self.retention, index, done, time.time(), attempt.number])
+        return ("go", "stop", "fenced")[code]
 
     def segment_workers(self, job_id: str) -> dict[int, str]:
         """Which worker ran (or runs) each segment of a split job."""
@@ -285,11 +533,9 @@ class JobStore:
                 if key.startswith("segment:") and key.endswith(":worker")}
 
     def finish(self, job_id: str, state: str, error: str = "") -> None:
+        """End a job that no attempt runs (cancelled while queued, or a failure seen
+        outside its attempt, as a hard time limit is)."""
         self.transition(job_id, (QUEUED, RUNNING), state=state, error=error, finished_at=time.time(), eta_seconds=0.0)
-
-    def requeue(self, job_id: str, reason: str) -> None:
-        """A transient failure: the job waits in the queue for another attempt."""
-        self.transition(job_id, (RUNNING,), state=QUEUED, error=f"retrying after: {reason}")
 
     def cancel(self, job_id: str) -> Job:
         """A queued job is cancelled at once; a running one is asked to stop after its current batch."""
@@ -306,7 +552,7 @@ class JobStore:
     def beat(self, worker: WorkerInfo, ttl: float) -> None:
         key = WORKER_PREFIX + worker.name
         fields = {k: _format(v) for k, v in worker.to_dict().items() if k != "jobs"}
-        self.redis.pipeline().hset(key, mapping=fields).expire(key, round(ttl)).execute()
+        self.redis.pipeline().hset(key, mapping=fields).pexpire(key, round(ttl * 1000)).execute()
 
     def set_current_job(self, worker_name: str, pid: int, job_id: str | None) -> None:
         key = WORKER_PREFIX + worker_name

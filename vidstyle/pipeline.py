@@ -102,6 +102,7 @@ def stylize_file(
     partial_token: str | None = None,
     span: Span | None = None,
     temporal_strength: float = DEFAULT_STRENGTH,
+    before_commit: Callable[[], None] | None = None,
 ) -> Path:
     """Stylize a video or image at `input_path` into `output_path` and return it.
 
@@ -111,7 +112,9 @@ def stylize_file(
     With `span`, only those frames, and no audio: one segment of a job split
     over several workers, joined later by vidstyle.segments.
     `temporal_strength` (0..1; 0 turns it off) is how much of each video frame
-    comes from the previous output carried along the motion (vidstyle.temporal)."""
+    comes from the previous output carried along the motion (vidstyle.temporal).
+    `before_commit` is called just before the rename; raising from it (a worker
+    whose job was handed to another, say) discards the output instead."""
     input_path, output_path = Path(input_path), Path(output_path)
     if input_path.is_dir():
         raise VidstyleError(f"input is a directory, not a video or image: {input_path}")
@@ -123,7 +126,7 @@ def stylize_file(
         raise VidstyleError(f"output exists: {output_path} (use --force to overwrite)")
     if not output_path.parent.is_dir() or not os.access(output_path.parent, os.W_OK):
         raise VidstyleError(f"cannot write to output directory {output_path.parent} (missing or not writable)")
-    with partial_file(output_path, partial_token) as partial:
+    with partial_file(output_path, partial_token, before_commit) as partial:
         if is_image(input_path):
             _stylize_image(input_path, partial, output_path.suffix, stylizer)
             if on_progress:
@@ -144,13 +147,20 @@ def output_encoder(input_path: Path, output_path: Path, codec: str | None) -> st
         raise
 
 
+def partial_path(output_path: Path, token: str) -> Path:
+    return output_path.with_name(f".{output_path.stem}.partial-{token}{output_path.suffix}")
+
+
 @contextmanager
-def partial_file(output_path: Path, token: str | None = None) -> Iterator[Path]:
+def partial_file(output_path: Path, token: str | None = None,
+                 before_commit: Callable[[], None] | None = None) -> Iterator[Path]:
     """A hidden temporary name beside output_path to write to; renamed to
-    output_path when the block completes, removed if it fails."""
-    partial = output_path.with_name(f".{output_path.stem}.partial-{token or secrets.token_hex(4)}{output_path.suffix}")
+    output_path when the block completes (after `before_commit`, if given), removed if it fails."""
+    partial = partial_path(output_path, token or secrets.token_hex(4))
     try:
         yield partial
+        if before_commit:
+            before_commit()
         os.replace(partial, output_path)
     finally:
         partial.unlink(missing_ok=True)
@@ -375,13 +385,12 @@ def _stylize_video(
 
 
 def _close(container: av.container.OutputContainer, stage: _Stage) -> None:
-    """Finish the output file. Failing to (a full disk shows only here when the
-    last writes were buffered) fails the run, unless it had failed already: then
-    the half-written file is deleted next anyway."""
+    """Close the output; closing writes its index, so a failure fails a run that had none."""
     try:
         container.close()
     except av.error.FFmpegError as exc:
-        stage.fail(VidstyleError(f"cannot finish writing the output ({exc.strerror or exc})"))
+        if stage.error is None:  # after a failure the half-written file is deleted next anyway
+            stage.fail(VidstyleError(f"cannot finish writing the output ({exc.strerror or exc})"))
 
 
 def _add_video_stream(sink, video_in, info: VideoInfo, encode: EncodeOptions):

@@ -6,8 +6,10 @@ Why each matters for long GPU jobs on a Redis broker:
 - prefetch multiplier 1: a worker holds only the jobs it is running, and the
   rest stay in the queue for idle workers;
 - visibility timeout: Redis hands an unacknowledged job to another worker after
-  this long, so it must exceed the longest job (the hard time limit), or a job
-  still running would be started twice;
+  this long; recovery does not wait for it (workers.heartbeat takes back the jobs
+  of workers whose presence lapsed), and a message that comes back for a job
+  running on a live worker or already finished is dropped, so it only bounds
+  how long a stale copy lingers in Redis;
 - short connect timeouts and few publish retries: a client facing an
   unreachable broker says so within seconds instead of hanging.
 """
@@ -35,8 +37,10 @@ task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
 worker_concurrency = 1  # a job at a time: one network fills a GPU (`vidstyle worker -c N` for more)
-# A job whose broker connection drops will be redelivered anyway: stop it rather than run it twice.
-worker_cancel_long_running_tasks_on_connection_loss = True
+# A job whose broker connection drops runs on: the copy of its message that Redis hands out again
+# finds it running on a live worker and is dropped (workers.tasks). Celery's alternative, killing
+# the job, would also record its segment as revoked and so fail the chord of a split job.
+worker_cancel_long_running_tasks_on_connection_loss = False
 
 task_time_limit = seconds_setting("VIDSTYLE_JOB_TIME_LIMIT", DEFAULT_TIME_LIMIT_SECONDS)
 # The soft limit stops the job cleanly (its partial output removed) a minute, or half the limit, before the kill.

@@ -129,11 +129,12 @@ def submit_to_fleet(input_path: Path, style: str, *, output: Path | None, batch_
 @json_option
 @reports_unreachable_servers
 def status(job_id: str, as_json: bool) -> None:
-    """Show one job: state, progress, worker, error."""
+    """Show one job: state, progress, worker, error, and each attempt: its worker and how it ended."""
     store = JobStore.from_settings()
     job = store.get(job_id)
+    history = store.attempt_history(job.id)
     if as_json:
-        click.echo(json.dumps(job.to_dict()))
+        click.echo(json.dumps({**job.to_dict(), "attempt_history": history}))
         return
     rows = {
         "job": job.id, "state": job.state, "progress": _progress(job),
@@ -147,6 +148,14 @@ def status(job_id: str, as_json: bool) -> None:
     }
     for name, value in rows.items():
         click.echo(f"{name + ':':<10} {value}")
+    for attempt in history:
+        span = f"{_when(attempt['started_at'])} - {_when(attempt['ended_at'])[-8:] if attempt['ended_at'] else 'now'}"
+        click.echo(f"  attempt {attempt['number']:<3} {_unit_name(attempt['unit']):<11} {attempt['worker']:<28} {span:<30} "
+                   f"{attempt['outcome'] or 'running'}")
+
+
+def _unit_name(unit: str) -> str:
+    return unit.rstrip(":").replace(":", " ") or "whole job"
 
 
 @click.command()
@@ -219,7 +228,11 @@ def workers(as_json: bool) -> None:
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32"]),
               help="Network precision: auto (fp16 on CUDA, bf16 on CPUs that have it) or fp32 [default: VIDSTYLE_PRECISION, else auto].")
-def worker(device: str | None, queues: str, concurrency: int, name: str | None, loglevel: str, precision: str | None) -> None:
+@click.option("--on-term", type=click.Choice(["finish", "requeue"]),
+              help="On SIGTERM: finish the running job (a planned stop), or stop it at its next batch and put it "
+                   "back on the queue at once (a preempted node) [default: VIDSTYLE_ON_TERM, else finish].")
+def worker(device: str | None, queues: str, concurrency: int, name: str | None, loglevel: str, precision: str | None,
+           on_term: str | None) -> None:
     """Run a worker that takes jobs from the broker (plain `celery -A workers worker` works too)."""
     broker_url()  # a clear line, not Celery's default of a local AMQP server
     # Read by the pool processes, which inherit the environment.
@@ -227,10 +240,15 @@ def worker(device: str | None, queues: str, concurrency: int, name: str | None, 
         os.environ["VIDSTYLE_DEVICE"] = device
     if precision:
         os.environ["VIDSTYLE_PRECISION"] = precision
+    if on_term:
+        os.environ["VIDSTYLE_ON_TERM"] = on_term
     from workers.celery import app
     from workers.heartbeat import worker_device
 
+    from workers.tasks import on_term_setting
+
     worker_device()  # a bad or missing device: one line now, not a traceback from every job
+    on_term_setting()  # likewise a bad VIDSTYLE_ON_TERM
     name = name or f"vidstyle{'-' + device.replace(':', '') if device else ''}@%h"
     # Mingle and gossip sync revocations and events between workers; the fleet uses neither
     # (cancellation and presence live in the job store), and mingle costs a second at start.

@@ -2,39 +2,52 @@
 or split into segments over several workers.
 
 The message carries only the job id; everything else is in the job record. The
-output name is the job's own (`force=True`: submit refused an existing output),
-and the partial file is named after the job, so a redelivered job replaces the
-partial file of the attempt that died instead of leaving a second one.
+output name is the job's own (`force=True`: submit refused an existing output).
 
 A long job is split by its first task into keyframe-aligned segments: a Celery
 chord of one task per segment (any worker on the job's queue takes them) whose
 callback joins the segment files into the output without re-encoding. The
 segment files live in a hidden folder beside the output, removed when the job
 ends in any way.
+
+Each start of a task is an attempt (vidstyle.jobs): its temporary file is named
+after it, and its progress, its final rename and its outcome count only while
+it is its unit's current attempt. A message that comes again for a unit that is
+done or running on a live worker is dropped (celery's Ignore: no result, so a
+chord never counts a segment twice). Units of a worker that died are put back
+by the others (workers.heartbeat, `recover_lost_units`).
 """
 from __future__ import annotations
 
+import errno
 import functools
+import json
 import logging
 import os
 import shutil
+import signal
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
 from celery import Task, chord
-from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.exceptions import Ignore, SoftTimeLimitExceeded, TimeLimitExceeded
 from kombu.exceptions import OperationalError
 
 from vidstyle import formats
 from vidstyle.config import setting
 from vidstyle.errors import VidstyleError
 from vidstyle.inference import Stylizer, resolve_device
-from vidstyle.jobs import AUTO, CANCELLED, FAILED, RUNNING, SUCCEEDED, Job, JobStore
-from vidstyle.pipeline import EncodeOptions, Span, is_image, partial_file, probe_video, stylize_file
+from vidstyle.jobs import (AUTO, CANCELLED, FAILED, JOIN, PREEMPTED, QUEUED, RUNNING, SUCCEEDED, WHOLE_JOB, Attempt,
+                           Job, JobStore, parse_member, segment_unit, worker_lapse_seconds)
+from vidstyle.pipeline import (EncodeOptions, Span, is_image, partial_file, partial_path, probe_video,
+                               stylize_file)
 from vidstyle.segments import join_segments, plan_spans
 from vidstyle.styles import find_style
 from workers.celery import app
+from workers.broker import to_front
 from workers.celeryconfig import JOIN_TASK_NAME, SEGMENT_TASK_NAME, TASK_NAME
 from workers.storage import resolve_in_storage, storage_root
 
@@ -49,41 +62,96 @@ PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, No
 
 logger = logging.getLogger(__name__)
 
+# What a worker does with its running job on SIGTERM (VIDSTYLE_ON_TERM, `vidstyle worker --on-term`):
+# finish it (a planned stop), or stop it at its next batch and hand it back at once (a spot node's notice).
+ON_TERM_FINISH, ON_TERM_REQUEUE = "finish", "requeue"
+preempted = threading.Event()  # set by SIGTERM in a pool process under --on-term requeue
+running_attempts: dict[str, Attempt] = {}  # task id -> its attempt, in this pool process
 
-class JobCancelled(Exception):
+
+def on_term_setting() -> str:
+    value = setting("VIDSTYLE_ON_TERM") or ON_TERM_FINISH
+    if value not in (ON_TERM_FINISH, ON_TERM_REQUEUE):
+        raise VidstyleError(f"VIDSTYLE_ON_TERM must be {ON_TERM_FINISH} or {ON_TERM_REQUEUE}, not '{value}'")
+    return value
+
+
+def _hand_back_on_term() -> None:
+    """In a pool process, under --on-term requeue: SIGTERM stops the job at its next batch.
+    Installed when a job starts, since billiard sets its own handlers after Celery's start-up hooks."""
+    if on_term_setting() == ON_TERM_REQUEUE and signal.getsignal(signal.SIGTERM) is not _preempt:
+        signal.signal(signal.SIGTERM, _preempt)
+
+
+def _preempt(*_) -> None:
+    preempted.set()
+
+
+class AttemptEnded(Exception):
     """Raised from the progress callback: the pipeline stops and removes its partial output."""
 
 
-class JobProgress:
-    """The pipeline's on_progress callback for one job, or one segment of it:
-    frames, fps and ETA to the job record at a bounded rate, and a stop when the
-    user cancels the job (or another segment failed)."""
+class JobCancelled(AttemptEnded):
+    """The user cancelled the job, or it ended otherwise (another segment failed)."""
 
-    def __init__(self, store: JobStore, job_id: str, segment: int | None = None) -> None:
-        self.store, self.job_id, self.segment = store, job_id, segment
-        self.started = time.monotonic()
+
+class JobPreempted(AttemptEnded):
+    """SIGTERM under --on-term requeue: the job goes back to the queue."""
+
+
+class AttemptFenced(AttemptEnded):
+    """Another attempt owns the unit now, or this one lost the job store for longer
+    than a worker's presence lasts (it would be taken over): its work is discarded."""
+
+
+class JobProgress:
+    """The pipeline's on_progress callback for one attempt of a job, or of one
+    segment: frames, fps and ETA to the job record at a bounded rate, and a stop
+    when the user cancels the job (or another segment failed), when the worker
+    is preempted, or when the attempt is fenced. Also the check before the
+    final rename (`before_commit`)."""
+
+    def __init__(self, store: JobStore, attempt: Attempt, segment: int | None = None) -> None:
+        self.store, self.attempt, self.segment = store, attempt, segment
+        self.started = self.last_contact = time.monotonic()
         self.last_report = float("-inf")
         self.done = 0
+        self.lapse = worker_lapse_seconds()
 
     def __call__(self, done: int, total: int) -> None:
+        if preempted.is_set():
+            raise JobPreempted
         now = time.monotonic()
         self.done = done
         # (The last batch of a known total is always reported; 0 is an unknown total, see complete.)
         if now - self.last_report < PROGRESS_INTERVAL_SECONDS and (done < total or not total):
             return
         self.last_report = now
-        if self.segment is not None:
-            stop = self.store.report_segment_progress(self.job_id, self.segment, done)
-        else:
-            fps = done / max(now - self.started, 1e-6)
-            stop = self.store.report_progress(self.job_id, done, total, fps, (total - done) / fps if fps and total else 0.0)
-        if stop:
+        try:
+            if self.segment is not None:
+                verdict = self.store.report_segment_progress(self.attempt, self.segment, done)
+            else:
+                fps = done / max(now - self.started, 1e-6)
+                verdict = self.store.report_progress(self.attempt, done, total, fps, (total - done) / fps if fps and total else 0.0)
+        except redis.RedisError as exc:
+            if time.monotonic() - self.last_contact > self.lapse:
+                raise AttemptFenced(f"job store unreachable for more than {self.lapse:g} s ({exc})") from exc
+            logger.warning("job %s: progress not recorded: %s", self.attempt.job_id, exc)
+            return
+        self.last_contact = time.monotonic()
+        if verdict == "fenced":
+            raise AttemptFenced("another worker took it over")
+        if verdict == "stop":
             raise JobCancelled
+
+    def before_commit(self) -> None:
+        if not self.store.is_current(self.attempt):
+            raise AttemptFenced("another worker took it over before the output was renamed into place")
 
     def complete(self) -> None:
         """The job ran to its end: the frames done are the total (which MKV or WebM do not state before)."""
         fps = self.done / max(time.monotonic() - self.started, 1e-6)
-        self.store.report_progress(self.job_id, self.done, self.done, fps, 0.0)
+        self.store.report_progress(self.attempt, self.done, self.done, fps, 0.0)
 
 
 @functools.lru_cache(maxsize=STYLIZER_CACHE_SIZE)
@@ -106,32 +174,172 @@ def failure_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _final(state: str, error: str = "") -> dict:
+    return {"state": state, "error": error, "finished_at": time.time(), "eta_seconds": 0.0}
+
+
+def _unit_done(attempt: Attempt) -> dict:
+    return {attempt.unit + "state": "done"} if attempt.unit else {}
+
+
 class JobTask(Task):
     """Keeps the job record in step with Celery's view of the task."""
 
-    def on_retry(self, exc, task_id, args, kwargs, einfo) -> None:
-        _record_quietly(JobStore.requeue, task_id, failure_reason(exc))
-
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
-        _record_quietly(JobStore.finish, task_id, FAILED, failure_reason(exc))
+        if _fail_quietly(task_id, args[0], self.failure_reason(exc, args)) and self.name != TASK_NAME:
+            _remove_segments_quietly(args[0])  # a segment or the join: the job is split
+
+    def failure_reason(self, exc: BaseException, args: tuple) -> str:
+        return failure_reason(exc)
+
+    def after_return(self, status, retval, task_id, args, kwargs, einfo) -> None:
+        running_attempts.pop(task_id, None)
 
 
-class SegmentTask(Task):
+class SegmentTask(JobTask):
     """A segment that fails for good fails its job: the other segments stop at
     their next batch (the job is no longer running) and the files go."""
 
-    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
-        job_id, index = args[0], args[1]
-        _record_quietly(JobStore.finish, job_id, FAILED, f"segment {index}: {failure_reason(exc)}")
-        _remove_segments_quietly(job_id)
+    def failure_reason(self, exc: BaseException, args: tuple) -> str:
+        return f"segment {args[1]}: {failure_reason(exc)}"
 
 
-def _record_quietly(method, job_id: str, *args: str) -> None:
-    """Update a job record from a failure path: the store may be what failed."""
+def _fail_quietly(task_id: str, job_id: str, reason: str) -> bool:
+    """Fail the job from its failed attempt (seen outside one, as a hard time limit
+    is in the worker's main process: unfenced); the store may be what failed."""
     try:
-        method(JobStore.from_settings(), job_id, *args)
+        store = JobStore.from_settings()
+        attempt = running_attempts.get(task_id)
+        if attempt is None:
+            store.finish(job_id, FAILED, reason)
+            return True
+        # Not only while running: a job whose retries ran out was queued by its last attempt.
+        return store.end_unit(attempt, "failed", running_only=False, unit_fields=_unit_done(attempt),
+                              job_fields=_final(FAILED, reason))
     except redis.RedisError as exc:
         logger.warning("job %s: record not updated: %s", job_id, exc)
+        return False
+
+
+def begin_attempt(task: Task, store: JobStore, job_id: str, unit: str) -> tuple[Attempt | None, str]:
+    """Start this task's unit as a new attempt, or say why it is not to run."""
+    _hand_back_on_term()
+    worker, pid = task.request.hostname, os.getpid()
+    fields = store.unit_fields(job_id, unit)
+    own_dead_pid = None
+    if fields["worker"] == worker and fields["state"] == RUNNING and fields["pid"]:
+        # This worker's own earlier attempt: its pool process died, or this process ran it and lost track.
+        previous = int(fields["pid"])
+        if previous == pid or not _process_alive(previous):
+            own_dead_pid = previous
+    request = task.request
+    message = {"name": task.name, "args": list(request.args), "id": request.id, "group": request.group,
+               "group_index": request.group_index, "chord": request.chord}
+    attempt, why = store.start_unit(job_id, unit, worker, pid, message, own_dead_pid)
+    if attempt is not None:
+        running_attempts[request.id] = attempt
+    else:
+        logger.info("job %s: %s not run (%s)", job_id, unit.rstrip(":") or "job", why)
+    return attempt, why
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def run_attempt(task: Task, store: JobStore, attempt: Attempt, job: Job, work: Callable[[], str],
+                on_cancel: Callable[[], str], requeued: Callable[[str], dict]) -> str:
+    """Run `work` as `attempt` and record how it ended. `requeued(reason)` gives
+    the end_unit arguments that put the unit back on the queue."""
+    try:
+        return work()
+    except JobCancelled:
+        return on_cancel()
+    except JobPreempted:
+        preempted.clear()  # (Celery's own SIGTERM, on a lost broker connection, leaves the process serving)
+        # Marked for publishing in the same step, so a worker dying right here is covered too.
+        if store.end_unit(attempt, PREEMPTED, requeue=True, **requeued(f"requeued: {task.request.hostname} preempted")):
+            publish_unit(store, attempt.member)
+        raise Ignore()
+    except AttemptFenced as exc:
+        logger.warning("job %s: attempt %d stopped: %s", attempt.job_id, attempt.number, exc)
+        raise Ignore()
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise VidstyleError(f"no space left on the storage while writing {job.output}") from exc
+        if not isinstance(exc, PERMANENT_OS_ERRORS):
+            _requeue_for_retry(store, attempt, requeued, exc)
+        raise
+    except TRANSIENT_ERRORS as exc:
+        _requeue_for_retry(store, attempt, requeued, exc)
+        raise  # autoretry_for publishes the retry, after the unit is queued again
+
+
+def _requeue_for_retry(store: JobStore, attempt: Attempt, requeued: Callable[[str], dict], exc: BaseException) -> None:
+    reason = f"retrying after: {failure_reason(exc)}"
+    try:
+        store.end_unit(attempt, reason, **requeued(reason))
+    except redis.RedisError as error:  # the store is what failed: the next start takes the attempt over
+        logger.warning("job %s: record not updated: %s", attempt.job_id, error)
+
+
+def publish_unit(store: JobStore, member: str) -> None:
+    """Publish again the message of a unit put back on its queue (by a recovery or a preemption)."""
+    job_id, unit = parse_member(member)
+    fields, job = store.unit_fields(job_id, unit), store.find(job_id)
+    message = json.loads(fields["message"] or "{}")
+    if job is not None and fields["state"] == QUEUED and "name" in message:
+        app.send_task(message["name"], args=message["args"], task_id=message["id"], queue=job.queue,
+                      group_id=message["group"], group_index=message["group_index"], chord=message["chord"])
+        to_front(job.queue, message["id"])  # it waited long enough: before the jobs queued since
+    store.requeue_published(member)
+
+
+def unit_of_message(name: str, args: list) -> tuple[str, str] | None:
+    """The (job id, unit) a task message runs."""
+    if name == TASK_NAME:
+        return args[0], WHOLE_JOB
+    if name == SEGMENT_TASK_NAME:
+        return args[0], segment_unit(args[1])
+    if name == JOIN_TASK_NAME:
+        return args[0], JOIN
+    return None
+
+
+def unit_waits(store: JobStore, name: str, args: list) -> bool:
+    """Whether the unit a message runs is still to run: its job wanted, the unit neither running nor done."""
+    unit = unit_of_message(name, args)
+    if unit is None:
+        return False
+    job = store.find(unit[0])
+    if job is None:
+        return False
+    state = store.unit_fields(*unit)["state"]
+    if unit[1] == WHOLE_JOB:
+        return state == QUEUED and not job.cancel_requested
+    return job.state == RUNNING and state in (None, QUEUED)
+
+
+def unit_output(job: Job, unit: str, root: Path) -> Path:
+    """Where a unit writes: the output for the whole job and the join, a segment file for a segment."""
+    output_path = resolve_in_storage(job.output, root)
+    if unit.startswith("segment:"):
+        return _segment_path(output_path, job, int(unit.split(":")[1]))
+    return output_path
+
+
+def remove_partials(job: Job, unit: str, root: Path, number: int | str = "*") -> None:
+    """Remove the temporary files of the unit's attempts (all, or attempt `number`'s),
+    left by attempts that died or were cut off."""
+    output = unit_output(job, unit, root)
+    for partial in output.parent.glob(partial_path(output, f"{job.id}-{number}").name):
+        partial.unlink(missing_ok=True)
 
 
 @app.task(
@@ -142,35 +350,44 @@ def _record_quietly(method, job_id: str, *args: str) -> None:
 )
 def stylize(self: Task, job_id: str) -> str:
     store = JobStore.from_settings()
-    job = store.start(job_id, worker=self.request.hostname)
-    if job is None:
-        logger.info("job %s: not run (cancelled, finished or expired)", job_id)
-        return "skipped"
-    if job.cancel_requested:
-        store.finish(job_id, CANCELLED)
+    attempt, _ = begin_attempt(self, store, job_id, WHOLE_JOB)
+    if attempt is None:
+        raise Ignore()  # cancelled, finished, expired, split already, or running on a live worker
+    job = store.get(job_id)
+
+    def cancelled() -> str:
+        store.end_unit(attempt, CANCELLED, job_fields=_final(CANCELLED))
         return CANCELLED
+
+    def requeued(reason: str) -> dict:
+        return {"job_fields": {"state": QUEUED, "error": reason}}
+
+    if job.cancel_requested:
+        return cancelled()
     root = storage_root()
     input_path, output_path = resolve_in_storage(job.input, root), resolve_in_storage(job.output, root)
+    remove_partials(job, WHOLE_JOB, root)  # of earlier attempts that died
     find_style(job.style)  # an unknown style fails first, whatever the input
     spans = _plan(job, input_path, store)
     if len(spans) > 1:
-        # A redelivered first task finds the job split already and leaves it be.
-        if store.split(job_id, len(spans), sum(span.frames for span in spans)):
-            _start_segments(job, spans, output_path)
+        bounds = [[span.start, span.end, span.frames] for span in spans]
+        if store.split(attempt, len(spans), sum(span.frames for span in spans), bounds):
+            _start_segments(job, bounds, output_path)
         return "split"
-    store.set_current_job(self.request.hostname, os.getpid(), job_id)
-    progress = JobProgress(store, job_id)
-    try:
+
+    def work() -> str:
+        progress = JobProgress(store, attempt)
         stylize_file(input_path, output_path, stylizer_for(job.style), batch_size=job.batch_size or None,
-                     encode=EncodeOptions(codec=job.codec, crf=job.crf, preset=job.preset),
-                     force=True, on_progress=progress, partial_token=job_id,
+                     encode=EncodeOptions(codec=job.codec, crf=job.crf, preset=job.preset), force=True,
+                     on_progress=progress, partial_token=attempt.partial_token, before_commit=progress.before_commit,
                      temporal_strength=job.temporal_strength)
         progress.complete()
-        store.finish(job_id, SUCCEEDED)
+        store.end_unit(attempt, SUCCEEDED, job_fields=_final(SUCCEEDED))
         return SUCCEEDED
-    except JobCancelled:
-        store.finish(job_id, CANCELLED)
-        return CANCELLED
+
+    store.set_current_job(self.request.hostname, os.getpid(), job_id)
+    try:
+        return run_attempt(self, store, attempt, job, work, cancelled, requeued)
     finally:
         store.set_current_job(self.request.hostname, os.getpid(), None)
 
@@ -186,10 +403,9 @@ def _plan(job: Job, input_path: Path, store: JobStore) -> list[Span]:
     return plan_spans(input_path, float(job.segment_seconds))
 
 
-def _start_segments(job: Job, spans: list[Span], output_path: Path) -> None:
+def _start_segments(job: Job, bounds: list[list[int | None]], output_path: Path) -> None:
     """A chord: one task per segment, then the join once all have ended."""
     segment_dir(output_path, job.id).mkdir(exist_ok=True)
-    bounds = [[span.start, span.end, span.frames] for span in spans]
     segments = [stylize_segment.si(job.id, index, *span).set(queue=job.queue) for index, span in enumerate(bounds)]
     chord(segments)(join_segments_task.si(job.id, bounds).set(queue=job.queue))
 
@@ -219,20 +435,39 @@ def _remove_segments_quietly(job_id: str) -> None:
 )
 def stylize_segment(self: Task, job_id: str, index: int, start: int | None, end: int | None, frames: int) -> str:
     store = JobStore.from_settings()
-    job = store.start_segment(job_id, index, worker=self.request.hostname)
-    if job is None:
-        return CANCELLED
+    unit = segment_unit(index)
+    attempt, why = begin_attempt(self, store, job_id, unit)
+    if attempt is None:
+        if why == "stopped":
+            return CANCELLED  # the job ended: counted, so that the join still comes and cleans up
+        raise Ignore()  # done, or running on a live worker: the chord must not count it twice
+
+    def ended(outcome: str) -> str:
+        if not store.end_unit(attempt, outcome, unit_fields={unit + "state": "done"}):
+            raise Ignore()  # fenced: the current attempt reports
+        return outcome
+
+    def requeued(_: str) -> dict:
+        return {"unit_fields": {unit + "state": QUEUED}}
+
+    job = store.get(job_id)
+    if job.cancel_requested:
+        return ended(CANCELLED)
     root = storage_root()
-    input_path, output_path = resolve_in_storage(job.input, root), resolve_in_storage(job.output, root)
+    input_path, segment_path = resolve_in_storage(job.input, root), unit_output(job, unit, root)
+    remove_partials(job, unit, root)
+
+    def work() -> str:
+        progress = JobProgress(store, attempt, segment=index)
+        stylize_file(input_path, segment_path, stylizer_for(job.style), batch_size=job.batch_size or None,
+                     encode=EncodeOptions(codec=job.codec, crf=job.crf, preset=job.preset), force=True,
+                     on_progress=progress, partial_token=attempt.partial_token, span=Span(start, end, frames),
+                     before_commit=progress.before_commit, temporal_strength=job.temporal_strength)
+        return ended(SUCCEEDED)
+
     store.set_current_job(self.request.hostname, os.getpid(), job_id)
     try:
-        stylize_file(input_path, _segment_path(output_path, job, index), stylizer_for(job.style),
-                     batch_size=job.batch_size or None, encode=EncodeOptions(codec=job.codec, crf=job.crf, preset=job.preset),
-                     force=True, on_progress=JobProgress(store, job_id, segment=index), partial_token=job_id,
-                     span=Span(start, end, frames), temporal_strength=job.temporal_strength)
-        return SUCCEEDED
-    except JobCancelled:
-        return CANCELLED
+        return run_attempt(self, store, attempt, job, work, lambda: ended(CANCELLED), requeued)
     finally:
         store.set_current_job(self.request.hostname, os.getpid(), None)
 
@@ -242,22 +477,38 @@ def stylize_segment(self: Task, job_id: str, index: int, start: int | None, end:
 def join_segments_task(self: Task, job_id: str, spans: list[list[int | None]]) -> str:
     """The chord's callback: every segment has ended (done, or stopped by a cancel)."""
     store = JobStore.from_settings()
-    job = store.find(job_id)
-    try:
-        if job is None or job.state != RUNNING or job.cancel_requested:
-            store.finish(job_id, CANCELLED)  # only if it is still running: a failed job stays failed
-            return CANCELLED
+    attempt, why = begin_attempt(self, store, job_id, JOIN)
+    if attempt is None:
+        if why == "stopped":  # the job failed: only the files are left to remove
+            _remove_segments_quietly(job_id)
+        raise Ignore()
+    job = store.get(job_id)
+
+    def cancelled() -> str:
+        store.end_unit(attempt, CANCELLED, unit_fields=_unit_done(attempt), job_fields=_final(CANCELLED))
+        _remove_segments_quietly(job_id)
+        return CANCELLED
+
+    def requeued(_: str) -> dict:
+        return {"unit_fields": {JOIN + "state": QUEUED}}
+
+    def work() -> str:
+        if job.cancel_requested:
+            return cancelled()
         root = storage_root()
         input_path, output_path = resolve_in_storage(job.input, root), resolve_in_storage(job.output, root)
+        remove_partials(job, JOIN, root)
         segments = [(_segment_path(output_path, job, index), Span(*span)) for index, span in enumerate(spans)]
         missing = [str(index) for index, (path, _) in enumerate(segments) if not path.is_file()]
         if missing:
             raise VidstyleError(f"segments {', '.join(missing)} are missing (their files were removed)")
         started = time.monotonic()
-        with partial_file(output_path, job_id) as partial:
+        with partial_file(output_path, attempt.partial_token, JobProgress(store, attempt).before_commit) as partial:
             join_segments(input_path, segments, partial)
-        store.transition(job_id, (RUNNING,), join_seconds=round(time.monotonic() - started, 3))
-        store.finish(job_id, SUCCEEDED)
+        if store.end_unit(attempt, SUCCEEDED, unit_fields={**_unit_done(attempt),
+                                                           "join_seconds": round(time.monotonic() - started, 3)},
+                          job_fields=_final(SUCCEEDED)):
+            _remove_segments_quietly(job_id)
         return SUCCEEDED
-    finally:
-        _remove_segments_quietly(job_id)
+
+    return run_attempt(self, store, attempt, job, work, cancelled, requeued)
