@@ -179,7 +179,7 @@ def test_an_unreachable_server_gives_one_line_within_seconds(fleet: Fleet) -> No
     for command in (["status", "abc123"], ["list"], ["workers"]):
         started = time.monotonic()
         result = fleet.cli(*command, env={**os.environ, "VIDSTYLE_BROKER_URL": closed})
-        assert time.monotonic() - started < 10
+        assert time.monotonic() - started < 30  # not minutes of retries (generous: CI machines are loaded)
         assert_clean_failure(result, "cannot reach the job store", "127.0.0.1")
         assert "secret" not in result.stderr
 
@@ -188,7 +188,7 @@ def test_an_unreachable_server_gives_one_line_within_seconds(fleet: Fleet) -> No
     started = time.monotonic()
     result = fleet.cli("submit", source, "--style", TEST_STYLE,
                        env={**os.environ, "VIDSTYLE_BROKER_URL": closed, "VIDSTYLE_RESULT_URL": fleet.redis_server.url})
-    assert time.monotonic() - started < 20  # including the import of torch to check the style
+    assert time.monotonic() - started < 60  # including the import of torch to check the style
     assert_clean_failure(result, "cannot reach the broker")
     assert not [job for job in fleet.store.recent(1000) if job.input == "unsent.mp4"]
 

@@ -42,6 +42,7 @@ PHOTOMETRIC_TOLERANCE = 12.0
 # Below this mean trust a frame is taken for a new shot (on the real clips,
 # consecutive frames of one shot stay above 0.6, fast phone footage included).
 SCENE_CUT_TRUST = 0.3
+STILL_PREFERENCE = 0.1
 
 
 @dataclass
@@ -116,8 +117,11 @@ def reliable_motion(
     # Photometric check: the previous frame, moved along the flow, must look like this one.
     weight = photometric_match(sample(before), now)
     weight[~(inside & consistent & ~boundary)] = 0
+    # Zero flow wherever it explains the pixel about as well: a still area then carries
+    # the previous output exactly, instead of resampling it by the flow's jitter (a
+    # blur that would add up, frame after frame).
     still = photometric_match(before, now)
-    use_still = still > weight
+    use_still = still >= weight - STILL_PREFERENCE
     backward = backward.copy()
     backward[use_still] = 0
     weight = np.maximum(weight, still)
