@@ -1,20 +1,23 @@
 """Quality and flicker of installed styles, side by side, measured in one run.
 
-    python benchmarks/style_quality.py --styles udnie,the-scream [--images 8] [--clips 3] [--threads 1]
+    python benchmarks/style_quality.py --styles udnie,the-scream [--images 8] [--frames 90] [--threads 1]
 
 For each style: `vidstyle eval quality` on the first --images of the photos
 its trainer held out (the last --held-out of --photos, by path; centre crops at
---size), and `vidstyle eval flicker` on --clips handheld camera clips made from
-other held-out photos (vidstyle.sample.make_camera_video). Prints the medians
-of the L-BFGS-equivalent iterations (from white noise, from the photo), the
-median objective and its unweighted style term, and the flicker ratio on each clip and their mean. With
---record, the figures also go into each style's model card ("evaluation").
+--size), and `vidstyle eval flicker` on real footage (--clips, by default the
+three clips of ../shared/videos: old film with grain, animation with a fade over
+a flat sky, a phone clip), the first --frames frames scaled to --clip-size,
+frame by frame and with the temporal stage. Prints the medians of the
+L-BFGS-equivalent iterations (from white noise, from the photo), the median
+objective and its unweighted style term, and per clip the flicker ratio both
+ways and the temporal output's content and style losses against the per-frame
+output's. With --record, the figures also go into each style's model card
+("evaluation").
 """
 from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 from statistics import fmean, median
 
@@ -31,8 +34,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--vgg-weights", type=Path, default=SHARED / "models" / "vgg16-imagenet-caffe-features.pth")
     p.add_argument("--held-out", type=int, default=50)
     p.add_argument("--images", type=int, default=8, help="photos for the quality measurement [8]")
-    p.add_argument("--clips", type=int, default=3, help="camera clips for the flicker measurement [3]")
-    p.add_argument("--frames", type=int, default=48, help="frames per clip [48]")
+    p.add_argument("--clips", type=Path, nargs="+", default=sorted((SHARED / "videos").glob("*.*")),
+                   help="videos for the flicker measurement [the clips of ../shared/videos]")
+    p.add_argument("--frames", type=int, default=90, help="frames per clip [90]")
+    p.add_argument("--clip-size", default="640x360", help="clips scaled to WIDTHxHEIGHT [640x360]")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--max-iterations", type=int, default=300)
     p.add_argument("--threads", type=int, default=None)
@@ -45,19 +50,16 @@ def main() -> None:
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from trainer.data import find_images
-    from trainer.evaluate import evaluate_flicker, evaluate_quality, median_iterations
+    from trainer.evaluate import PerceptualObjective, evaluate_flicker, evaluate_quality, median_iterations
+    from trainer.vgg import load_loss_network
+    from vidstyle.cli import parse_size
     from vidstyle.inference import Stylizer, resolve_device
-    from vidstyle.sample import make_camera_video
     from vidstyle.styles import find_style
 
-    held_out = find_images(args.photos)[-args.held_out:]
-    # Clips from the far end of the held-out photos, so they differ from the quality photos.
-    clip_photos = held_out[::-1][: args.clips]
-    workdir = Path(tempfile.mkdtemp(prefix="vidstyle-style-quality-"))
-    clips = [make_camera_video(photo, workdir / f"{photo.stem}.mp4", frames=args.frames) for photo in clip_photos]
+    clips, clip_size = args.clips, parse_size(args.clip_size)
+    loss_net = load_loss_network(args.vgg_weights)
     print(f"quality: {args.images} held-out photos at {args.size} px, L-BFGS up to {args.max_iterations} iterations; "
-          f"flicker: {len(clips)} camera clips of {args.frames} frames ({', '.join(p.stem for p in clip_photos)})")
+          f"flicker: the first {args.frames} frames of {', '.join(c.name for c in clips)} at {args.clip_size}")
     rows = []
     for name in args.styles.split(","):
         style = find_style(name)
@@ -70,7 +72,12 @@ def main() -> None:
                     "noise": median_iterations([r.from_noise for r in results], args.max_iterations),
                     "content": median_iterations([r.from_content for r in results], args.max_iterations)}
         stylizer = Stylizer(style.load_network(), resolve_device(None), compile=False)
-        row["flicker"] = [evaluate_flicker(clip, stylizer).ratio for clip in clips]
+        objective = PerceptualObjective(style.card, args.style_images / style.card["style_image"], loss_net)
+        reports = [evaluate_flicker(clip, stylizer, limit=args.frames, size=clip_size, objective=objective) for clip in clips]
+        row["flicker"] = [report.temporal.ratio for report in reports]
+        row["clips"] = {clip.name: {"per_frame": round(r.per_frame.ratio, 2), "temporal": round(r.temporal.ratio, 2),
+                                    "content_loss_ratio": round(r.content_ratio, 3), "style_loss_ratio": round(r.style_ratio, 3)}
+                        for clip, r in zip(clips, reports)}
         rows.append(row)
         print(row, flush=True)
         if args.record:
@@ -78,23 +85,28 @@ def main() -> None:
             card = json.loads(card_path.read_text())
             card["evaluation"] = {
                 "command": "python benchmarks/style_quality.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in (
-                    ("images", args.images), ("clips", args.clips), ("frames", args.frames), ("size", args.size),
+                    ("images", args.images), ("frames", args.frames), ("clip_size", args.clip_size), ("size", args.size),
                     ("max_iterations", args.max_iterations), ("held_out", args.held_out))),
                 "quality_photos": args.images, "size": args.size,
                 **({"median_objective": round(row["objective"], 1), "median_style_loss": round(row["style_loss"]),
                     "median_lbfgs_iterations_from_noise": row["noise"],
                     "median_lbfgs_iterations_from_photo": row["content"]} if "objective" in row else {}),
-                "flicker_clips": {clip.stem: round(ratio, 2) for clip, ratio in zip(clips, row["flicker"])},
+                # Real footage, frame by frame and with the temporal stage (vidstyle eval flicker).
+                "flicker_clips": row["clips"],
                 "mean_flicker_ratio": round(fmean(row["flicker"]), 2),
+                "mean_flicker_ratio_per_frame": round(fmean(c["per_frame"] for c in row["clips"].values()), 2),
             }
             card_path.write_text(json.dumps(card, indent=2) + "\n")
     print()
-    print(f"{'style':<16} {'objective':>10} {'style loss':>10} {'L-BFGS noise':>13} {'L-BFGS photo':>13}  flicker per clip (mean)")
+    print(f"{'style':<16} {'objective':>10} {'style loss':>10} {'L-BFGS noise':>13} {'L-BFGS photo':>13}  "
+          f"flicker per clip with the temporal stage (mean); per frame; losses against per frame")
     for row in rows:
         quality = (f"{row['objective']:>10.4g} {row['style_loss']:>10.4g} {row['noise']:>13g} {row['content']:>13g}"
                    if "objective" in row else f"{'-':>10} {'-':>10} {'-':>13} {'-':>13}")
         flicker = ", ".join(f"{ratio:.2f}" for ratio in row["flicker"])
-        print(f"{row['style']:<16} {quality}  {flicker} ({fmean(row['flicker']):.2f})")
+        per_frame = ", ".join(f"{c['per_frame']:.2f}" for c in row["clips"].values())
+        losses = ", ".join(f"content x{c['content_loss_ratio']:.2f} style x{c['style_loss_ratio']:.2f}" for c in row["clips"].values())
+        print(f"{row['style']:<16} {quality}  {flicker} ({fmean(row['flicker']):.2f}); {per_frame}; {losses}")
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ UNSPECIFIED = 2  # FFmpeg's value for an absent colour tag
 QUEUE_BATCHES = 3  # batches in flight between two stages: enough to absorb jitter
 # A segment of a split job first stylizes this many frames before its span (not
 # written), so its temporal blend starts with the history a single run would have.
-WARMUP_FRAMES = 16
+WARMUP_FRAMES = 32
 log = logging.getLogger("vidstyle")
 
 # Called with (frames done, frames expected or 0 if unknown) after every batch; raising from it

@@ -2,22 +2,25 @@
 
 A feed-forward style network sees each frame alone, so grain, compression
 noise and small changes of light make its strokes boil from frame to frame.
-This stage carries the previous output forward instead (in the spirit of
-Chen et al. 2017 and the recursive blend of Reimann et al. 2023):
+This stage carries what came before forward instead (in the spirit of Chen et
+al. 2017 and the recursive blend of Reimann et al. 2023):
 
     motion  -- optical flow from each input frame back to the previous one
                (OpenCV's DIS, at reduced resolution), and a per-pixel weight that
                trusts it only where the motion is reliable: the forward and
                backward flows agree, no motion boundary, and the previous input
                frame warped along the flow matches the current one;
-    blend   -- the previous output frame warped along that flow, mixed into the
-               current stylization by strength x weight, on the network's device.
+    input   -- the network sees the frame blended with the previous (steadied)
+               input carried along that flow, by strength x weight: grain and
+               compression noise do not reach it, real changes do;
+    output  -- the network's output blended the same way with the previous
+               output, its coarse shading fully, its fine detail (the strokes)
+               lightly, on the network's device.
 
 Where an object moves fast, appears or is uncovered, the weight falls to zero
-and the fresh stylization shows; so there is no ghosting behind motion, and
-the blend of a constant fraction of the current frame stops a long static shot
-drifting. Motion is computed on the CPU in the decoding thread, overlapped with
-the network; the blend is a few tensor operations per frame.
+and the fresh frame shows; so there is no ghosting behind motion, and the share
+of each new frame stops a long static shot drifting. Motion and the input
+blend run on the CPU in the decoding thread, overlapped with the network.
 """
 from __future__ import annotations
 
@@ -32,8 +35,10 @@ import torch.nn.functional as F
 from vidstyle.errors import VidstyleError
 
 DEFAULT_STRENGTH = 0.9
-# How the strength divides between steadying the network's input and blending its output.
-INPUT_SHARE, OUTPUT_SHARE = 1.0, 0.5
+# How the strength applies to steadying the network's input, and to blending the
+# coarse shading and the fine detail of its output (see TemporalBlend).
+INPUT_SHARE, OUTPUT_SHARE, OUTPUT_DETAIL_SHARE = 1.0, 1.0, 0.3
+BASE_SIGMA = 6.0
 MIN_TRACKED_SIDE = 16
 FLOW_LONG_SIDE = 480  # flow resolution: finer costs time and changes little in the weight
 # The previous input frame, warped, may differ from the current one by grain and
@@ -42,7 +47,6 @@ PHOTOMETRIC_TOLERANCE = 12.0
 # Below this mean trust a frame is taken for a new shot (on the real clips,
 # consecutive frames of one shot stay above 0.6, fast phone footage included).
 SCENE_CUT_TRUST = 0.3
-STILL_PREFERENCE = 0.1
 
 
 @dataclass
@@ -117,11 +121,8 @@ def reliable_motion(
     # Photometric check: the previous frame, moved along the flow, must look like this one.
     weight = photometric_match(sample(before), now)
     weight[~(inside & consistent & ~boundary)] = 0
-    # Zero flow wherever it explains the pixel about as well: a still area then carries
-    # the previous output exactly, instead of resampling it by the flow's jitter (a
-    # blur that would add up, frame after frame).
     still = photometric_match(before, now)
-    use_still = still >= weight - STILL_PREFERENCE
+    use_still = still > weight
     backward = backward.copy()
     backward[use_still] = 0
     weight = np.maximum(weight, still)
@@ -156,7 +157,7 @@ class TemporalConsistency:
             raise VidstyleError(f"temporal strength must be within 0..1, not {strength:g}")
         self.motion = MotionTracker()
         self.steady_input = TemporalBlend(torch.device("cpu"), strength * INPUT_SHARE)
-        self.steady_output = TemporalBlend(device, strength * OUTPUT_SHARE)
+        self.steady_output = TemporalBlend(device, strength * OUTPUT_SHARE, strength * OUTPUT_DETAIL_SHARE)
 
     def prepare(self, frames: list[np.ndarray]) -> tuple[np.ndarray, list[Motion | None]]:
         """Decoded (H, W, 3) uint8 frames in order: the (N, H, W, 3) batch for the network, and each one's motion."""
@@ -168,24 +169,49 @@ class TemporalConsistency:
 
 
 class TemporalBlend:
-    """Blends each stylized frame with the previous output, warped along the motion.
+    """Blends each frame with the previous output, warped along the motion, in two
+    bands: the coarse shading (a Gaussian blur of BASE_SIGMA) by `strength` x trust,
+    the fine detail (the rest) by `detail_strength` x trust. Mixing the fine
+    detail of two different frames averages their strokes away; the coarse band
+    carries most of what a viewer sees as flicker (patches pulsing in brightness
+    and colour).
 
     Stateful: feed it the frames of one run of consecutive frames in order;
     a frame without motion (the first, or after a seek) starts afresh."""
 
-    def __init__(self, device: torch.device, strength: float = DEFAULT_STRENGTH):
+    def __init__(self, device: torch.device, strength: float, detail_strength: float | None = None):
         self.device, self.strength = device, strength
+        self.detail_strength = strength if detail_strength is None else detail_strength
         self.previous: torch.Tensor | None = None  # (H, W, 3) float32 on device: the last output
 
-    def __call__(self, stylized: np.ndarray, motions: list[Motion | None]) -> np.ndarray:
+    def __call__(self, frames: np.ndarray, motions: list[Motion | None]) -> np.ndarray:
         """(N, H, W, 3) uint8 frames and each one's motion from the frame before; the blended frames."""
-        frames = torch.from_numpy(stylized).to(self.device).float()
+        blended = torch.from_numpy(frames).to(self.device).float()
         for index, motion in enumerate(motions):
             if motion is not None and self.previous is not None and self.strength > 0:
-                weight = torch.from_numpy(motion.weight).to(self.device)[..., None] * self.strength
-                frames[index].lerp_(warp(self.previous, motion.flow), weight)
-            self.previous = frames[index]
-        return frames.clamp_(0, 255).round_().to(torch.uint8).cpu().numpy()
+                trust = torch.from_numpy(motion.weight).to(self.device)[..., None]
+                change = warp(self.previous, motion.flow) - blended[index]
+                if self.detail_strength == self.strength:
+                    blended[index] += trust * self.strength * change
+                else:
+                    base = blur(change)
+                    blended[index] += trust * (self.strength * base + self.detail_strength * (change - base))
+            self.previous = blended[index]
+        return blended.clamp_(0, 255).round_().to(torch.uint8).cpu().numpy()
+
+
+def blur(image: torch.Tensor) -> torch.Tensor:
+    """A Gaussian blur of BASE_SIGMA pixels of an (H, W, C) float32 image."""
+    if image.device.type == "cpu":
+        return torch.from_numpy(cv2.GaussianBlur(image.numpy(), (0, 0), BASE_SIGMA).reshape(image.shape))
+    radius = int(3 * BASE_SIGMA)
+    taps = torch.exp(-torch.arange(-radius, radius + 1, device=image.device, dtype=torch.float32) ** 2
+                     / (2 * BASE_SIGMA ** 2))
+    taps /= taps.sum()
+    channels = image.permute(2, 0, 1)[:, None]  # (C, 1, H, W): one separable pass per axis
+    channels = F.conv2d(F.pad(channels, (radius, radius, 0, 0), mode="replicate"), taps.view(1, 1, 1, -1))
+    channels = F.conv2d(F.pad(channels, (0, 0, radius, radius), mode="replicate"), taps.view(1, 1, -1, 1))
+    return channels[:, 0].permute(1, 2, 0)
 
 
 def warp(image: torch.Tensor, flow: np.ndarray) -> torch.Tensor:
