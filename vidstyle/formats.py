@@ -302,6 +302,40 @@ def audio_rate(encoder: str, rate: int) -> int:
     return min((r for r in rates if r >= rate), default=max(rates))
 
 
+# Still-image formats (Pillow's names) that hold 16 bits a sample, and FFmpeg's encoders for them.
+DEEP_IMAGE_ENCODERS = {"PNG": "png", "TIFF": "tiff"}
+
+
+def deep_image(path: Path) -> av.VideoFrame | None:
+    """The picture of a PNG or TIFF of more than 8 bits a sample, decoded by FFmpeg; None for any other image."""
+    if path.suffix.lower() not in (".png", ".tif", ".tiff"):
+        return None
+    try:
+        with av.open(str(path)) as container:
+            frame = next(container.decode(video=0))
+    except (av.error.FFmpegError, StopIteration):
+        return None  # (Pillow then says whether it is an image at all)
+    return frame if max(component.bits for component in frame.format.components) > 8 else None
+
+
+def used_alpha(frame: av.VideoFrame) -> np.ndarray | None:
+    """The frame's alpha plane (alpha_plane) if it has one that is not fully opaque."""
+    if not any(component.is_alpha for component in frame.format.components):
+        return None
+    alpha = alpha_plane(frame)
+    return alpha if int(alpha.min()) < 65535 else None
+
+
+def write_image(path: Path, encoder: str, rgb: np.ndarray, alpha: np.ndarray | None, bit_depth: int) -> None:
+    """One still image (PNG, TIFF) encoded by FFmpeg: (H, W, 3) uint8 colour, alpha as video_frame takes it."""
+    height, width = rgb.shape[:2]
+    context = av.CodecContext.create(encoder, "w")
+    context.width, context.height, context.time_base = width, height, Fraction(1, 1)
+    context.pix_fmt = pixel_format(encoder, width, height, bit_depth, alpha is not None)
+    frame = video_frame(rgb, context, None, alpha).reformat(format=context.pix_fmt)
+    path.write_bytes(b"".join(bytes(packet) for packet in [*context.encode(frame), *context.encode(None)]))
+
+
 def copies_subtitles(output_path: Path, subtitles_in) -> bool:
     """Whether the output's container holds this subtitle stream's codec (its packets are then copied)."""
     return subtitles_in.codec_context.name in container_for(output_path).subtitles

@@ -126,7 +126,9 @@ def stylize_file(
         output_encoder(input_path, output_path, encode.codec, sequence_fps)
     elif formats.is_sequence(output_path):
         raise VidstyleError(f"a still image comes out as one image, not a sequence: {output_path}")
-    check_output(output_path, force)
+    renamed = check_output(output_path, force)
+    if not renamed.parent.is_dir() or not os.access(renamed.parent, os.W_OK):
+        raise VidstyleError(f"cannot write to output directory {renamed.parent} (missing or not writable)")
     written = partial_sequence if formats.is_sequence(output_path) else partial_file
     with written(output_path, partial_token) as partial:
         if is_image(input_path):
@@ -149,25 +151,24 @@ def check_input(input_path: Path) -> None:
         raise VidstyleError(f"input not found: {input_path}")
 
 
-def check_output(output_path: Path, force: bool) -> None:
-    """A one-line error, before any work, for an output that exists (without `force`) or cannot be written.
-    An image sequence is written as a folder of its own (see partial_sequence)."""
-    if formats.is_sequence(output_path):
-        folder = output_path.parent
-        if folder.resolve() == Path.cwd().resolve() or not folder.name:
-            raise VidstyleError(f"an image sequence is written into a folder of its own: -o FOLDER/{output_path.name}")
-        others = sorted(f.name for f in folder.iterdir() if formats.frame_number(f.name, output_path) is None) if folder.is_dir() else []
-        if others:
-            raise VidstyleError(f"{folder} holds other files ({', '.join(others[:3])}); an image sequence replaces "
-                                f"its folder whole: name a new or empty one")
-        if folder.is_dir() and any(folder.iterdir()) and not force:
-            raise VidstyleError(f"output exists: {folder} holds frames of {output_path.name} (use --force to replace them)")
-        output_path = folder  # what is renamed into place
-    elif output_path.exists() and not force:
-        raise VidstyleError(f"output exists: {output_path} (use --force to overwrite)")
-    if not output_path.parent.is_dir() or not os.access(output_path.parent, os.W_OK):
-        raise VidstyleError(f"cannot write to output directory {output_path.parent} (missing or not writable)")
-
+def check_output(output_path: Path, force: bool) -> Path:
+    """A one-line error, before any work, for an output that exists (without `force`); the path
+    that is renamed into place: the file, or an image sequence's folder (see partial_sequence)."""
+    if not formats.is_sequence(output_path):
+        if output_path.exists() and not force:
+            raise VidstyleError(f"output exists: {output_path} (use --force to overwrite)")
+        return output_path
+    folder = output_path.parent
+    if folder.resolve() == Path.cwd().resolve() or not folder.name:
+        raise VidstyleError(f"an image sequence is written into a folder of its own: -o FOLDER/{output_path.name}")
+    present = list(folder.iterdir()) if folder.is_dir() else []
+    others = sorted(f.name for f in present if formats.frame_number(f.name, output_path) is None)
+    if others:
+        raise VidstyleError(f"{folder} holds other files ({', '.join(others[:3])}); an image sequence replaces "
+                            f"its folder whole: name a new or empty one")
+    if present and not force:
+        raise VidstyleError(f"output exists: {folder} holds frames of {output_path.name} (use --force to replace them)")
+    return folder
 
 
 def output_encoder(input_path: Path, output_path: Path, codec: str | None,
@@ -216,21 +217,31 @@ def partial_sequence(output_pattern: Path, token: str | None = None) -> Iterator
 
 
 def _stylize_image(input_path: Path, partial: Path, suffix: str, stylizer: Stylizer) -> None:
-    try:
-        with Image.open(input_path) as opened:
-            # Phones store portrait photos sideways plus an EXIF flag: apply it.
-            image = ImageOps.exif_transpose(opened)
-            pixels = np.array(image.convert("RGB"))
-            alpha = _transparency(image)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise VidstyleError(f"not a readable image: {input_path}") from exc
-    out = Image.fromarray(stylizer(pixels[None])[0])
+    # A 16-bit PNG or TIFF is decoded by FFmpeg (Pillow reads 8 bits of it, or none), and
+    # written back 16-bit where the output's format holds it.
+    deep = formats.deep_image(input_path)
+    if deep is not None:
+        pixels, alpha = deep.to_ndarray(format="rgb24"), formats.used_alpha(deep)
+    else:
+        try:
+            with Image.open(input_path) as opened:
+                # Phones store portrait photos sideways plus an EXIF flag: apply it.
+                image = ImageOps.exif_transpose(opened)
+                pixels = np.array(image.convert("RGB"))
+                alpha = _transparency(image)
+        except (UnidentifiedImageError, OSError) as exc:
+            raise VidstyleError(f"not a readable image: {input_path}") from exc
+    stylized = stylizer(pixels[None])[0]
     image_format = Image.registered_extensions().get(suffix.lower())
-    if alpha is not None:
-        if image_format in ALPHA_IMAGE_FORMATS:
-            out.putalpha(alpha)  # the stylized colour, under the input's own transparency
-        else:
-            log.warning(f"{image_format or suffix} holds no transparency: {input_path.name}'s is dropped")
+    if alpha is not None and image_format not in ALPHA_IMAGE_FORMATS:
+        log.warning(f"{image_format or suffix} holds no transparency: {input_path.name}'s is dropped")
+        alpha = None
+    if deep is not None and image_format in formats.DEEP_IMAGE_ENCODERS:
+        formats.write_image(partial, formats.DEEP_IMAGE_ENCODERS[image_format], stylized, alpha, bit_depth=16)
+        return
+    out = Image.fromarray(stylized)
+    if alpha is not None:  # the stylized colour, under the input's own transparency
+        out.putalpha(Image.fromarray(((alpha.astype(np.uint32) + 128) // 257).astype(np.uint8)))
     try:
         out.save(partial, format=image_format, quality=95)
     except (KeyError, ValueError) as exc:
@@ -240,12 +251,12 @@ def _stylize_image(input_path: Path, partial: Path, suffix: str, stylizer: Styli
 ALPHA_IMAGE_FORMATS = {"PNG", "WEBP", "TIFF"}
 
 
-def _transparency(image: Image.Image) -> Image.Image | None:
-    """The image's alpha channel, if it has one that is not fully opaque."""
+def _transparency(image: Image.Image) -> np.ndarray | None:
+    """The image's alpha channel (uint16, as formats.alpha_plane), if it has one that is not fully opaque."""
     if image.mode not in ("RGBA", "LA", "PA") and "transparency" not in image.info:
         return None
     alpha = image.convert("RGBA").getchannel("A")
-    return alpha if alpha.getextrema()[0] < 255 else None
+    return np.asarray(alpha, np.uint16) * 257 if alpha.getextrema()[0] < 255 else None
 
 
 def probe_video(path: Path, sequence_fps: Fraction = formats.DEFAULT_SEQUENCE_FPS) -> VideoInfo:
