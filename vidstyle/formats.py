@@ -69,7 +69,8 @@ X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"
 
 
 # Tags a muxer writes about itself or its file type: the output's muxer writes its own.
-MUXER_TAGS = {"major_brand", "minor_version", "compatible_brands", "encoder", "handler_name", "vendor_id", "duration"}
+MUXER_TAGS = {"major_brand", "minor_version", "compatible_brands", "encoder", "handler_name", "vendor_id", "duration",
+              "alpha_mode"}
 
 
 def kept_metadata(tags: dict[str, str]) -> dict[str, str]:
@@ -220,6 +221,20 @@ def has_alpha(pix_fmt: str) -> bool:
     return any(component.is_alpha for component in av.VideoFormat(pix_fmt).components)
 
 
+def video_decoder(stream) -> av.CodecContext | None:
+    """A decoder for the video stream other than its own where that one would lose something,
+    else None: FFmpeg's VP9 decoder ignores the alpha channel that WebM stores beside VP9, libvpx's reads it."""
+    tags = {key.lower(): value for key, value in stream.metadata.items()}
+    if stream.codec_context.name == "vp9" and tags.get("alpha_mode") == "1":
+        return av.CodecContext.create("libvpx-vp9", "r")
+    return None
+
+
+def decoded(packet: av.Packet, decoder: av.CodecContext | None) -> list[av.VideoFrame]:
+    """The frames a video packet decodes to, by `decoder` (see video_decoder) or else its stream's own."""
+    return decoder.decode(packet) if decoder is not None else packet.decode()
+
+
 def alpha_plane(frame: av.VideoFrame) -> np.ndarray:
     """A decoded frame's alpha channel, (H, W) uint16 whatever its depth (8-bit a becomes a x 257)."""
     return frame.to_ndarray(format="rgba64le")[..., 3]
@@ -338,4 +353,9 @@ def write_image(path: Path, encoder: str, rgb: np.ndarray, alpha: np.ndarray | N
 
 def copies_subtitles(output_path: Path, subtitles_in) -> bool:
     """Whether the output's container holds this subtitle stream's codec (its packets are then copied)."""
-    return subtitles_in.codec_context.name in container_for(output_path).subtitles
+    return subtitle_codec(subtitles_in) in container_for(output_path).subtitles
+
+
+def subtitle_codec(subtitles_in) -> str:
+    """The stream's codec by FFmpeg's codec name (subrip, whose decoder is called srt)."""
+    return subtitles_in.codec_context.codec.canonical_name

@@ -270,8 +270,9 @@ def probe_video(path: Path, sequence_fps: Fraction = formats.DEFAULT_SEQUENCE_FP
         frames = stream.frames
         if not frames and stream.duration and stream.time_base:
             frames = round(float(stream.duration * stream.time_base * rate))
+        decoder = formats.video_decoder(stream)
         try:
-            first = next(container.decode(stream), None)
+            first = next((frame for packet in container.demux(stream) for frame in formats.decoded(packet, decoder)), None)
         except av.error.FFmpegError as exc:
             raise VidstyleError(f"cannot decode {path}: corrupt or truncated ({exc.strerror or exc})") from exc
         if first is None:
@@ -564,7 +565,7 @@ def add_audio_stream(sink, audio_in) -> AudioRoute:
 def add_subtitle_stream(sink, subtitles_in) -> AudioRoute:
     """Subtitle packets are copied where the container holds their codec, else dropped with a warning."""
     if not formats.copies_subtitles(Path(sink.name), subtitles_in):
-        log.warning(f"{formats.container_for(Path(sink.name)).name} cannot hold {subtitles_in.codec_context.name} "
+        log.warning(f"{formats.container_for(Path(sink.name)).name} cannot hold {formats.subtitle_codec(subtitles_in)} "
                     f"subtitles: subtitle stream {subtitles_in.index} dropped")
         return AudioRoute(None, transcode=False)
     stream = sink.add_stream_from_template(subtitles_in)
@@ -660,6 +661,7 @@ def _demuxed(source, video_in, audio_in) -> Iterator[av.Packet | tuple[int, av.V
     # decoder hands frames back with each other's times. Frames come out in
     # presentation order, so the n-th frame takes the n-th slot instead.
     slots: collections.deque[int] | None = collections.deque() if source.format.name == "avi" else None
+    decoder = formats.video_decoder(video_in)
     for packet in source.demux(video_in, *audio_in):
         if packet.stream.type != "video":  # audio and subtitles
             if packet.dts is not None:  # the demuxer's final empty packet has none
@@ -667,7 +669,7 @@ def _demuxed(source, video_in, audio_in) -> Iterator[av.Packet | tuple[int, av.V
             continue
         if slots is not None and packet.size and packet.dts is not None:
             slots.append(packet.dts)
-        for frame in packet.decode():
+        for frame in formats.decoded(packet, decoder):
             if slots is None:
                 pts = frame.pts
             else:
