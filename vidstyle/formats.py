@@ -235,6 +235,15 @@ def decoded(packet: av.Packet, decoder: av.CodecContext | None) -> list[av.Video
     return decoder.decode(packet) if decoder is not None else packet.decode()
 
 
+def rgb_pixels(frame: av.VideoFrame) -> np.ndarray:
+    """A decoded frame as (H, W, 3) uint8 RGB for the network; 16-bit RGB rounded to the
+    nearest 8-bit level (FFmpeg's scaler dithers it, so a frame would not come back the same)."""
+    if frame.format.name.startswith(("rgb48", "rgba64", "bgr48", "bgra64")):
+        deep = frame.to_ndarray(format="rgb48le").astype(np.uint32)
+        return ((deep + 128) // 257).astype(np.uint8)
+    return frame.to_ndarray(format="rgb24")
+
+
 def alpha_plane(frame: av.VideoFrame) -> np.ndarray:
     """A decoded frame's alpha channel, (H, W) uint16 whatever its depth (8-bit a becomes a x 257)."""
     return frame.to_ndarray(format="rgba64le")[..., 3]

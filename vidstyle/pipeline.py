@@ -221,7 +221,7 @@ def _stylize_image(input_path: Path, partial: Path, suffix: str, stylizer: Styli
     # written back 16-bit where the output's format holds it.
     deep = formats.deep_image(input_path)
     if deep is not None:
-        pixels, alpha = deep.to_ndarray(format="rgb24"), formats.used_alpha(deep)
+        pixels, alpha = formats.rgb_pixels(deep), formats.used_alpha(deep)
     else:
         try:
             with Image.open(input_path) as opened:
@@ -631,11 +631,11 @@ def _decoded_batches(
             warmup.append(frame)  # a frame of the previous span, decoded on the way
             continue
         if warmup:
-            frames = [earlier.to_ndarray(format="rgb24") for earlier in warmup]
+            frames = [formats.rgb_pixels(earlier) for earlier in warmup]
             warmup.clear()
             for first in range(0, len(frames), batch_size):
                 yield batch(frames[first:first + batch_size], [], is_warmup=True)
-        pixels.append(frame.to_ndarray(format="rgb24"))
+        pixels.append(formats.rgb_pixels(frame))
         pts.append(frame_pts)
         if keep_alpha:
             alphas.append(formats.alpha_plane(frame))
