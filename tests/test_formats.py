@@ -208,6 +208,12 @@ def _cut(path: Path, keep: float | int, faststart: bool = False) -> Path:
     return path
 
 
+def _with_gap(pattern: Path, *missing: int) -> Path:
+    for number in missing:
+        (pattern.parent / (pattern.name % number)).unlink()
+    return pattern
+
+
 @pytest.mark.parametrize("make_input, args, expected", [
     (lambda tmp: _cut(tmp / "empty.mp4", 0), [], "not a video file, or corrupt"),
     (lambda tmp: _cut(tmp / "header.mkv", 700), [], "no decodable video frames"),
@@ -222,12 +228,25 @@ def _cut(path: Path, keep: float | int, faststart: bool = False) -> Path:
      "WebM (.webm) cannot hold h264 video ('libx264'): it takes libvpx-vp9, libsvtav1"),
     (lambda tmp: make_sample_video(tmp / "in.mp4", width=3, height=5, frames=2), ["-o", "out.mp4", "--codec", "libx265"],
      "libx265 cannot encode frames smaller than 16x16 (this video is 3x5)"),
+    (lambda tmp: make_sequence(tmp / "shot").with_name("take_%04d.png"), ["-o", "out.mp4"],
+     "no files match the image sequence"),
+    (lambda tmp: _with_gap(make_sequence(tmp / "shot", frames=7), 1003, 1004), ["-o", "out.mp4"], "has gaps: frame_1003.png, frame_1004.png missing (between frames 1001 and 1007)"),
+    (lambda tmp: make_sample_video(tmp / "in.mp4", **SIZE), ["-o", "out.mp4", "--fps", "25"],
+     "--fps is the rate of an image-sequence input"),
+    (lambda tmp: make_sequence(tmp / "shot"), ["-o", "out.mp4", "--fps", "fast"], "--fps must be a frame rate"),
+    (lambda tmp: make_sequence(tmp / "shot"), ["-o", "shot/graded_%04d.png"], "holds other files (frame_1001.png"),
+    (lambda tmp: (make_sequence(tmp / "shot"), make_sequence(tmp / "out"))[0], ["-o", "out/frame_%04d.png"],
+     "holds frames of frame_%04d.png (use --force to replace them)"),
+    (lambda tmp: make_sample_video(tmp / "in.mp4", **SIZE), ["-o", "out.png"], "or an image sequence such as"),
 ], ids=["zero-bytes", "header-only", "truncated-mkv", "truncated-flv", "truncated-mp4", "truncated-mp4-faststart", "cover-art-only", "directory", "unknown-suffix",
-        "codec-the-container-cannot-hold", "frames-too-small-for-the-encoder"])
+        "codec-the-container-cannot-hold", "frames-too-small-for-the-encoder", "sequence-matching-no-files",
+        "sequence-with-a-gap", "fps-for-a-video", "fps-not-a-rate", "sequence-into-a-folder-of-other-files",
+        "sequence-output-exists", "video-to-one-image"])
 def test_bad_input_is_one_line_and_leaves_nothing(tmp_path: Path, make_input, args: list[str], expected: str) -> None:
     source = make_input(tmp_path)
     before = set(tmp_path.rglob("*"))
-    result = run_cli("submit", source, "--style", TEST_STYLE, *[tmp_path / a if a.startswith("out.") else a for a in args])
+    result = run_cli("submit", source, "--style", TEST_STYLE,
+                     *[tmp_path / a if a.startswith(("out.", "out/", "shot/")) else a for a in args])
     assert_clean_failure(result, expected)
     assert result.returncode == 1
     assert set(tmp_path.rglob("*")) == before
@@ -582,3 +601,38 @@ def test_a_still_image_s_transparency_is_kept_where_its_format_holds_it(
         assert caplog.text == ""
     else:
         assert out.mode == "RGB" and "JPEG holds no transparency: logo.png's is dropped" in caplog.text
+
+
+@pytest.mark.parametrize("suffix, expected", [(".png", "rgba64be"), (".tif", "rgba64le"), (".webp", None), (".jpg", None)])
+def test_a_sixteen_bit_still_stays_sixteen_bit_where_its_format_holds_it(tmp_path: Path, stylizer: Stylizer,
+                                                                       suffix: str, expected: str | None) -> None:
+    rgba = _see_through_frames(0, depth=16)
+    rgba[:, 32:40, 3] = 1234  # a level that 8 bits cannot hold
+    source = tmp_path / "matte.png"
+    with av.open(str(source), "w", format="image2", options={"update": "1"}) as container:  # PyAV's PNG encoder: 16-bit
+        stream = container.add_stream("png", rate=1)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "rgba64be"
+        container.mux(stream.encode(av.VideoFrame.from_ndarray(rgba, format="rgba64le")))
+        container.mux(stream.encode())
+    result = stylize_file(source, tmp_path / f"out{suffix}", stylizer)
+    out = read_frames([result])[0]
+    colour = out.to_ndarray(format="rgb24").astype(int)
+    assert np.abs(colour[:, 40:] - (rgba[:, 40:, :3] >> 8)).mean() > 20  # stylized
+    if expected is None:  # 8-bit formats: the 8-bit image, its alpha in WebP (8-bit) and not in JPEG
+        assert max(c.bits for c in out.format.components) == 8
+        return
+    assert out.format.name == expected
+    assert np.array_equal(out.to_ndarray(format="rgba64le")[..., 3], rgba[..., 3])  # every bit of the alpha
+    assert np.all(out.to_ndarray(format="rgba64le")[..., :3] % 257 == 0)  # the network's 8-bit colour, widened
+
+
+def test_submit_an_image_sequence_at_its_fps(tmp_path: Path) -> None:
+    pattern = make_sequence(tmp_path / "shot", frames=4)
+    result = run_cli("submit", pattern, "--style", TEST_STYLE, "--fps", "25")
+    assert result.returncode == 0, result.stderr
+    default = tmp_path / "shot.testnet" / "frame_%04d.png"  # a sequence beside the shot, named after the style
+    assert result.stdout.strip() == str(default)
+    assert sorted(p.name for p in default.parent.iterdir()) == [f"frame_{n}.png" for n in range(1001, 1005)]
+    video = run_cli("submit", pattern, "--style", TEST_STYLE, "--fps", "25", "-o", tmp_path / "shot.mp4")
+    assert video.returncode == 0, video.stderr
+    assert decode(tmp_path / "shot.mp4")["times"] == pytest.approx([0, 0.04, 0.08, 0.12], abs=1e-4)
