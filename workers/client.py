@@ -45,6 +45,8 @@ def submit_job(
     chosen = find_style(style)
     output = output or default_output_path(input_path, chosen.name)
     output_name = relative_to_storage(output, root)
+    if formats.is_sequence(output) and "/" not in output_name:  # its folder would be the storage root
+        raise VidstyleError(f"an image sequence is written into a folder of its own: -o FOLDER/{output.name}")
     check_output(root / output_name, force)  # the worker replaces it (force): refused here unless told so
     # Named in the job, so that a split job's segments and their join agree on it.
     codec = (encode.codec or "") if is_image(input_path) else output_encoder(input_path, output, encode.codec, sequence_fps)
