@@ -208,9 +208,15 @@ def partial_sequence(output_pattern: Path, token: str | None = None) -> Iterator
     partial.mkdir()
     try:
         yield partial / output_pattern.name
-        if folder.is_dir() and any(folder.iterdir()):
+        earlier = folder.is_dir() and any(folder.iterdir())
+        if earlier:
             os.replace(folder, replaced)
-        os.replace(partial, folder)  # (over an empty folder, too)
+        try:
+            os.replace(partial, folder)  # (over an empty folder, too)
+        except OSError:
+            if earlier:
+                os.replace(replaced, folder)  # the earlier sequence stays
+            raise
     finally:
         shutil.rmtree(partial, ignore_errors=True)
         shutil.rmtree(replaced, ignore_errors=True)
@@ -507,10 +513,10 @@ DEFAULT_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.
 
 @dataclass
 class AudioRoute:
-    """Where an input audio stream's packets go in the output: copied, re-encoded,
+    """Where an input audio (or subtitle) stream's packets go in the output: copied, re-encoded,
     or nowhere (stream None: the output cannot take it, see add_audio_stream)."""
 
-    stream: av.audio.stream.AudioStream | None
+    stream: av.stream.Stream | None
     transcode: bool
     skipped: int = 0  # packets that would not decode
 
@@ -654,7 +660,7 @@ def _frame_step(video_in) -> int:
 
 
 def _demuxed(source, video_in, audio_in) -> Iterator[av.Packet | tuple[int, av.VideoFrame]]:
-    """Audio packets, and (pts, frame) for each decoded video frame."""
+    """Audio (and subtitle) packets, and (pts, frame) for each decoded video frame."""
     last_pts = None
     step = _frame_step(video_in)
     # AVI stores one time per frame slot, in decoding order: with B-frames the
