@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -161,6 +162,23 @@ def test_a_webm_job_gets_vp9_and_its_frame_count_once_known(fleet: Fleet) -> Non
     job = fleet.wait_for([job_id])[job_id]
     assert (job.state, job.codec, job.frames_done, job.frames_total) == (SUCCEEDED, "libvpx-vp9", 12, 12)
     assert decode(fleet.storage / f"clip.{TEST_STYLE}.webm")["audio_codecs"] == ["opus"]
+
+
+def test_an_image_sequence_job_plays_at_its_fps(fleet: Fleet) -> None:
+    # The rate travels in the job record; the frames come back as a sequence of their own, numbered as the shot.
+    fleet.start_worker("w1")
+    (fleet.storage / "shot").mkdir()
+    for number in range(1001, 1005):
+        Image.fromarray(np.full((48, 64, 3), number % 256, np.uint8)).save(fleet.storage / f"shot/frame_{number}.png")
+    pattern = fleet.storage / "shot" / "frame_%04d.png"
+    to_video = fleet.submit(pattern, output=fleet.storage / "shot.mp4", sequence_fps=Fraction(25))
+    to_frames = fleet.submit(pattern)
+    jobs = fleet.wait_for([to_video, to_frames])
+    assert [(jobs[j].state, jobs[j].sequence_fps, jobs[j].frames_total) for j in (to_video, to_frames)] == \
+        [(SUCCEEDED, "25", 4), (SUCCEEDED, "24", 4)]
+    assert decode(fleet.storage / "shot.mp4")["times"] == pytest.approx([0, 0.04, 0.08, 0.12], abs=1e-4)
+    assert sorted(p.name for p in (fleet.storage / f"shot.{TEST_STYLE}").iterdir()) == \
+        [f"frame_{n}.png" for n in range(1001, 1005)]
 
 
 def test_submit_wait_follows_a_photo_to_its_end(fleet: Fleet) -> None:

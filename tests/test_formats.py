@@ -17,8 +17,9 @@ from test_cli import assert_clean_failure
 from test_pipeline import IdentityStylizer
 from vidstyle import cli
 from vidstyle.errors import VidstyleError
-from vidstyle.formats import segment_suffix
+from vidstyle.formats import parse_fps, segment_suffix, write_image
 from vidstyle.inference import Stylizer, resolve_device
+from vidstyle.jobs import Job
 from vidstyle.pipeline import EncodeOptions, stylize_file
 from vidstyle.sample import make_sample_video, sample_frame
 from vidstyle.segments import join_segments, plan_spans
@@ -207,6 +208,12 @@ def _cut(path: Path, keep: float | int, faststart: bool = False) -> Path:
     return path
 
 
+def _with_gap(pattern: Path, *missing: int) -> Path:
+    for number in missing:
+        (pattern.parent / (pattern.name % number)).unlink()
+    return pattern
+
+
 @pytest.mark.parametrize("make_input, args, expected", [
     (lambda tmp: _cut(tmp / "empty.mp4", 0), [], "not a video file, or corrupt"),
     (lambda tmp: _cut(tmp / "header.mkv", 700), [], "no decodable video frames"),
@@ -221,12 +228,25 @@ def _cut(path: Path, keep: float | int, faststart: bool = False) -> Path:
      "WebM (.webm) cannot hold h264 video ('libx264'): it takes libvpx-vp9, libsvtav1"),
     (lambda tmp: make_sample_video(tmp / "in.mp4", width=3, height=5, frames=2), ["-o", "out.mp4", "--codec", "libx265"],
      "libx265 cannot encode frames smaller than 16x16 (this video is 3x5)"),
+    (lambda tmp: make_sequence(tmp / "shot").with_name("take_%04d.png"), ["-o", "out.mp4"],
+     "no files match the image sequence"),
+    (lambda tmp: _with_gap(make_sequence(tmp / "shot", frames=7), 1003, 1004), ["-o", "out.mp4"], "has gaps: frame_1003.png, frame_1004.png missing (between frames 1001 and 1007)"),
+    (lambda tmp: make_sample_video(tmp / "in.mp4", **SIZE), ["-o", "out.mp4", "--fps", "25"],
+     "--fps is the rate of an image-sequence input"),
+    (lambda tmp: make_sequence(tmp / "shot"), ["-o", "out.mp4", "--fps", "fast"], "--fps must be a frame rate"),
+    (lambda tmp: make_sequence(tmp / "shot"), ["-o", "shot/graded_%04d.png"], "holds other files (frame_1001.png"),
+    (lambda tmp: (make_sequence(tmp / "shot"), make_sequence(tmp / "out"))[0], ["-o", "out/frame_%04d.png"],
+     "holds frames of frame_%04d.png (use --force to replace them)"),
+    (lambda tmp: make_sample_video(tmp / "in.mp4", **SIZE), ["-o", "out.png"], "or an image sequence such as"),
 ], ids=["zero-bytes", "header-only", "truncated-mkv", "truncated-flv", "truncated-mp4", "truncated-mp4-faststart", "cover-art-only", "directory", "unknown-suffix",
-        "codec-the-container-cannot-hold", "frames-too-small-for-the-encoder"])
+        "codec-the-container-cannot-hold", "frames-too-small-for-the-encoder", "sequence-matching-no-files",
+        "sequence-with-a-gap", "fps-for-a-video", "fps-not-a-rate", "sequence-into-a-folder-of-other-files",
+        "sequence-output-exists", "video-to-one-image"])
 def test_bad_input_is_one_line_and_leaves_nothing(tmp_path: Path, make_input, args: list[str], expected: str) -> None:
     source = make_input(tmp_path)
     before = set(tmp_path.rglob("*"))
-    result = run_cli("submit", source, "--style", TEST_STYLE, *[tmp_path / a if a.startswith("out.") else a for a in args])
+    result = run_cli("submit", source, "--style", TEST_STYLE,
+                     *[tmp_path / a if a.startswith(("out.", "out/", "shot/")) else a for a in args])
     assert_clean_failure(result, expected)
     assert result.returncode == 1
     assert set(tmp_path.rglob("*")) == before
@@ -365,25 +385,202 @@ def test_video_starting_late_or_before_zero_keeps_its_times(tmp_path: Path, styl
     assert decode(result)["times"][0] == pytest.approx(decode(source)["times"][0], abs=1e-3)  # 0.5 s late stays late
 
 
-def test_transparency_is_dropped_with_a_warning(tmp_path: Path, stylizer: Stylizer, caplog: pytest.LogCaptureFixture) -> None:
-    source = tmp_path / "logo.mov"  # ProRes 4444 with alpha, the way motion graphics arrive
-    with av.open(str(source), "w") as container:
-        stream = container.add_stream("prores_ks", rate=24)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuva444p10le"
-        for index in range(4):
-            rgba = np.dstack([sample_frame(index, 64, 48), np.full((48, 64), 255, np.uint8)])
-            rgba[:, :32, 3] = 0  # the left half see-through
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgba, format="rgba")))
+def _see_through_frames(index: int, depth: int = 8) -> np.ndarray:
+    """(48, 64, 4) RGBA: the sample picture, its left 20 columns see-through, the next 12 half transparent."""
+    scale, dtype = (257, np.uint16) if depth > 8 else (1, np.uint8)
+    rgba = np.dstack([sample_frame(index, 64, 48), np.full((48, 64), 255, np.uint8)]).astype(dtype) * scale
+    rgba[:, :20, 3], rgba[:, 20:32, 3] = 0, 128 * scale
+    return rgba
+
+
+def _alpha_clip(path: Path, codec: str, pix_fmt: str, frames: int = 4) -> Path:
+    """A clip with an alpha channel, the way motion graphics arrive (ProRes 4444, VP9 in WebM)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=24)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, pix_fmt
+        for index in range(frames):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(_see_through_frames(index), format="rgba")))
         container.mux(stream.encode())
+    return path
+
+
+def make_sequence(folder: Path, suffix: str = ".png", frames: int = 5, pix_fmt: str = "rgb24", first: int = 1001) -> Path:
+    """A shot as a VFX studio hands it over: folder/frame_1001.png... (FFmpeg's image2 muxer)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pattern = folder / f"frame_%04d{suffix}"
+    encoder = {".png": "png", ".tif": "tiff", ".jpg": "mjpeg"}[suffix]
+    with av.open(str(pattern), "w", format="image2", options={"start_number": str(first)}) as container:
+        stream = container.add_stream(encoder, rate=24)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, pix_fmt
+        for index in range(frames):
+            deep = "48" in pix_fmt or "64" in pix_fmt
+            rgba = _see_through_frames(index, 16 if deep else 8)
+            source = av.VideoFrame.from_ndarray(rgba, format="rgba64le" if deep else "rgba")
+            container.mux(stream.encode(source.reformat(format=pix_fmt)))
+        container.mux(stream.encode())
+    return pattern
+
+
+def read_frames(paths: list[Path], decoder: str | None = None) -> list[av.VideoFrame]:
+    """Every frame of these files, in order (a sequence's files, or one video); `decoder` instead of the stream's own."""
+    frames = []
+    for path in paths:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            context = av.CodecContext.create(decoder, "r") if decoder else None
+            frames += [f for p in container.demux(stream) for f in (context.decode(p) if context else p.decode())]
+    return frames
+
+
+@pytest.mark.parametrize("make_input, output, codec, decoder, kept", [
+    (lambda tmp: _alpha_clip(tmp / "logo.mov", "prores_ks", "yuva444p10le"), "out.mov", "prores_ks", None, "yuva444p12le"),
+    (lambda tmp: _alpha_clip(tmp / "logo.mov", "prores_ks", "yuva444p10le"), "out.webm", None, "libvpx-vp9", "yuva420p"),
+    (lambda tmp: _alpha_clip(tmp / "logo.webm", "libvpx-vp9", "yuva420p"), "out.mov", "prores_ks", None, "yuva444p12le"),
+    (lambda tmp: make_sequence(tmp / "shot", pix_fmt="rgba"), "out/frame_%04d.png", None, None, "rgba"),
+    (lambda tmp: _alpha_clip(tmp / "logo.webm", "libvpx-vp9", "yuva420p"), "out/frame_%04d.tif", None, None, "rgba"),
+    (lambda tmp: _alpha_clip(tmp / "logo.mov", "prores_ks", "yuva444p10le"), "out.mp4", None, None, None),
+    (lambda tmp: make_sequence(tmp / "shot", pix_fmt="rgba"), "out/frame_%04d.jpg", None, None, None),
+], ids=["prores4444-to-prores", "prores4444-to-vp9", "vp9-alpha-to-prores", "png-sequence", "vp9-alpha-to-tiff-sequence",
+        "to-h264-dropped", "to-jpeg-sequence-dropped"])
+def test_alpha_is_carried_through_or_dropped_with_a_warning(
+        tmp_path: Path, stylizer: Stylizer, caplog: pytest.LogCaptureFixture, make_input, output: str, codec: str | None,
+        decoder: str | None, kept: str | None) -> None:
+    source = make_input(tmp_path)
     with caplog.at_level(logging.WARNING, logger="vidstyle"):
-        result = stylize_file(source, tmp_path / "out.mov", stylizer)
-    assert "its transparency (alpha channel) is dropped" in caplog.text
-    assert (decode(result)["frames"], video_format(result)) == (4, ("h264", "yuv420p"))
-    caplog.clear()
+        result = stylize_file(source, tmp_path / output, stylizer, encode=EncodeOptions(codec=codec))
+    paths = sorted(result.parent.iterdir()) if "%" in output else [result]
+    frames = read_frames(paths, decoder)
+    assert len(frames) == (5 if "shot" in str(source) else 4)
+    expected = _see_through_frames(0)
+    colour = frames[0].to_ndarray(format="rgb24").astype(int)
+    assert np.abs(colour[:, 32:] - expected[:, 32:, :3]).mean() > 20  # stylized where it is seen
+    if kept is None:
+        assert "its transparency (alpha channel) is dropped" in caplog.text
+        assert not any(c.is_alpha for c in frames[0].format.components)
+        return
+    assert frames[0].format.name == kept and caplog.text == ""
+    for frame in frames:  # unchanged, to within one level (the 10-bit and 4:2:0 round trips)
+        assert np.abs(frame.to_ndarray(format="rgba")[..., 3].astype(int) - expected[..., 3]).max() <= 1
+
+
+def test_an_opaque_alpha_channel_is_no_transparency(tmp_path: Path, stylizer: Stylizer, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="vidstyle"):
         stylize_file(make_sample_video(tmp_path / "in.gif", **SIZE, codec="gif", pix_fmt="rgb8", audio=False),
                      tmp_path / "out.gif", stylizer)  # GIF decodes with an alpha channel, but an opaque one: no warning
     assert caplog.text == ""
+
+
+@pytest.mark.parametrize("suffix, pix_fmt, out_suffix, expected", [
+    (".png", "rgb24", ".png", "rgb24"),
+    (".tif", "rgb24", ".tif", "rgb24"),
+    (".jpg", "yuvj420p", ".jpg", "yuvj420p"),
+    (".png", "rgb48be", ".png", "rgb48be"),  # 16-bit stays 16-bit
+    (".tif", "rgb48le", ".png", "rgb48be"),
+    (".png", "rgb48be", ".tif", "rgb48le"),
+    (".png", "rgb48be", ".jpg", "yuvj420p"),  # JPEG holds 8 bits
+], ids=["png", "tiff", "jpeg", "png16", "tiff16-to-png16", "png16-to-tiff16", "png16-to-jpeg"])
+def test_an_image_sequence_in_comes_out_frame_for_frame(tmp_path: Path, suffix: str, pix_fmt: str, out_suffix: str,
+                                                         expected: str) -> None:
+    # Without the network and its temporal blend (they would hide a frame out of place or a lost bit): exact where lossless.
+    pattern = make_sequence(tmp_path / "shot", suffix, pix_fmt=pix_fmt)
+    result = stylize_file(pattern, tmp_path / "graded" / f"frame_%04d{out_suffix}", IdentityStylizer(), temporal_strength=0)
+    names = sorted(p.name for p in result.parent.iterdir())
+    assert names == [f"frame_{n}{out_suffix}" for n in range(1001, 1006)]  # the shot's own frame numbers
+    before, after = read_frames(sorted(pattern.parent.iterdir())), read_frames([result.parent / n for n in names])
+    assert [(f.width, f.height, f.format.name) for f in after] == [(64, 48, expected)] * 5
+    deep = "48" in expected
+    for source, frame in zip(before, after):
+        wanted = source.to_ndarray(format="rgb48le" if deep else "rgb24").astype(int)
+        got = frame.to_ndarray(format="rgb48le" if deep else "rgb24").astype(int)
+        if ".jpg" in (suffix, out_suffix):
+            assert np.abs(got - wanted).mean() < 5  # JPEG's losses (4:2:0 chroma)
+        else:
+            assert np.array_equal(got, wanted)  # 16-bit: the 8-bit network's colour widened, here exactly the input
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["graded", "shot"]  # no hidden partial folder left
+
+
+@pytest.mark.parametrize("fps, step", [(None, Fraction(1, 24)), ("25", Fraction(1, 25)), ("23.976", Fraction(1001, 24000))])
+def test_a_sequence_plays_at_its_fps_and_a_video_becomes_a_sequence(tmp_path: Path, stylizer: Stylizer, fps: str | None,
+                                                                    step: Fraction) -> None:
+    pattern = make_sequence(tmp_path / "shot", frames=6)
+    video = stylize_file(pattern, tmp_path / "shot.mov", stylizer, sequence_fps=parse_fps(fps))
+    assert decode(video)["times"] == pytest.approx([float(i * step) for i in range(6)], abs=1e-4)
+    frames = stylize_file(video, tmp_path / "back" / "f_%03d.png", stylizer)  # a video's frames from 1
+    assert sorted(p.name for p in frames.parent.iterdir()) == [f"f_{n:03d}.png" for n in range(1, 7)]
+
+
+def test_a_sequence_job_carries_its_fps(tmp_path: Path, stylizer: Stylizer) -> None:
+    # The fleet's record of it: what the worker passes to stylize_file.
+    job = Job(id="j", input="shot/frame_%04d.png", output="out.mp4", style=TEST_STYLE, queue="q", codec="libx264", crf=18,
+              preset="medium", sequence_fps=str(parse_fps("23.976")))
+    assert parse_fps(Job.from_record(job.to_record()).sequence_fps) == Fraction(24000, 1001)
+    assert parse_fps(Job.from_record({**job.to_record(), "sequence_fps": ""}).sequence_fps) == 24
+
+
+def test_a_sequence_output_is_replaced_whole_or_not_at_all(tmp_path: Path, stylizer: Stylizer) -> None:
+    pattern = make_sequence(tmp_path / "shot", frames=5)
+    output = tmp_path / "out" / "frame_%04d.png"
+    stylize_file(make_sequence(tmp_path / "longer", frames=7), output, stylizer)
+
+    def cancel(done: int, total: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # a run stopped half way leaves the earlier sequence as it was
+        stylize_file(pattern, output, stylizer, force=True, batch_size=2, on_progress=cancel)
+    assert len(list(output.parent.iterdir())) == 7
+    stylize_file(pattern, output, stylizer, force=True)  # the new one, and none of the old frames beside it
+    assert len(list(output.parent.iterdir())) == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["longer", "out", "shot"]
+
+
+def _subtitled(path: Path, codec: str, texts: list[bytes]) -> Path:
+    """The sample clip plus an English subtitle stream of `codec`, one cue every 0.2 s."""
+    plain = make_sample_video(path.with_name("plain.mp4"), **SIZE)
+    with av.open(str(plain)) as source, av.open(str(path), "w") as out:
+        streams = {s.index: out.add_stream_from_template(s) for s in source.streams}
+        subtitles = out.add_stream(codec)
+        subtitles.codec_context.time_base = Fraction(1, 1000)
+        subtitles.codec_context.subtitle_header = b"[Script Info]\nScriptType: v4.00+\n"  # the encoders want one
+        subtitles.metadata["language"] = "eng"
+        for packet in source.demux():
+            if packet.size:
+                packet.stream = streams[packet.stream.index]
+                out.mux(packet)
+        for index, text in enumerate(texts):
+            cue = av.Packet(text)
+            cue.stream, cue.time_base, cue.pts, cue.dts, cue.duration = subtitles, Fraction(1, 1000), index * 200, index * 200, 150
+            out.mux(cue)
+    plain.unlink()
+    return path
+
+
+def subtitle_cues(path: Path) -> list[tuple[str, str, list[tuple[bytes, float]]]]:
+    with av.open(str(path)) as container:
+        return [(s.codec_context.codec.canonical_name, s.metadata.get("language"),
+                 [(bytes(p), round(float(p.pts * p.time_base), 3)) for p in container.demux(s) if p.size > 2])
+                for s in container.streams.subtitles]  # (an empty mov_text cue, 2 bytes, only clears the screen)
+
+
+@pytest.mark.parametrize("codec, texts, suffix, copied", [
+    ("subrip", [b"Hello", b"World"], ".mkv", True),
+    ("mov_text", [b"\x00\x05Hello", b"\x00\x05World"], ".mov", True),
+    ("mov_text", [b"\x00\x05Hello", b"\x00\x05World"], ".mp4", True),
+    ("subrip", [b"Hello", b"World"], ".mp4", False),  # MP4 holds only mov_text
+    ("mov_text", [b"\x00\x05Hello", b"\x00\x05World"], ".webm", False),
+], ids=["srt-in-mkv", "mov_text-mp4-to-mov", "mov_text-in-mp4", "srt-to-mp4-dropped", "mov_text-to-webm-dropped"])
+def test_subtitles_are_copied_where_the_container_holds_them(tmp_path: Path, stylizer: Stylizer,
+                                                             caplog: pytest.LogCaptureFixture, codec: str,
+                                                             texts: list[bytes], suffix: str, copied: bool) -> None:
+    source = _subtitled(tmp_path / ("in.mkv" if codec == "subrip" else "in.mp4"), codec, texts)
+    with caplog.at_level(logging.WARNING, logger="vidstyle"):
+        result = stylize_file(source, tmp_path / f"out{suffix}", stylizer)
+    assert_same_video(source, result)
+    if copied:
+        assert subtitle_cues(result) == subtitle_cues(source) and caplog.text == ""
+        assert [text for text, _ in subtitle_cues(result)[0][2]] == texts
+    else:
+        assert subtitle_cues(result) == []
+        assert f"cannot hold {codec} subtitles: subtitle stream 2 dropped" in caplog.text
 
 
 @pytest.mark.parametrize("suffix, keeps_alpha", [(".png", True), (".webp", True), (".tif", True), (".jpg", False)])
@@ -404,3 +601,38 @@ def test_a_still_image_s_transparency_is_kept_where_its_format_holds_it(
         assert caplog.text == ""
     else:
         assert out.mode == "RGB" and "JPEG holds no transparency: logo.png's is dropped" in caplog.text
+
+
+@pytest.mark.parametrize("suffix, expected", [(".png", "rgba64be"), (".tif", "rgba64le"), (".webp", None), (".jpg", None)])
+def test_a_sixteen_bit_still_stays_sixteen_bit_where_its_format_holds_it(tmp_path: Path, stylizer: Stylizer,
+                                                                       suffix: str, expected: str | None) -> None:
+    rgba = _see_through_frames(0, depth=16)
+    rgba[:, 32:40, 3] = 1234  # a level that 8 bits cannot hold
+    source = tmp_path / "matte.png"
+    with av.open(str(source), "w", format="image2", options={"update": "1"}) as container:  # PyAV's PNG encoder: 16-bit
+        stream = container.add_stream("png", rate=1)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "rgba64be"
+        container.mux(stream.encode(av.VideoFrame.from_ndarray(rgba, format="rgba64le")))
+        container.mux(stream.encode())
+    result = stylize_file(source, tmp_path / f"out{suffix}", stylizer)
+    out = read_frames([result])[0]
+    colour = out.to_ndarray(format="rgb24").astype(int)
+    assert np.abs(colour[:, 40:] - (rgba[:, 40:, :3] >> 8)).mean() > 20  # stylized
+    if expected is None:  # 8-bit formats: the 8-bit image, its alpha in WebP (8-bit) and not in JPEG
+        assert max(c.bits for c in out.format.components) == 8
+        return
+    assert out.format.name == expected
+    assert np.array_equal(out.to_ndarray(format="rgba64le")[..., 3], rgba[..., 3])  # every bit of the alpha
+    assert np.all(out.to_ndarray(format="rgba64le")[..., :3] % 257 == 0)  # the network's 8-bit colour, widened
+
+
+def test_submit_an_image_sequence_at_its_fps(tmp_path: Path) -> None:
+    pattern = make_sequence(tmp_path / "shot", frames=4)
+    result = run_cli("submit", pattern, "--style", TEST_STYLE, "--fps", "25")
+    assert result.returncode == 0, result.stderr
+    default = tmp_path / "shot.testnet" / "frame_%04d.png"  # a sequence beside the shot, named after the style
+    assert result.stdout.strip() == str(default)
+    assert sorted(p.name for p in default.parent.iterdir()) == [f"frame_{n}.png" for n in range(1001, 1005)]
+    video = run_cli("submit", pattern, "--style", TEST_STYLE, "--fps", "25", "-o", tmp_path / "shot.mp4")
+    assert video.returncode == 0, video.stderr
+    assert decode(tmp_path / "shot.mp4")["times"] == pytest.approx([0, 0.04, 0.08, 0.12], abs=1e-4)

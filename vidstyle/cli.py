@@ -68,6 +68,8 @@ def cli() -> None:
               help="Videos: carry each output frame into the next along the optical flow, so strokes do not flicker.")
 @click.option("--temporal-strength", type=click.FloatRange(0, 1),
               help="How much of each frame comes from the previous one where the motion is reliable, 0..1 [default: 0.9].")
+@click.option("--fps", help="The frame rate of an image-sequence input (shot/frame_%04d.png): 24, 25, 23.976, "
+                             "24000/1001... [default: 24].")
 @click.option("--force", "-f", is_flag=True, help="Overwrite an existing output.")
 @click.option("--queue", help=f"With a broker: the queue to put the job on [default: {DEFAULT_QUEUE}].")
 @click.option("--segment-seconds",
@@ -77,14 +79,18 @@ def cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="With a broker: print the job record as JSON.")
 def submit(input_path: Path, style: str, output: Path | None, batch_size: int | None, device: str | None,
            codec: str | None, crf: int, preset: str, compile_network: bool | None, precision: str | None, temporal: bool,
-           temporal_strength: float | None, force: bool, queue: str | None, segment_seconds: str | None, wait: bool,
-           as_json: bool) -> None:
+           temporal_strength: float | None, fps: str | None, force: bool, queue: str | None, segment_seconds: str | None,
+           wait: bool, as_json: bool) -> None:
     """Stylize a video (or a still image) with a trained style.
 
     With a broker configured (VIDSTYLE_BROKER_URL) the job goes to the worker
     fleet instead: its id is printed at once (see `vidstyle watch`)."""
+    from vidstyle import formats
     from vidstyle.temporal import DEFAULT_STRENGTH
 
+    if fps and not formats.is_sequence(input_path):
+        raise VidstyleError("--fps is the rate of an image-sequence input (shot/frame_%04d.png); a video keeps its own")
+    sequence_fps = formats.parse_fps(fps)
     strength = (DEFAULT_STRENGTH if temporal_strength is None else temporal_strength) if temporal else 0.0
     if setting("VIDSTYLE_BROKER_URL"):
         if device or compile_network is not None or precision:
@@ -94,7 +100,7 @@ def submit(input_path: Path, style: str, output: Path | None, batch_size: int | 
 
         submit_to_fleet(input_path, style, output=output, batch_size=batch_size, codec=codec, crf=crf, preset=preset,
                         force=force, queue=queue or DEFAULT_QUEUE, segment_seconds=segment_seconds or AUTO,
-                        temporal_strength=strength, wait=wait, as_json=as_json)
+                        temporal_strength=strength, sequence_fps=sequence_fps, wait=wait, as_json=as_json)
         return
     if queue or as_json or segment_seconds:
         raise VidstyleError("--queue, --segment-seconds and --json need a broker (VIDSTYLE_BROKER_URL); "
@@ -116,7 +122,8 @@ def submit(input_path: Path, style: str, output: Path | None, batch_size: int | 
     with bar:
         result = stylize_file(input_path, output, stylizer, batch_size=batch_size,
                               encode=EncodeOptions(codec=codec, crf=crf, preset=preset),
-                              force=force, on_progress=on_progress, temporal_strength=strength)
+                              force=force, on_progress=on_progress, temporal_strength=strength,
+                              sequence_fps=sequence_fps)
     click.echo(str(result))
 
 

@@ -18,6 +18,7 @@ import logging
 import os
 import queue
 import secrets
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -68,6 +69,7 @@ class VideoInfo:
     colour: dict[str, int]
     bit_depth: int = 8  # of the input's samples: 10-bit input stays 10-bit where the encoder allows
     transparent: bool = False  # its first frame has see-through pixels (an alpha channel that is used)
+    first_number: int = 1  # an image sequence's first frame number, which an output sequence keeps
 
 
 @dataclass(frozen=True)
@@ -82,12 +84,16 @@ class Span:
 
 
 def default_output_path(input_path: Path, style_name: str) -> Path:
-    """movie.mp4 + udnie -> movie.udnie.mp4, beside the input."""
+    """movie.mp4 + udnie -> movie.udnie.mp4, beside the input; shot/f_%04d.png -> shot.udnie/f_%04d.png."""
+    if formats.is_sequence(input_path):
+        folder = input_path.parent.resolve()
+        return folder.with_name(f"{folder.name}.{style_name}") / input_path.name
     return input_path.with_name(f"{input_path.stem}.{style_name}{input_path.suffix}")
 
 
 def is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES
+    """A still image (an image sequence, shot/frame_%04d.png, is a video)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and not formats.is_sequence(path)
 
 
 def stylize_file(
@@ -103,6 +109,7 @@ def stylize_file(
     span: Span | None = None,
     temporal_strength: float = DEFAULT_STRENGTH,
     before_commit: Callable[[], None] | None = None,
+    sequence_fps: Fraction = formats.DEFAULT_SEQUENCE_FPS,
 ) -> Path:
     """Stylize a video or image at `input_path` into `output_path` and return it.
 
@@ -114,36 +121,68 @@ def stylize_file(
     `temporal_strength` (0..1; 0 turns it off) is how much of each video frame
     comes from the previous output carried along the motion (vidstyle.temporal).
     `before_commit` is called just before the rename; raising from it (a worker
-    whose job was handed to another, say) discards the output instead."""
+    whose job was handed to another, say) discards the output instead.
+    An image sequence (`shot/frame_%04d.png`, in or out) plays at `sequence_fps`."""
     input_path, output_path = Path(input_path), Path(output_path)
-    if input_path.is_dir():
-        raise VidstyleError(f"input is a directory, not a video or image: {input_path}")
-    if not input_path.is_file():
-        raise VidstyleError(f"input not found: {input_path}")
+    check_input(input_path)
     if not is_image(input_path):
-        output_encoder(input_path, output_path, encode.codec)
-    if output_path.exists() and not force:
-        raise VidstyleError(f"output exists: {output_path} (use --force to overwrite)")
-    if not output_path.parent.is_dir() or not os.access(output_path.parent, os.W_OK):
-        raise VidstyleError(f"cannot write to output directory {output_path.parent} (missing or not writable)")
-    with partial_file(output_path, partial_token, before_commit) as partial:
+        output_encoder(input_path, output_path, encode.codec, sequence_fps)
+    elif formats.is_sequence(output_path):
+        raise VidstyleError(f"a still image comes out as one image, not a sequence: {output_path}")
+    renamed = check_output(output_path, force)
+    if not renamed.parent.is_dir() or not os.access(renamed.parent, os.W_OK):
+        raise VidstyleError(f"cannot write to output directory {renamed.parent} (missing or not writable)")
+    written = partial_sequence if formats.is_sequence(output_path) else partial_file
+    with written(output_path, partial_token, before_commit) as partial:
         if is_image(input_path):
             _stylize_image(input_path, partial, output_path.suffix, stylizer)
             if on_progress:
                 on_progress(1, 1)
         else:
-            _stylize_video(input_path, partial, stylizer, batch_size, encode, on_progress, span, temporal_strength)
+            _stylize_video(input_path, partial, stylizer, batch_size, encode, on_progress, span, temporal_strength,
+                           sequence_fps)
     return output_path
 
 
-def output_encoder(input_path: Path, output_path: Path, codec: str | None) -> str:
+def check_input(input_path: Path) -> None:
+    """A one-line error for an input that is not there (for a sequence: no file matches it, or some are missing)."""
+    if formats.is_sequence(input_path):
+        formats.sequence_numbers(input_path)
+    elif input_path.is_dir():
+        raise VidstyleError(f"input is a directory, not a video or image: {input_path}")
+    elif not input_path.is_file():
+        raise VidstyleError(f"input not found: {input_path}")
+
+
+def check_output(output_path: Path, force: bool) -> Path:
+    """A one-line error, before any work, for an output that exists (without `force`); the path
+    that is renamed into place: the file, or an image sequence's folder (see partial_sequence)."""
+    if not formats.is_sequence(output_path):
+        if output_path.exists() and not force:
+            raise VidstyleError(f"output exists: {output_path} (use --force to overwrite)")
+        return output_path
+    folder = output_path.parent
+    if folder.resolve() == Path.cwd().resolve() or not folder.name:
+        raise VidstyleError(f"an image sequence is written into a folder of its own: -o FOLDER/{output_path.name}")
+    present = list(folder.iterdir()) if folder.is_dir() else []
+    others = sorted(f.name for f in present if formats.frame_number(f.name, output_path) is None)
+    if others:
+        raise VidstyleError(f"{folder} holds other files ({', '.join(others[:3])}); an image sequence replaces "
+                            f"its folder whole: name a new or empty one")
+    if present and not force:
+        raise VidstyleError(f"output exists: {folder} holds frames of {output_path.name} (use --force to replace them)")
+    return folder
+
+
+def output_encoder(input_path: Path, output_path: Path, codec: str | None,
+                   sequence_fps: Fraction = formats.DEFAULT_SEQUENCE_FPS) -> str:
     """The video encoder for output_path (vidstyle.formats), checked before any work:
     an unknown suffix or a codec its container cannot hold fails here, though a
     bad input (a song, a broken file) is told as such first."""
     try:
         return formats.video_encoder(output_path, codec)
     except VidstyleError:
-        probe_video(input_path)
+        probe_video(input_path, sequence_fps)
         raise
 
 
@@ -166,22 +205,63 @@ def partial_file(output_path: Path, token: str | None = None,
         partial.unlink(missing_ok=True)
 
 
-def _stylize_image(input_path: Path, partial: Path, suffix: str, stylizer: Stylizer) -> None:
+@contextmanager
+def partial_sequence(output_pattern: Path, token: str | None = None,
+                     before_commit: Callable[[], None] | None = None) -> Iterator[Path]:
+    """partial_file for an image sequence: its frames go into a hidden folder beside
+    the output's folder, which is renamed into place when all are written (after
+    `before_commit`, if given; an earlier sequence there, with --force, is moved aside
+    first and removed after); removed if the run fails, so the folder holds all the
+    frames or none of this run's."""
+    folder = output_pattern.parent
+    token = token or secrets.token_hex(4)
+    partial, replaced = (folder.with_name(f".{folder.name}.{what}-{token}") for what in ("partial", "replaced"))
+    shutil.rmtree(partial, ignore_errors=True)  # a dead attempt's (a redelivered job's)
+    partial.mkdir()
     try:
-        with Image.open(input_path) as opened:
-            # Phones store portrait photos sideways plus an EXIF flag: apply it.
-            image = ImageOps.exif_transpose(opened)
-            pixels = np.array(image.convert("RGB"))
-            alpha = _transparency(image)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise VidstyleError(f"not a readable image: {input_path}") from exc
-    out = Image.fromarray(stylizer(pixels[None])[0])
+        yield partial / output_pattern.name
+        if before_commit:
+            before_commit()
+        earlier = folder.is_dir() and any(folder.iterdir())
+        if earlier:
+            os.replace(folder, replaced)
+        try:
+            os.replace(partial, folder)  # (over an empty folder, too)
+        except OSError:
+            if earlier:
+                os.replace(replaced, folder)  # the earlier sequence stays
+            raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(replaced, ignore_errors=True)
+
+
+def _stylize_image(input_path: Path, partial: Path, suffix: str, stylizer: Stylizer) -> None:
+    # A 16-bit PNG or TIFF is decoded by FFmpeg (Pillow reads 8 bits of it, or none), and
+    # written back 16-bit where the output's format holds it.
+    deep = formats.deep_image(input_path)
+    if deep is not None:
+        pixels, alpha = formats.rgb_pixels(deep), formats.used_alpha(deep)
+    else:
+        try:
+            with Image.open(input_path) as opened:
+                # Phones store portrait photos sideways plus an EXIF flag: apply it.
+                image = ImageOps.exif_transpose(opened)
+                pixels = np.array(image.convert("RGB"))
+                alpha = _transparency(image)
+        except (UnidentifiedImageError, OSError) as exc:
+            raise VidstyleError(f"not a readable image: {input_path}") from exc
+    stylized = stylizer(pixels[None])[0]
     image_format = Image.registered_extensions().get(suffix.lower())
-    if alpha is not None:
-        if image_format in ALPHA_IMAGE_FORMATS:
-            out.putalpha(alpha)  # the stylized colour, under the input's own transparency
-        else:
-            log.warning(f"{image_format or suffix} holds no transparency: {input_path.name}'s is dropped")
+    if alpha is not None and image_format not in ALPHA_IMAGE_FORMATS:
+        log.warning(f"{image_format or suffix} holds no transparency: {input_path.name}'s is dropped")
+        alpha = None
+    if deep is not None and image_format in formats.DEEP_IMAGE_ENCODERS:
+        formats.write_image(partial, formats.DEEP_IMAGE_ENCODERS[image_format], stylized, alpha, bit_depth=16)
+        return
+    out = Image.fromarray(stylized)
+    if alpha is not None:  # the stylized colour, under the input's own transparency
+        out.putalpha(Image.fromarray(((alpha.astype(np.uint32) + 128) // 257).astype(np.uint8)))
     try:
         out.save(partial, format=image_format, quality=95)
     except (KeyError, ValueError) as exc:
@@ -191,17 +271,17 @@ def _stylize_image(input_path: Path, partial: Path, suffix: str, stylizer: Styli
 ALPHA_IMAGE_FORMATS = {"PNG", "WEBP", "TIFF"}
 
 
-def _transparency(image: Image.Image) -> Image.Image | None:
-    """The image's alpha channel, if it has one that is not fully opaque."""
+def _transparency(image: Image.Image) -> np.ndarray | None:
+    """The image's alpha channel (uint16, as formats.alpha_plane), if it has one that is not fully opaque."""
     if image.mode not in ("RGBA", "LA", "PA") and "transparency" not in image.info:
         return None
     alpha = image.convert("RGBA").getchannel("A")
-    return alpha if alpha.getextrema()[0] < 255 else None
+    return np.asarray(alpha, np.uint16) * 257 if alpha.getextrema()[0] < 255 else None
 
 
-def probe_video(path: Path) -> VideoInfo:
+def probe_video(path: Path, sequence_fps: Fraction = formats.DEFAULT_SEQUENCE_FPS) -> VideoInfo:
     """What the pipeline needs to know before it starts; raises VidstyleError for non-videos."""
-    with open_input(path) as container:
+    with open_input(path, sequence_fps) as container:
         # An audio file's cover art is a one-picture "video" stream: not a video.
         if not any(not s.disposition & av.stream.Disposition.attached_pic for s in container.streams.video):
             raise VidstyleError(f"no video stream in {path}" + (" (only cover art)" if container.streams.video else ""))
@@ -210,8 +290,9 @@ def probe_video(path: Path) -> VideoInfo:
         frames = stream.frames
         if not frames and stream.duration and stream.time_base:
             frames = round(float(stream.duration * stream.time_base * rate))
+        decoder = formats.video_decoder(stream)
         try:
-            first = next(container.decode(stream), None)
+            first = next((frame for packet in container.demux(stream) for frame in formats.decoded(packet, decoder)), None)
         except av.error.FFmpegError as exc:
             raise VidstyleError(f"cannot decode {path}: corrupt or truncated ({exc.strerror or exc})") from exc
         if first is None:
@@ -224,6 +305,7 @@ def probe_video(path: Path) -> VideoInfo:
             bit_depth=max(component.bits for component in first.format.components),
             transparent=any(c.is_alpha for c in first.format.components)
             and int(first.to_ndarray(format="rgba")[..., 3].min()) < 255,
+            first_number=formats.sequence_numbers(path)[0] if formats.is_sequence(path) else 1,
         )
 
 
@@ -250,8 +332,10 @@ def _check_complete(container: av.container.InputContainer, path: Path) -> None:
         raise VidstyleError(f"{path} is truncated: its data stops at {last:.1f} s of the {stated:.1f} s its header states")
 
 
-def open_input(path: Path) -> av.container.InputContainer:
+def open_input(path: Path, sequence_fps: Fraction = formats.DEFAULT_SEQUENCE_FPS) -> av.container.InputContainer:
     try:
+        if formats.is_sequence(path):
+            return formats.open_sequence(path, sequence_fps)
         return av.open(str(path), "r")
     except av.error.PermissionError as exc:
         raise VidstyleError(f"cannot read {path}: permission denied") from exc
@@ -322,6 +406,7 @@ class _FrameBatch:
     time_base: Fraction
     motions: list[Motion | None] | None = None  # each frame's motion from the one before, with temporal blending
     warmup: bool = False  # frames before a segment's span: stylized for the blend's history, not written
+    alpha: list[np.ndarray] | None = None  # each input frame's alpha plane, where the output keeps it
 
 
 def _stylize_video(
@@ -333,15 +418,16 @@ def _stylize_video(
     on_progress: ProgressCallback | None,
     span: Span | None = None,
     temporal_strength: float = DEFAULT_STRENGTH,
+    sequence_fps: Fraction = formats.DEFAULT_SEQUENCE_FPS,
 ) -> None:
-    info = probe_video(input_path)
+    info = probe_video(input_path, sequence_fps)
     temporal = TemporalConsistency(stylizer.device, temporal_strength) if temporal_strength > 0 else None
     expected = span.frames if span else info.frames
     batch_size = batch_size or default_batch_size(stylizer.device, info.height, info.width)
     stage = _Stage()
-    source = open_input(input_path)
+    source = open_input(input_path, sequence_fps)
     try:
-        sink = av.open(str(partial), "w")
+        sink = formats.open_output(partial, info.first_number)
     except (av.error.FFmpegError, ValueError) as exc:
         source.close()
         raise VidstyleError(f"cannot write {partial.suffix or 'this kind of'} files: {exc}") from exc
@@ -349,9 +435,13 @@ def _stylize_video(
     try:
         video_in = source.streams.video[0]
         audio_in = [] if span else list(source.streams.audio)
+        subtitles_in = [] if span else list(source.streams.subtitles)
         video_out = _add_video_stream(sink, video_in, info, encode)
+        keep_alpha = info.transparent and formats.has_alpha(video_out.pix_fmt)
         audio_out = {s.index: add_audio_stream(sink, s) for s in audio_in}
-        threads.append(stage.run(lambda: _read(source, video_in, audio_in, batch_size, span, temporal, stage),
+        audio_out.update({s.index: add_subtitle_stream(sink, s) for s in subtitles_in})  # copied like audio
+        threads.append(stage.run(lambda: _read(source, video_in, audio_in + subtitles_in, batch_size, span, temporal,
+                                               stage, keep_alpha),
                                  f"cannot decode {input_path}: corrupt or truncated"))
         # A segment's clock starts at 0: an MP4 stream starting later gets an edit
         # list in milliseconds, which would shift every timestamp by a rounding.
@@ -398,7 +488,7 @@ def _add_video_stream(sink, video_in, info: VideoInfo, encode: EncodeOptions):
     formats.check_frame_size(encoder, info.width, info.height)
     stream = sink.add_stream(encoder, rate=info.rate)
     stream.width, stream.height = info.width, info.height
-    stream.pix_fmt = formats.pixel_format(encoder, info.width, info.height, info.bit_depth)
+    stream.pix_fmt = formats.pixel_format(encoder, info.width, info.height, info.bit_depth, info.transparent)
     # Keep the input's clock so every frame keeps its exact timestamp (VFR too).
     stream.codec_context.time_base = video_in.time_base
     stream.time_base = video_in.time_base
@@ -406,8 +496,9 @@ def _add_video_stream(sink, video_in, info: VideoInfo, encode: EncodeOptions):
                                             formats.container_for(Path(sink.name)))
     if encoder.endswith("_nvenc"):
         _check_hardware_encoder(encoder, info, stream.pix_fmt)
-    if info.transparent:
-        log.warning(f"{video_in.container.name}: its transparency (alpha channel) is dropped: the output is opaque")
+    if info.transparent and not formats.has_alpha(stream.pix_fmt):
+        log.warning(f"{video_in.container.name}: its transparency (alpha channel) is dropped: {encoder} in "
+                    f"{formats.container_for(Path(sink.name)).name} holds none (use prores_ks, libvpx-vp9, PNG or TIFF)")
     # The input's tags, the file's (title, creation time...) and its video stream's (language...).
     sink.metadata.update(formats.kept_metadata(video_in.container.metadata))
     stream.metadata.update(formats.kept_metadata(video_in.metadata))
@@ -435,10 +526,10 @@ DEFAULT_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.
 
 @dataclass
 class AudioRoute:
-    """Where an input audio stream's packets go in the output: copied, re-encoded,
+    """Where an input audio (or subtitle) stream's packets go in the output: copied, re-encoded,
     or nowhere (stream None: the output cannot take it, see add_audio_stream)."""
 
-    stream: av.audio.stream.AudioStream | None
+    stream: av.stream.Stream | None
     transcode: bool
     skipped: int = 0  # packets that would not decode
 
@@ -490,6 +581,17 @@ def add_audio_stream(sink, audio_in) -> AudioRoute:
     return AudioRoute(stream, transcode=True)
 
 
+def add_subtitle_stream(sink, subtitles_in) -> AudioRoute:
+    """Subtitle packets are copied where the container holds their codec, else dropped with a warning."""
+    if not formats.copies_subtitles(Path(sink.name), subtitles_in):
+        log.warning(f"{formats.container_for(Path(sink.name)).name} cannot hold {formats.subtitle_codec(subtitles_in)} "
+                    f"subtitles: subtitle stream {subtitles_in.index} dropped")
+        return AudioRoute(None, transcode=False)
+    stream = sink.add_stream_from_template(subtitles_in)
+    stream.metadata.update(formats.kept_metadata(subtitles_in.metadata))
+    return AudioRoute(stream, transcode=False)
+
+
 def _decodes(audio_in, packets: int = 16) -> bool:
     """Whether the stream's first packets decode to sound (read from a second handle on the file)."""
     try:
@@ -505,18 +607,21 @@ def _decodes(audio_in, packets: int = 16) -> bool:
 
 
 def _read(source, video_in, audio_in, batch_size: int, span: Span | None, temporal: TemporalConsistency | None,
-          stage: _Stage) -> None:
-    for batch in _decoded_batches(source, video_in, audio_in, batch_size, span, temporal):
+          stage: _Stage, keep_alpha: bool = False) -> None:
+    for batch in _decoded_batches(source, video_in, audio_in, batch_size, span, temporal, keep_alpha):
         stage.put(stage.decoded, batch)
     stage.put(stage.decoded, END)
 
 
 def _decoded_batches(
-    source, video_in, audio_in, batch_size: int, span: Span | None = None, temporal: TemporalConsistency | None = None
+    source, video_in, audio_in, batch_size: int, span: Span | None = None, temporal: TemporalConsistency | None = None,
+    keep_alpha: bool = False,
 ) -> Iterator[object]:
     """Audio packets as they come, and batches of decoded frames (within span, if given),
     prepared by the temporal stage if given. With it, a span that does not start the
-    video is preceded by a warm-up batch of the frames before it."""
+    video is preceded by a warm-up batch of the frames before it. `keep_alpha`: each
+    batch carries its frames' alpha planes too."""
+    alphas: list[np.ndarray] = []
     pixels: list[np.ndarray] = []
     pts: list[int] = []
     start, end = (span.start, span.end) if span else (None, None)
@@ -526,10 +631,12 @@ def _decoded_batches(
         source.seek(start - warmup.maxlen * _frame_step(video_in), stream=video_in)
 
     def batch(frames: list[np.ndarray], frame_pts: list[int], is_warmup: bool = False) -> _FrameBatch:
+        frame_alphas = alphas[:len(frame_pts)] if keep_alpha else None
+        del alphas[:len(frame_pts)]
         if temporal is None:
-            return _FrameBatch(np.stack(frames), frame_pts, video_in.time_base)
+            return _FrameBatch(np.stack(frames), frame_pts, video_in.time_base, alpha=frame_alphas)
         network_input, motions = temporal.prepare(frames)
-        return _FrameBatch(network_input, frame_pts, video_in.time_base, motions, is_warmup)
+        return _FrameBatch(network_input, frame_pts, video_in.time_base, motions, is_warmup, frame_alphas)
 
     for item in _demuxed(source, video_in, audio_in):
         if isinstance(item, av.Packet):
@@ -543,12 +650,14 @@ def _decoded_batches(
             warmup.append(frame)  # a frame of the previous span, decoded on the way
             continue
         if warmup:
-            frames = [earlier.to_ndarray(format="rgb24") for earlier in warmup]
+            frames = [formats.rgb_pixels(earlier) for earlier in warmup]
             warmup.clear()
             for first in range(0, len(frames), batch_size):
                 yield batch(frames[first:first + batch_size], [], is_warmup=True)
-        pixels.append(frame.to_ndarray(format="rgb24"))
+        pixels.append(formats.rgb_pixels(frame))
         pts.append(frame_pts)
+        if keep_alpha:
+            alphas.append(formats.alpha_plane(frame))
         if len(pixels) == batch_size:
             yield batch(pixels, pts)
             pixels, pts = [], []
@@ -564,21 +673,22 @@ def _frame_step(video_in) -> int:
 
 
 def _demuxed(source, video_in, audio_in) -> Iterator[av.Packet | tuple[int, av.VideoFrame]]:
-    """Audio packets, and (pts, frame) for each decoded video frame."""
+    """Audio (and subtitle) packets, and (pts, frame) for each decoded video frame."""
     last_pts = None
     step = _frame_step(video_in)
     # AVI stores one time per frame slot, in decoding order: with B-frames the
     # decoder hands frames back with each other's times. Frames come out in
     # presentation order, so the n-th frame takes the n-th slot instead.
     slots: collections.deque[int] | None = collections.deque() if source.format.name == "avi" else None
+    decoder = formats.video_decoder(video_in)
     for packet in source.demux(video_in, *audio_in):
-        if packet.stream.type == "audio":
+        if packet.stream.type != "video":  # audio and subtitles
             if packet.dts is not None:  # the demuxer's final empty packet has none
                 yield packet
             continue
         if slots is not None and packet.size and packet.dts is not None:
             slots.append(packet.dts)
-        for frame in packet.decode():
+        for frame in formats.decoded(packet, decoder):
             if slots is None:
                 pts = frame.pts
             else:
@@ -593,8 +703,9 @@ def _write(
 ) -> None:
     while (item := stage.get(stage.stylized)) is not END:
         if isinstance(item, _FrameBatch):
-            for rgb, pts in zip(item.pixels, item.pts):
-                frame = formats.video_frame(rgb, video_out.codec_context, colorspace)
+            for index, (rgb, pts) in enumerate(zip(item.pixels, item.pts)):
+                alpha = item.alpha[index] if item.alpha else None
+                frame = formats.video_frame(rgb, video_out.codec_context, colorspace, alpha)
                 frame.pts, frame.time_base = pts - pts_offset, item.time_base
                 sink.mux(video_out.encode(frame))
             continue

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from vidstyle.errors import VidstyleError
 from vidstyle.inference import Stylizer, resolve_device
-from vidstyle.pipeline import is_image, open_input, partial_file, probe_video
+from vidstyle.pipeline import check_input, is_image, open_input, partial_file, probe_video
 from vidstyle.styles import Style
 
 LABEL_WIDTH = 120
@@ -30,8 +30,7 @@ def sample_frames(path: Path, count: int) -> list[np.ndarray]:
                 return [np.array(ImageOps.exif_transpose(image).convert("RGB"))]
         except (UnidentifiedImageError, OSError) as exc:
             raise VidstyleError(f"not a readable image: {path}") from exc
-    if not path.is_file():
-        raise VidstyleError(f"input not found: {path}")
+    check_input(path)  # (an image sequence too)
     probe_video(path)  # a clear error for what is not a decodable video
     picked: list[np.ndarray] = []
     with open_input(path) as container:

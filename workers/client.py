@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import os
 import secrets
+from fractions import Fraction
 from pathlib import Path
 
 from kombu.exceptions import OperationalError
 
+from vidstyle import formats
 from vidstyle.errors import VidstyleError
 from vidstyle.jobs import AUTO, DEFAULT_QUEUE, Job, JobStore
-from vidstyle.pipeline import EncodeOptions, default_output_path, is_image, output_encoder
+from vidstyle.pipeline import EncodeOptions, check_input, check_output, default_output_path, is_image, output_encoder
 from vidstyle.styles import find_style
 from vidstyle.temporal import DEFAULT_STRENGTH
 from workers.celery import app
@@ -28,28 +30,29 @@ def submit_job(
     force: bool = False,
     segment_seconds: str = AUTO,
     temporal_strength: float = DEFAULT_STRENGTH,
+    sequence_fps: Fraction = formats.DEFAULT_SEQUENCE_FPS,
 ) -> Job:
     """Queue `input_path` (under the storage root) for stylizing and return the job record.
 
     segment_seconds: "auto", "off" or a number of seconds: how a long video is
-    split over several workers (see workers.tasks)."""
+    split over several workers (see workers.tasks); an image-sequence input is never split."""
     segment_seconds = parse_segment_seconds(segment_seconds)
     root = storage_root()
     input_name = relative_to_storage(input_path, root)
-    if not (root / input_name).is_file():
-        raise VidstyleError(f"input not found: {input_path}")
+    check_input(root / input_name)
     if style.endswith(".pth") or os.sep in style:
         raise VidstyleError(f"with a broker, --style names an installed style (see `vidstyle styles`), not a file: {style}")
     chosen = find_style(style)
     output = output or default_output_path(input_path, chosen.name)
     output_name = relative_to_storage(output, root)
-    if (root / output_name).exists() and not force:
-        raise VidstyleError(f"output exists: {output} (use --force to overwrite)")
+    if formats.is_sequence(output) and "/" not in output_name:  # its folder would be the storage root
+        raise VidstyleError(f"an image sequence is written into a folder of its own: -o FOLDER/{output.name}")
+    check_output(root / output_name, force)  # the worker replaces it (force): refused here unless told so
     # Named in the job, so that a split job's segments and their join agree on it.
-    codec = (encode.codec or "") if is_image(input_path) else output_encoder(input_path, output, encode.codec)
+    codec = (encode.codec or "") if is_image(input_path) else output_encoder(input_path, output, encode.codec, sequence_fps)
     job = Job(id=secrets.token_hex(6), input=input_name, output=output_name, style=style, queue=queue,
               codec=codec, crf=encode.crf, preset=encode.preset, batch_size=batch_size or 0,
-              segment_seconds=segment_seconds, temporal_strength=temporal_strength)
+              segment_seconds=segment_seconds, temporal_strength=temporal_strength, sequence_fps=str(sequence_fps))
     store = JobStore.from_settings()
     store.create(job)
     enqueue(job, store)

@@ -380,7 +380,7 @@ def stylize(self: Task, job_id: str) -> str:
         stylize_file(input_path, output_path, stylizer_for(job.style), batch_size=job.batch_size or None,
                      encode=EncodeOptions(codec=job.codec, crf=job.crf, preset=job.preset), force=True,
                      on_progress=progress, partial_token=attempt.partial_token, before_commit=progress.before_commit,
-                     temporal_strength=job.temporal_strength)
+                     temporal_strength=job.temporal_strength, sequence_fps=formats.parse_fps(job.sequence_fps))
         progress.complete()
         store.end_unit(attempt, SUCCEEDED, job_fields=_final(SUCCEEDED))
         return SUCCEEDED
@@ -395,7 +395,9 @@ def stylize(self: Task, job_id: str) -> str:
 def _plan(job: Job, input_path: Path, store: JobStore) -> list[Span]:
     """The job's segments: none (not split) unless it is a video long enough to share."""
     if job.segment_seconds == "off" or is_image(input_path) or not input_path.is_file():
-        return []  # (a missing input fails in stylize_file, with the pipeline's message)
+        return []  # (a missing input fails in stylize_file, with the pipeline's message; a sequence is no file)
+    if formats.is_sequence(Path(job.output)):
+        return []  # segments are joined into one file
     probe_video(input_path)  # bad input fails here, with the pipeline's message
     if job.segment_seconds == AUTO:
         workers = sum(job.queue in w.queues.split(",") for w in store.live_workers())
