@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from click.testing import CliRunner
 from PIL import Image
@@ -160,13 +161,22 @@ def test_input_conventions() -> None:
     assert torchvision_input.tolist() == pytest.approx([(1 - 0.485) / 0.229, (128 / 255 - 0.456) / 0.224, (0 - 0.406) / 0.225])
 
 
+def affine_grid(matrix: list[list[float]], images: torch.Tensor) -> torch.Tensor:
+    return F.affine_grid(torch.tensor(matrix).expand(len(images), 2, 3), list(images.shape), align_corners=False)
+
+
 def test_warp_by_identity_changes_nothing() -> None:
     images = torch.rand(2, 3, 8, 12) * 255
-    identity = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).expand(2, 2, 3)
-    warped, inside = warp(images, identity)
+    warped, inside = warp(images, affine_grid([[1.0, 0, 0], [0, 1.0, 0]], images))
     assert torch.allclose(warped, images, atol=1e-3) and bool(inside.all())
-    shifted, inside = warp(images, torch.tensor([[1.0, 0, 0.5], [0, 1.0, 0]]).expand(2, 2, 3))
-    assert not inside.all() and inside.any()
+
+
+def test_warp_mask_marks_the_pixels_sampled_from_outside() -> None:
+    images = torch.rand(1, 3, 8, 12) * 255
+    # A shift of 3 pixels to the right of where each pixel samples: the last 3 columns sample outside.
+    shifted, inside = warp(images, affine_grid([[1.0, 0, 3 * 2 / 12], [0, 1.0, 0]], images))
+    assert inside[0, 0, :, :9].all() and not inside[0, 0, :, 9:].any()
+    assert torch.allclose(shifted[..., :9], images[..., 3:], atol=1e-3)
 
 
 def test_curriculum_resumes_across_a_stage_boundary(inputs: dict[str, Path], tmp_path: Path) -> None:
