@@ -12,13 +12,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from click.testing import CliRunner
 from PIL import Image
 
 from trainer.cli import train
 from trainer.evaluate import lbfgs_iterations_to_reach
-from trainer.losses import warp
+from trainer import losses
+from trainer.losses import (
+    FLOW_CELLS,
+    LOSS_UNITS,
+    MAX_FLOW_PX,
+    MAX_GAIN,
+    MAX_OFFSET,
+    block_quantise,
+    camera_effects,
+    describe_motion,
+    random_flow,
+    random_motion,
+    stability_loss,
+    warp,
+)
 from trainer.train import TrainConfig
 from trainer.vgg import TORCHVISION_CONVENTION, InputNormalization
 from vidstyle.styles import find_style
@@ -160,13 +175,94 @@ def test_input_conventions() -> None:
     assert torchvision_input.tolist() == pytest.approx([(1 - 0.485) / 0.229, (128 / 255 - 0.456) / 0.224, (0 - 0.406) / 0.225])
 
 
+def affine_grid(matrix: list[list[float]], images: torch.Tensor) -> torch.Tensor:
+    return F.affine_grid(torch.tensor(matrix).expand(len(images), 2, 3), list(images.shape), align_corners=False)
+
+
 def test_warp_by_identity_changes_nothing() -> None:
     images = torch.rand(2, 3, 8, 12) * 255
-    identity = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).expand(2, 2, 3)
-    warped, inside = warp(images, identity)
+    warped, inside = warp(images, affine_grid([[1.0, 0, 0], [0, 1.0, 0]], images))
     assert torch.allclose(warped, images, atol=1e-3) and bool(inside.all())
-    shifted, inside = warp(images, torch.tensor([[1.0, 0, 0.5], [0, 1.0, 0]]).expand(2, 2, 3))
-    assert not inside.all() and inside.any()
+
+
+def test_warp_mask_marks_the_pixels_sampled_from_outside() -> None:
+    images = torch.rand(1, 3, 8, 12) * 255
+    # A shift of 3 pixels to the right of where each pixel samples: the last 3 columns sample outside.
+    shifted, inside = warp(images, affine_grid([[1.0, 0, 3 * 2 / 12], [0, 1.0, 0]], images))
+    assert inside[0, 0, :, :9].all() and not inside[0, 0, :, 9:].any()
+    assert torch.allclose(shifted[..., :9], images[..., 3:], atol=1e-3)
+
+
+def test_random_flow_is_smooth_and_bounded() -> None:
+    torch.manual_seed(0)
+    height, width = 48, 64
+    flow = random_flow(3, height, width)
+    assert flow.shape == (3, 2, height, width)
+    assert flow.abs().max() <= MAX_FLOW_PX and flow.abs().max() > 0.1
+    assert not torch.allclose(flow[0], flow[1])  # each image moves its own way
+    # Bilinear upsampling of nodes (g + 1 a side) within +-MAX_FLOW_PX, then a blur, cannot change
+    # faster than from -MAX to +MAX over one cell of the finest grid.
+    steepest = 2 * MAX_FLOW_PX * FLOW_CELLS[1] / (min(height, width) - 1)
+    assert (flow[..., 1:] - flow[..., :-1]).abs().max() <= steepest
+    assert (flow[..., 1:, :] - flow[..., :-1, :]).abs().max() <= steepest
+    # Smooth: its second differences are far below those of independent per-pixel values of its size.
+    curvature = (flow[..., 2:] - 2 * flow[..., 1:-1] + flow[..., :-2]).abs().mean()
+    assert curvature < 0.05 * flow.abs().mean()  # per-pixel noise: more than its mean
+
+
+def test_nonrigid_motion_is_the_affine_motion_plus_the_flow() -> None:
+    height, width = 32, 40
+    torch.manual_seed(1)
+    affine = random_motion(2, height, width, "affine")
+    torch.manual_seed(1)
+    nonrigid = random_motion(2, height, width, "nonrigid")
+    displacement_px = (nonrigid - affine) * torch.tensor([width / 2, height / 2])
+    assert displacement_px.abs().max() <= MAX_FLOW_PX + 1e-4 and displacement_px.abs().max() > 0.01
+
+
+def test_stability_term_is_zero_for_a_network_that_commutes_with_the_motion(monkeypatch: pytest.MonkeyPatch) -> None:
+    images = torch.rand(2, 3, 32, 40) * 255
+
+    def negative(x: torch.Tensor) -> torch.Tensor:  # per pixel, so it commutes with any warp
+        return 255 - x
+
+    pattern = torch.linspace(0, 50, 40)
+
+    def painted(x: torch.Tensor) -> torch.Tensor:  # draws the same strokes wherever the scene moves
+        return x + pattern
+
+    monkeypatch.setattr(losses, "camera_effects", lambda frames, motion: frames)
+    torch.manual_seed(0)
+    assert stability_loss(negative, images, negative(images), "nonrigid") < 1e-6
+    torch.manual_seed(0)
+    assert stability_loss(painted, images, painted(images), "nonrigid") > 1
+    monkeypatch.undo()
+
+    # With the camera's noise, light, blur and compression, only a network that ignores its input passes.
+    def constant(x: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(x, 7.0)
+
+    assert stability_loss(constant, images, constant(images), "nonrigid") < 1e-6
+    assert stability_loss(negative, images, negative(images), "nonrigid") > 1
+
+
+def test_camera_effects_change_light_smoothly_and_slightly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(losses, "NOISE_STD", 0.0)
+    gray = torch.full((8, 3, 40, 48), 100.0)
+    torch.manual_seed(0)
+    changed = camera_effects(gray, "nonrigid")
+    quantisation_px = 3  # the DC step at the coarsest scale, spread over a block
+    assert (changed - gray).abs().max() <= 100 * MAX_GAIN + MAX_OFFSET + quantisation_px
+    assert (changed - gray).abs().amax(dim=(1, 2, 3)).min() > 0.1  # every frame's light changes
+    assert (changed[..., 1:] - changed[..., :-1]).abs().mean() < 0.2  # smoothly: no grain without noise
+    assert torch.equal(camera_effects(gray, "affine"), gray)
+
+
+def test_block_quantisation_keeps_odd_sizes_and_fine_steps() -> None:
+    images = torch.rand(2, 3, 13, 21) * 255
+    assert torch.allclose(block_quantise(images, torch.tensor([1e-4, 1e-4])), images, atol=1e-2)
+    coarse = block_quantise(images, torch.tensor([1.0, 1.0]))
+    assert coarse.shape == images.shape and (coarse - images).abs().mean() > 5
 
 
 def test_curriculum_resumes_across_a_stage_boundary(inputs: dict[str, Path], tmp_path: Path) -> None:
@@ -192,6 +288,17 @@ def test_curriculum_resumes_across_a_stage_boundary(inputs: dict[str, Path], tmp
     assert result.exit_code == 1 and "crop sizes of iterations 1..6" in result.output
 
 
+def test_checkpoint_from_before_stability_motion_resumes_as_affine(inputs: dict[str, Path], tmp_path: Path) -> None:
+    invoke(train_args(inputs, tmp_path / "run", 1, "--stability-motion", "affine"))
+    checkpoint_path = tmp_path / "run" / "checkpoint.pt"
+    checkpoint = torch.load(checkpoint_path, weights_only=True)
+    del checkpoint["identity"]["stability_motion"]
+    torch.save(checkpoint, checkpoint_path)
+    result = CliRunner().invoke(train, train_args(inputs, tmp_path / "run", 2, "--resume"))
+    assert result.exit_code == 1 and "stability_motion 'affine' (now 'nonrigid')" in result.output
+    invoke(train_args(inputs, tmp_path / "run", 2, "--resume", "--stability-motion", "affine"))
+
+
 def test_learning_rate_decays_over_the_last_stage() -> None:
     config = TrainConfig(style_image=Path("s.png"), dataset=Path("d"), run_dir=Path("r"), output=Path("o.pth"), name="s",
                          curriculum=((32, 3), (40, 5)), lr=1e-3, final_lr=1e-5)
@@ -206,13 +313,20 @@ def test_fine_tuning_starts_from_a_trained_style(inputs: dict[str, Path], tmp_pa
     invoke(train_args(inputs, tmp_path / "parent", 2))
     parent = tmp_path / "parent" / "tiny.pth"
     # An lr too small to move fp16 weights: the child must come out as its parent.
-    invoke(train_args(inputs, tmp_path / "child", 1, "--init-from", str(parent), "--lr", "1e-30"))
+    invoke(train_args(inputs, tmp_path / "child", 1, "--init-from", str(parent), "--lr", "1e-30",
+                      "--stability-motion", "affine"))
     weights = [torch.load(run / "tiny.pth", weights_only=True) for run in (tmp_path / "parent", tmp_path / "child")]
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
     card = json.loads((tmp_path / "child" / "tiny.json").read_text())
     assert card["initialized_from"]["name"] == "tiny" and card["initialized_from"]["iterations"] == 2
     assert card["recipe"].startswith("Started from the weights of style tiny (2 iterations: ")
-    assert json.loads((tmp_path / "parent" / "tiny.json").read_text())["initialized_from"] is None
+    parent_card = json.loads((tmp_path / "parent" / "tiny.json").read_text())
+    assert parent_card["initialized_from"] is None
+    assert parent_card["stability_motion"] == "nonrigid" and "non-rigid flow" in parent_card["recipe"]
+    assert "stylize(camera(warp(x)))" in parent_card["loss_units"]
+    # The motion of the styles trained before "nonrigid": their cards' texts stay true.
+    assert card["stability_motion"] == "affine" and card["loss_units"] == LOSS_UNITS
+    assert card["recipe"].endswith(f"Temporal stability term: {describe_motion('affine')}.")
 
     result = CliRunner().invoke(train, train_args(inputs, tmp_path / "child2", 1, "--init-from", "no-such-style"))
     assert result.exit_code == 1 and "unknown style 'no-such-style'" in result.output

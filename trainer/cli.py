@@ -7,6 +7,7 @@ from statistics import median
 import click
 import torch
 
+from trainer.losses import STABILITY_MOTIONS
 from trainer.train import TrainConfig
 from trainer.train import train as run_training
 from vidstyle.cli import parse_size
@@ -53,6 +54,10 @@ def parse_curriculum(ctx: click.Context, param: click.Parameter, value: str | No
 @click.option("--tv-weight", default=TrainConfig.tv_weight, show_default=True)
 @click.option("--stability-weight", default=TrainConfig.stability_weight, show_default=True,
               help="Weight of the temporal stability term; 0 turns it off.")
+@click.option("--stability-motion", type=click.Choice(STABILITY_MOTIONS), default=TrainConfig.stability_motion,
+              show_default=True,
+              help="The stability term's motion: a camera move over a still scene (affine), or also parts of "
+                   "the scene moving on their own, light changes, blur and compression (nonrigid).")
 @click.option("--holdout", default=TrainConfig.holdout, type=click.IntRange(min=0), show_default=True,
               help="Leave the last N photos (sorted by path) out of training; sample grids show the first of them.")
 @click.option("--log-every", default=TrainConfig.log_every, type=click.IntRange(min=1), show_default=True)

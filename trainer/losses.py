@@ -11,23 +11,66 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-LOSS_UNITS = (
+_UNITS = (
     "images RGB 0..255; "
     "content: mean squared difference of VGG-16 relu2_2 features; "
     "style: sum over relu1_2, relu2_2, relu3_3, relu4_3 of the squared Frobenius norm of the Gram difference, "
     "Grams divided by C*H*W, averaged over the batch; "
     "tv: sum of absolute differences between horizontally and vertically neighbouring pixel values, "
     "per image, averaged over the batch; "
-    "stability: mean squared difference in 0..255 pixel units between stylize(warp(x)+noise) and warp(stylize(x)) "
+    "stability: mean squared difference in 0..255 pixel units between {next_frame} and warp(stylize(x)) "
     "over the pixels the warp sampled from inside the image; "
     "terms are unweighted, total = sum of weight * term"
 )
+# What the stability term's moved frame is, per --stability-motion. "affine" is the
+# motion of the styles trained before "nonrigid" existed; their cards quote its text.
+STABILITY_MOTIONS = ("affine", "nonrigid")
+_NEXT_FRAME = {"affine": "stylize(warp(x)+noise)", "nonrigid": "stylize(camera(warp(x)))"}
+LOSS_UNITS = _UNITS.format(next_frame=_NEXT_FRAME["affine"])
+
+
+def loss_units(motion: str) -> str:
+    """The units text a model card quotes, for a run with this --stability-motion."""
+    return _UNITS.format(next_frame=_NEXT_FRAME[motion])
+
 
 # The random motion and sensor noise of the stability term: small, like consecutive video frames.
 MAX_SHIFT_PX = 8.0
 MAX_ZOOM = 0.03
 MAX_ROTATION_DEG = 2.0
 NOISE_STD = 0.02 * 255
+# "nonrigid" adds what real footage has and a camera pan over a photo lacks (after Wang et al. 2020,
+# ReReVST): parts of the scene moving on their own (a smooth random flow, a coarse grid of random
+# displacements upsampled and blurred), light changing locally, motion or focus blur, and compression.
+FLOW_CELLS = (4, 8)  # the coarse grid has this many cells a side, drawn per batch
+MAX_FLOW_PX = 3.0  # per image a peak displacement drawn up to this
+MAX_GAIN = 0.06  # brightness: a smooth gain field within 1 +- this ...
+MAX_OFFSET = 6.0  # ... and an offset field within +- this many levels, over a 2x2-cell grid
+BLUR_PROBABILITY = 0.3
+BLUR_SIGMA_PX = (0.4, 1.2)
+COMPRESSION_PROBABILITY = 0.5
+COMPRESSION_SCALE = (0.1, 0.5)  # times JPEG's quality-50 table: JPEG quality about 95 down to 75
+# JPEG's luminance quantisation table (ITU-T T.81, Annex K) at quality 50.
+JPEG_TABLE = torch.tensor([
+    [16, 11, 10, 16, 24, 40, 51, 61], [12, 12, 14, 19, 26, 58, 60, 55],
+    [14, 13, 16, 24, 40, 57, 69, 56], [14, 17, 22, 29, 51, 87, 80, 62],
+    [18, 22, 37, 56, 68, 109, 103, 77], [24, 35, 55, 64, 81, 104, 113, 92],
+    [49, 64, 78, 87, 103, 121, 120, 101], [72, 92, 95, 98, 112, 100, 103, 99],
+], dtype=torch.float32)
+
+
+def describe_motion(motion: str) -> str:
+    """The stability term's motion in words, for the model card's recipe."""
+    text = (f"random affine motion (shift up to {MAX_SHIFT_PX:g} px, zoom up to {MAX_ZOOM:.0%}, "
+            f"rotation up to {MAX_ROTATION_DEG:g} deg) plus Gaussian noise of std {NOISE_STD:g}")
+    if motion == "nonrigid":
+        text += (f", composed with a smooth non-rigid flow (a random grid of {FLOW_CELLS[0]} to {FLOW_CELLS[1]} cells "
+                 f"a side, displacements up to {MAX_FLOW_PX:g} px, upsampled and blurred), a smooth brightness change "
+                 f"(gain 1 +- {MAX_GAIN:g}, offset +- {MAX_OFFSET:g} levels), Gaussian blur of sigma "
+                 f"{BLUR_SIGMA_PX[0]:g} to {BLUR_SIGMA_PX[1]:g} px on {BLUR_PROBABILITY:.0%} of the crops and 8x8 "
+                 f"block DCT quantisation (JPEG's table times {COMPRESSION_SCALE[0]:g} to {COMPRESSION_SCALE[1]:g}) "
+                 f"on {COMPRESSION_PROBABILITY:.0%}")
+    return text
 
 
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
@@ -54,18 +97,21 @@ def total_variation(images: torch.Tensor) -> torch.Tensor:
     return (horizontal + vertical).mean()
 
 
-def random_motion(batch: int, height: int, width: int) -> torch.Tensor:
-    """Per-image affine transforms (N, 2, 3) for F.affine_grid: shift, zoom and rotation.
+def _uniform(*shape: int) -> torch.Tensor:
+    """Uniform in -1..1, from the CPU generator: a run is reproducible on any device,
+    and a resumed run draws what an uninterrupted one would have."""
+    return torch.rand(*shape) * 2 - 1
 
-    Drawn from the CPU generator so that a run is reproducible on any device
-    and a resumed run draws what an uninterrupted one would have.
-    """
-    def uniform(*shape: int) -> torch.Tensor:
-        return torch.rand(*shape) * 2 - 1
 
-    angle = uniform(batch) * math.radians(MAX_ROTATION_DEG)
-    scale = 1 + uniform(batch) * MAX_ZOOM
-    shift = uniform(batch, 2) * MAX_SHIFT_PX
+def _between(low: float, high: float, batch: int) -> torch.Tensor:
+    return low + (high - low) * torch.rand(batch)
+
+
+def random_affine(batch: int, height: int, width: int) -> torch.Tensor:
+    """Per-image affine transforms (N, 2, 3) for F.affine_grid: shift, zoom and rotation."""
+    angle = _uniform(batch) * math.radians(MAX_ROTATION_DEG)
+    scale = 1 + _uniform(batch) * MAX_ZOOM
+    shift = _uniform(batch, 2) * MAX_SHIFT_PX
     cos, sin = scale * angle.cos(), scale * angle.sin()
     # affine_grid works in coordinates normalised to -1..1 per axis; this is a
     # rotation in pixel space conjugated into them, so it stays a rotation on non-square images.
@@ -76,26 +122,110 @@ def random_motion(batch: int, height: int, width: int) -> torch.Tensor:
     ], dim=1)
 
 
-def warp(images: torch.Tensor, motion: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images resampled by the motion, and a (N, 1, H, W) mask of pixels sampled from inside the image."""
-    grid = F.affine_grid(motion.to(images), list(images.shape), align_corners=False)
+def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Each image (N, C, H, W) blurred by a Gaussian of its own sigma (N,) in pixels; edges replicated."""
+    n, c, h, w = images.shape
+    radius = max(1, math.ceil(3 * float(sigma.max())))
+    taps = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
+    kernel = torch.exp(-taps ** 2 / (2 * sigma.to(images).clamp(min=1e-3)[:, None] ** 2))
+    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)  # one per channel of each image
+    flat = F.pad(images.reshape(1, n * c, h, w), (radius, radius, radius, radius), mode="replicate")
+    flat = F.conv2d(flat, kernel[:, None, None, :], groups=n * c)
+    flat = F.conv2d(flat, kernel[:, None, :, None], groups=n * c)
+    return flat.reshape(n, c, h, w)
+
+
+def smooth_field(nodes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """A coarse grid of values (N, C, g+1, g+1) at the corners of g x g cells, made a smooth (N, C, H, W) field:
+    upsampled bilinearly, then blurred over a third of a cell. Both average the nodes, so the
+    field stays within their range."""
+    cells = nodes.shape[-1] - 1
+    field = F.interpolate(nodes, size=(height, width), mode="bilinear", align_corners=True)
+    sigma = torch.full((len(nodes),), min(height, width) / cells / 3)
+    return gaussian_blur(field, sigma)
+
+
+def random_flow(batch: int, height: int, width: int) -> torch.Tensor:
+    """Smooth random displacements (N, 2, H, W) in pixels (x, then y), each image's within
+    +- its own peak, drawn up to MAX_FLOW_PX."""
+    cells = int(torch.randint(FLOW_CELLS[0], FLOW_CELLS[1] + 1, (1,)))
+    peak = torch.rand(batch) * MAX_FLOW_PX
+    return smooth_field(_uniform(batch, 2, cells + 1, cells + 1) * peak[:, None, None, None], height, width)
+
+
+def random_motion(batch: int, height: int, width: int, motion: str = "nonrigid") -> torch.Tensor:
+    """A sampling grid (N, H, W, 2) for F.grid_sample: random affine motion, composed
+    with a random smooth flow for "nonrigid" (the flow displaces where each pixel samples from)."""
+    affine = random_affine(batch, height, width)
+    grid = F.affine_grid(affine, [batch, 1, height, width], align_corners=False)
+    if motion == "nonrigid":
+        flow = random_flow(batch, height, width)
+        scale = torch.tensor([2 / width, 2 / height])  # pixels -> normalised coordinates
+        grid = grid + flow.permute(0, 2, 3, 1) * scale
+    return grid
+
+
+def warp(images: torch.Tensor, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images resampled along a sampling grid, and a (N, 1, H, W) mask of pixels sampled from inside the image."""
+    grid = grid.to(images)
     warped = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
     inside = (grid.abs() <= 1).all(dim=-1, keepdim=True).permute(0, 3, 1, 2)
     return warped, inside.to(images.dtype)
 
 
+def _dct_matrix(size: int = 8) -> torch.Tensor:
+    """The orthonormal DCT-II matrix: coefficients = D @ block @ D.T."""
+    k, x = torch.arange(size, dtype=torch.float32)[:, None], torch.arange(size, dtype=torch.float32)[None]
+    matrix = torch.cos(math.pi * (2 * x + 1) * k / (2 * size)) * math.sqrt(2 / size)
+    matrix[0] /= math.sqrt(2)
+    return matrix
+
+
+def block_quantise(images: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """JPEG's lossy step on each channel: 8x8 block DCT coefficients rounded to JPEG's table times
+    each image's scale (N,). The grid of blocks is fixed to the frame, as an encoder's is."""
+    n, c, h, w = images.shape
+    pad_h, pad_w = -h % 8, -w % 8
+    padded = F.pad(images, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else images
+    blocks = padded.reshape(n, c, (h + pad_h) // 8, 8, (w + pad_w) // 8, 8).transpose(3, 4)
+    dct = _dct_matrix().to(images)
+    steps = (JPEG_TABLE.to(images) * scale.to(images)[:, None, None, None, None, None]).clamp(min=1e-3)
+    coefficients = dct @ (blocks - 128) @ dct.T
+    restored = dct.T @ (torch.round(coefficients / steps) * steps) @ dct + 128
+    return restored.transpose(3, 4).reshape(padded.shape)[..., :h, :w]
+
+
+def camera_effects(frames: torch.Tensor, motion: str = "nonrigid") -> torch.Tensor:
+    """What a camera adds between two frames besides motion: sensor noise, and for "nonrigid"
+    local light changes, occasional blur and compression."""
+    n, c, h, w = frames.shape
+    frames = frames + torch.randn(frames.shape).to(frames) * NOISE_STD
+    if motion == "nonrigid":
+        gain = 1 + smooth_field(_uniform(n, 1, 3, 3) * MAX_GAIN, h, w).to(frames)
+        offset = smooth_field(_uniform(n, 1, 3, 3) * MAX_OFFSET, h, w).to(frames)
+        frames = frames * gain + offset
+        blurred = (torch.rand(n) < BLUR_PROBABILITY).to(frames.device)
+        frames = torch.where(blurred[:, None, None, None],
+                             gaussian_blur(frames, _between(*BLUR_SIGMA_PX, n)), frames)
+        compressed = (torch.rand(n) < COMPRESSION_PROBABILITY).to(frames.device)
+        frames = torch.where(compressed[:, None, None, None],
+                             block_quantise(frames.clamp(0, 255), _between(*COMPRESSION_SCALE, n)), frames)
+    return frames.clamp(0, 255)
+
+
 def stability_loss(
-    stylize: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, stylized: torch.Tensor
+    stylize: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, stylized: torch.Tensor,
+    motion: str = "nonrigid",
 ) -> torch.Tensor:
-    """Penalises the network for reacting to a small camera motion other than by moving along.
+    """Penalises the network for reacting to a small motion of the scene other than by moving along.
 
     stylized is stylize(images), already computed for the other terms;
-    gradients flow through both branches.
+    gradients flow through both branches. motion is one of STABILITY_MOTIONS.
     """
     n, _, h, w = images.shape
-    motion = random_motion(n, h, w)
-    moved, inside = warp(images, motion)
-    noisy = (moved + torch.randn(images.shape).to(images) * NOISE_STD).clamp(0, 255)
-    expected, _ = warp(stylized, motion)
-    squared = (stylize(noisy) - expected) ** 2 * inside
+    grid = random_motion(n, h, w, motion)
+    moved, inside = warp(images, grid)
+    next_frame = camera_effects(moved, motion)
+    expected, _ = warp(stylized, grid)
+    squared = (stylize(next_frame) - expected) ** 2 * inside
     return squared.sum() / (inside.sum() * images.shape[1]).clamp(min=1)

@@ -29,13 +29,10 @@ from tqdm import tqdm
 
 from trainer.data import find_images, load_sample_photos, load_style_image, sha256_file, training_batches
 from trainer.losses import (
-    LOSS_UNITS,
-    MAX_ROTATION_DEG,
-    MAX_SHIFT_PX,
-    MAX_ZOOM,
-    NOISE_STD,
     content_loss,
+    describe_motion,
     gram_matrix,
+    loss_units,
     stability_loss,
     style_loss,
     total_variation,
@@ -79,6 +76,8 @@ class TrainConfig:
     style_weight: float = 2e-4
     tv_weight: float = 1e-3  # about 0.3% of the gradient of the other terms at 128 px: a light touch
     stability_weight: float = 0.0
+    # The stability term's motion, one of trainer.losses.STABILITY_MOTIONS.
+    stability_motion: str = "nonrigid"
     holdout: int = 50
     seed: int = 0
     log_every: int = 10
@@ -113,8 +112,11 @@ class TrainConfig:
 # Settings a resumed run must share with the checkpoint, or it would not continue the same run.
 # (The crop size schedule must agree up to the checkpoint; later stages may change.)
 RUN_IDENTITY = (
-    "batch_size", "lr", "content_weight", "style_weight", "tv_weight", "stability_weight", "holdout", "seed",
+    "batch_size", "lr", "content_weight", "style_weight", "tv_weight", "stability_weight", "stability_motion", "holdout",
+    "seed",
 )
+# What a checkpoint written before a setting existed trained with.
+IDENTITY_BEFORE = {"stability_motion": "affine"}
 
 
 class StopOnSignal:
@@ -201,7 +203,8 @@ def train(config: TrainConfig) -> int | None:
     with open(log_path, "a") as log, StopOnSignal() as stop:
         started = time.monotonic() - elapsed_s
         for iteration, images in batches:
-            terms = _loss_terms(net, loss_net, style_grams, images.to(device), config.stability_weight > 0, autocast)
+            terms = _loss_terms(net, loss_net, style_grams, images.to(device),
+                                config.stability_motion if config.stability_weight > 0 else None, autocast)
             total = sum(weights[name] * value for name, value in terms.items())
             for group in optimizer.param_groups:
                 group["lr"] = config.lr_at(iteration)
@@ -262,7 +265,8 @@ def train(config: TrainConfig) -> int | None:
         "style_weight": config.style_weight,
         "tv_weight": config.tv_weight,
         "stability_weight": config.stability_weight,
-        "loss_units": LOSS_UNITS,
+        "stability_motion": config.stability_motion if config.stability_weight > 0 else None,
+        "loss_units": loss_units(config.stability_motion),
         "final_losses": {name: fmean(losses[name] for losses in recent) for name in recent[-1]} if recent else {},
         "vgg_weights": loss_net.description,
         "wall_time_s": round(elapsed_s, 1),
@@ -277,9 +281,10 @@ def train(config: TrainConfig) -> int | None:
 
 def _loss_terms(
     net: TransformerNet, loss_net: LossNetwork, style_grams: list[torch.Tensor], images: torch.Tensor,
-    with_stability: bool, autocast: torch.autocast,
+    stability_motion: str | None, autocast: torch.autocast,
 ) -> dict[str, torch.Tensor]:
-    """The unweighted loss terms, in the units of trainer.losses.
+    """The unweighted loss terms, in the units of trainer.losses; the stability
+    term with the given motion, or none.
 
     Only the networks run under autocast: the loss terms (Grams above all,
     sums over 10^4..10^5 products) are computed in float32.
@@ -301,8 +306,8 @@ def _loss_terms(
         "style": style_loss(features, style_grams),
         "tv": total_variation(stylized),
     }
-    if with_stability:
-        terms["stability"] = stability_loss(stylize, images, stylized)
+    if stability_motion:
+        terms["stability"] = stability_loss(stylize, images, stylized, stability_motion)
     return terms
 
 
@@ -376,8 +381,8 @@ def _load_checkpoint(
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load fails in many ways (pickle, zip, struct...) on a file that is no checkpoint
         raise VidstyleError(f"checkpoint {path} is unreadable: {str(exc).splitlines()[0]}") from exc
-    changed = [f"{key} {checkpoint['identity'].get(key)!r} (now {value!r})"
-               for key, value in identity.items() if checkpoint["identity"].get(key) != value]
+    trained = IDENTITY_BEFORE | checkpoint["identity"]
+    changed = [f"{key} {trained.get(key)!r} (now {value!r})" for key, value in identity.items() if trained.get(key) != value]
     done = checkpoint["iteration"]
     if _sizes_until(checkpoint["schedule"], done) != _sizes_until(schedule, done):
         changed.append(f"crop sizes of iterations 1..{done} (now {_sizes_until(schedule, done)})")
@@ -425,7 +430,6 @@ def _recipe(config: TrainConfig, style_size: int, precision: str, parent: Style 
             f"({config.holdout} photos held out): {', then '.join(stages)}; "
             f"style image long side {style_size} px, VGG-16 losses, networks in {precision}.")
     if config.stability_weight > 0:
-        text += (f" Temporal stability term: random affine motion (shift up to {MAX_SHIFT_PX:g} px, "
-                 f"zoom up to {MAX_ZOOM:.0%}, rotation up to {MAX_ROTATION_DEG:g} deg) plus Gaussian noise of std {NOISE_STD:g}.")
+        text += f" Temporal stability term: {describe_motion(config.stability_motion)}."
     return text
 
