@@ -77,7 +77,7 @@ class TrainConfig:
     tv_weight: float = 1e-3  # about 0.3% of the gradient of the other terms at 128 px: a light touch
     stability_weight: float = 0.0
     # The stability term's motion, one of trainer.losses.STABILITY_MOTIONS.
-    stability_motion: str = "nonrigid"
+    stability_motion: str = "affine"  # nonrigid showed no gain on real footage (README)
     holdout: int = 50
     seed: int = 0
     log_every: int = 10
