@@ -85,7 +85,9 @@ def test_compiled_batches_keep_one_shape_and_are_remembered_in_the_cache(monkeyp
     later = Stylizer(TransformerNet(), CPU, precision="fp32")
     assert later.expect(between_break_evens(), 360, 640, 4) is False
     later._remember_compiled((4, 360, 640))
-    assert Stylizer(TransformerNet(), CPU, precision="fp32").expect(between_break_evens(), 360, 640, 4)
+    again = Stylizer(TransformerNet(), CPU, precision="fp32")
+    assert again.expect(between_break_evens(), 360, 640, 4)
+    assert again.compiles(360, 640) and not again.compiles(600, 400)  # a still after the clip runs eager
 
 
 class RecordingStylizer(IdentityStylizer):

@@ -218,22 +218,29 @@ class Stylizer:
         self.eager_net = prepare_network(net, device)
         self.compiled_net: nn.Module | None = None  # made on the first compiled batch
         self.forced_compile = compile if compile is not None else compile_setting()
-        self.compiling = self.forced_compile is True
-        self.batch_size: int | None = None  # compiled batches are padded to this: one graph per frame size
+        # (batch size, height, width) of the run `expect` chose to compile: its short last batch
+        # is padded to the batch size, so that one graph serves the whole run.
+        self.compiled_run: tuple[int, int, int] | None = None
         self.compiled_shapes: set[tuple[int, ...]] = set()
         self.autocast_dtype = autocast_dtype(device, precision)
 
     def expect(self, frames: int, height: int, width: int, batch_size: int) -> bool:
         """Decide whether the coming `frames` frames (0: unknown) of height x width,
         in batches of `batch_size`, run compiled (see should_compile); returns the choice."""
-        self.batch_size = max(1, min(batch_size, frames or batch_size))
-        shape = self._network_shape(self.batch_size, height, width)
+        batch_size = max(1, min(batch_size, frames or batch_size))
+        shape = self._network_shape(batch_size, height, width)
         if shape in self.compiled_shapes and self.forced_compile is not False:
-            self.compiling = True  # compiled in this process already: free
+            compiling = True  # compiled in this process already: free
         else:
             cached = self._compiled_marker(shape).exists()
-            self.compiling = should_compile(frames, height, width, self.device, self.forced_compile, cached)
-        return self.compiling
+            compiling = should_compile(frames, height, width, self.device, self.forced_compile, cached)
+        self.compiled_run = (batch_size, height, width) if compiling else None
+        return compiling
+
+    def compiles(self, height: int, width: int) -> bool:
+        """Whether frames of this size run compiled: forced, or the size of the run `expect` chose to
+        compile (any other, a still say, runs eager)."""
+        return self.forced_compile is True or self.compiled_run is not None and self.compiled_run[1:] == (height, width)
 
     def _network_shape(self, batch: int, height: int, width: int) -> tuple[int, ...]:
         return (batch, *(max(MIN_SIDE, side + -side % SIZE_MULTIPLE) for side in (height, width)))
@@ -260,16 +267,16 @@ class Stylizer:
     @torch.inference_mode()
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 RGB in, (N, H, W, 3) uint8 RGB out."""
-        count = len(frames)
-        if self.compiling and count < (self.batch_size or count):
+        count, height, width = frames.shape[:3]
+        compiled = self.compiles(height, width)
+        if compiled and self.compiled_run and count < self.compiled_run[0]:
             # A short last batch would compile a graph of its own: repeat its last frame instead.
-            frames = np.concatenate([frames, np.repeat(frames[-1:], self.batch_size - count, axis=0)])
+            frames = np.concatenate([frames, np.repeat(frames[-1:], self.compiled_run[0] - count, axis=0)])
         batch = torch.from_numpy(frames)
         if self.device.type == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
         # NHWC uint8 -> NCHW float viewed in channels_last: no copy of the layout.
         x = batch.permute(0, 3, 1, 2).float()
-        height, width = x.shape[-2:]
         pad_h, pad_w = (max(MIN_SIDE, side + -side % SIZE_MULTIPLE) - side for side in (height, width))
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
@@ -278,7 +285,7 @@ class Stylizer:
             limit = self.whole_frame_pixels
             if x[0, 0].numel() * len(x) > (limit if limit is not None else whole_frame_pixel_limit(self.device)):
                 y = torch.cat([stylize_in_strips(self.strip_net, frame[None].contiguous()) for frame in x])
-            elif self.compiling:
+            elif compiled:
                 y = self._compiled()(x)
                 self._remember_compiled(tuple(x.shape[:1]) + tuple(x.shape[2:]))
             else:
