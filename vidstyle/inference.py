@@ -132,16 +132,21 @@ def compile_setting() -> bool | None:
     return None if value == "auto" else value == "1"
 
 
-# The cost model of compiling, per device type. On this machine's 2-core AMD EPYC
-# (bfloat16, batch 4, 640x360; benchmarks/startup.py, see README "Speed"):
-# compiling one frame size takes COMPILE_SECONDS with an empty cache and
-# CACHED_COMPILE_SECONDS when the on-disk cache holds it; each compiled frame
-# then saves GAIN_SECONDS_PER_MEGAPIXEL x its megapixels against eager.
-# CUDA's are estimates (no GPU was at hand): Triton compiles for longer, and
-# a GPU frame takes milliseconds either way, so it saves little per frame in
-# absolute time and compiling pays only for thousands of frames, not hundreds.
+# The cost model of compiling, per device type. CPU: this 2-core AMD EPYC with
+# AVX512-BF16, bfloat16, batches of 4 at 640x360, the machine idle: eager
+# 0.25 s a frame, compiled 0.123 (8.11 frames/s, benchmarks/pipeline.py), so
+# each frame saves 0.127 s, 0.55 s per megapixel; compiling a new frame size
+# takes about 35 s with an empty cache, and about a third of that (12 s) when
+# Inductor's on-disk cache holds the size's kernels (measured 24 against 54 to
+# 97 s on the loaded machine). Both scale alike with load, so the break-even
+# counts hold: about 280 frames at 640x360 cold, 95 cached (benchmarks/startup.py).
+# CUDA: estimates, no GPU was at hand. Triton compiles for longer (about a
+# minute cold), and a frame takes milliseconds either way (about 5 ms saved per
+# 1080p frame): in absolute time a GPU frame saves far less than a CPU frame, so
+# on CUDA compiling pays only after thousands of frames (about 1,900 at 1080p
+# cached, 14,000 cold), not fewer frames than on the CPU.
 COMPILE_SECONDS = {"cpu": 35.0, "cuda": 60.0}
-CACHED_COMPILE_SECONDS = {"cpu": 6.0, "cuda": 8.0}
+CACHED_COMPILE_SECONDS = {"cpu": 12.0, "cuda": 8.0}
 GAIN_SECONDS_PER_MEGAPIXEL = {"cpu": 0.55, "cuda": 0.002}
 
 
