@@ -137,8 +137,8 @@ def compile_setting() -> bool | None:
 # 0.25 s a frame, compiled 0.123 (8.11 frames/s, benchmarks/pipeline.py), so
 # each frame saves 0.127 s, 0.55 s per megapixel; compiling a new frame size
 # takes about 35 s with an empty cache, and about a third of that (12 s) when
-# Inductor's on-disk cache holds the size's kernels (measured 24 against 54 to
-# 97 s on the loaded machine). Both scale alike with load, so the break-even
+# Inductor's on-disk cache holds the size's kernels (measured on the loaded
+# machine: 24 against 97 s, and 15 s more than eager's first batch at 72 frames). Both scale alike with load, so the break-even
 # counts hold: about 280 frames at 640x360 cold, 95 cached (benchmarks/startup.py).
 # CUDA: estimates, no GPU was at hand. Triton compiles for longer (about a
 # minute cold), and a frame takes milliseconds either way (about 5 ms saved per
