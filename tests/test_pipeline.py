@@ -157,6 +157,9 @@ class IdentityStylizer:
 
     device = torch.device("cpu")
 
+    def expect(self, frames: int, height: int, width: int, batch_size: int) -> bool:
+        return False
+
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         return frames
 

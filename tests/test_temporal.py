@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import decode
+from test_pipeline import IdentityStylizer
 from trainer.evaluate import WarpingError
 from vidstyle.pipeline import stylize_file
 from vidstyle.segments import join_segments, plan_spans
@@ -83,11 +84,9 @@ def test_blend_carries_the_previous_output_where_trusted() -> None:
     assert np.abs(second.astype(int) - 120).max() <= 1  # 200 + 0.8 * (100 - 200)
 
 
-class GrainAmplifier:
+class GrainAmplifier(IdentityStylizer):
     """Stands in for a style network in what makes it flicker: small changes of the
     input (grain) come out several times larger."""
-
-    device = torch.device("cpu")
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         return (128 + 4 * (frames.astype(np.float32) - 128)).clip(0, 255).astype(np.uint8)

@@ -60,7 +60,8 @@ def cli() -> None:
 @click.option("--preset", default="medium", show_default=True,
               help="x264's speed preset names (ultrafast..placebo), mapped onto VP9's and AV1's speed levels.")
 @click.option("--compile/--no-compile", "compile_network", default=None,
-              help="torch.compile the network: faster per frame, slower to start [default: on; VIDSTYLE_COMPILE=0 turns it off].")
+              help="torch.compile the network: faster per frame, slower to start [default: when the video is long enough "
+                   "to repay it, never for a still; VIDSTYLE_COMPILE=1/0 forces either].")
 @click.option("--precision", type=click.Choice(["auto", "fp32"]),
               help="auto: float16 on CUDA, bfloat16 on CPUs with native bf16 (faster, ~53 dB from fp32); "
                    "fp32: float32 throughout [default: VIDSTYLE_PRECISION, else auto].")

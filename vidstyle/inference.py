@@ -10,12 +10,14 @@ from __future__ import annotations
 import copy
 import logging
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vidstyle.config import setting
 from vidstyle.errors import VidstyleError
 from vidstyle.model import ConvLayer, TransformerNet
 from vidstyle.strips import stylize_in_strips
@@ -121,11 +123,63 @@ def prepare_network(net: TransformerNet, device: torch.device) -> nn.Module:
     return net.to(device=device, memory_format=torch.channels_last)
 
 
-def compile_by_default() -> bool:
-    """torch.compile fuses the normalisation and padding passes around each conv
-    (about 1.5x on the CPU) but costs tens of seconds per frame size: on unless
-    VIDSTYLE_COMPILE=0."""
-    return os.environ.get("VIDSTYLE_COMPILE", "1") != "0"
+def compile_setting() -> bool | None:
+    """VIDSTYLE_COMPILE: "1" forces torch.compile, "0" forces eager, unset or
+    "auto" lets `should_compile` decide per run."""
+    value = (setting("VIDSTYLE_COMPILE") or "auto").strip().lower()
+    if value not in ("0", "1", "auto"):
+        raise VidstyleError(f"VIDSTYLE_COMPILE must be 0, 1 or auto, not {value!r}")
+    return None if value == "auto" else value == "1"
+
+
+# The cost model of compiling, per device type. CPU: this 2-core AMD EPYC with
+# AVX512-BF16, bfloat16, batches of 4 at 640x360, the machine idle: eager
+# 0.25 s a frame, compiled 0.123 (8.11 frames/s, benchmarks/pipeline.py), so
+# each frame saves 0.127 s, 0.55 s per megapixel; compiling a new frame size
+# takes about 35 s with an empty cache, and about a third of that (12 s) when
+# Inductor's on-disk cache holds the size's kernels (measured on the loaded
+# machine: 24 against 97 s, and 15 s more than eager's first batch at 72 frames). Both scale alike with load, so the break-even
+# counts hold: about 280 frames at 640x360 cold, 95 cached (benchmarks/startup.py).
+# CUDA: estimates, no GPU was at hand. Triton compiles for longer (about a
+# minute cold), and a frame takes milliseconds either way (about 5 ms saved per
+# 1080p frame): in absolute time a GPU frame saves far less than a CPU frame, so
+# on CUDA compiling pays only after thousands of frames (about 1,900 at 1080p
+# cached, 14,000 cold), not fewer frames than on the CPU.
+COMPILE_SECONDS = {"cpu": 35.0, "cuda": 60.0}
+CACHED_COMPILE_SECONDS = {"cpu": 12.0, "cuda": 8.0}
+GAIN_SECONDS_PER_MEGAPIXEL = {"cpu": 0.55, "cuda": 0.002}
+
+
+def should_compile(frames: int, height: int, width: int, device: torch.device,
+                   forced: bool | None = None, cached: bool = False) -> bool:
+    """Whether compiling the network pays for `frames` frames of height x width:
+    when the frames' expected saving exceeds the expected compile cost (smaller
+    when `cached`). `forced` (--compile/--no-compile, VIDSTYLE_COMPILE) wins;
+    a still (one frame) and an unknown count (0) run eager."""
+    if forced is not None:
+        return forced
+    if frames <= 1:
+        return False
+    cost = (CACHED_COMPILE_SECONDS if cached else COMPILE_SECONDS)[device.type]
+    return frames * GAIN_SECONDS_PER_MEGAPIXEL[device.type] * height * width / 1e6 > cost
+
+
+def cache_dir() -> Path:
+    """Where compiled networks persist between runs: VIDSTYLE_CACHE_DIR, else
+    $XDG_CACHE_HOME/vidstyle (~/.cache/vidstyle)."""
+    configured = setting("VIDSTYLE_CACHE_DIR")
+    if configured:
+        return Path(configured).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vidstyle"
+
+
+def use_cache_dir() -> Path:
+    """Point torch's on-disk compile caches (Inductor's FX graph cache, AOTAutograd's)
+    at cache_dir(): they key compiled code by graph, shapes, torch version and
+    CPU, so a size compiled once is loaded in seconds by every later process."""
+    folder = cache_dir()
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder / "inductor")
+    return folder
 
 
 def has_native_bf16(device: torch.device) -> bool:
@@ -154,7 +208,11 @@ def autocast_dtype(device: torch.device, precision: str | None = None) -> torch.
 
 
 class Stylizer:
-    """Applies one style network to batches of uint8 RGB frames."""
+    """Applies one style network to batches of uint8 RGB frames, eager or compiled.
+
+    `compile` True or False forces either (--compile/--no-compile, VIDSTYLE_COMPILE);
+    None leaves it to `expect`, which the pipeline calls before a video's first
+    batch; without that call (a still) the network runs eager."""
 
     def __init__(self, net: TransformerNet, device: torch.device, compile: bool | None = None,
                  precision: str | None = None, whole_frame_pixels: int | None = None):
@@ -162,38 +220,93 @@ class Stylizer:
         # The plain layers, before prepare_network rewrites them, for frames too large to run whole.
         self.strip_net = copy.deepcopy(net).eval().requires_grad_(False).to(device)
         self.whole_frame_pixels = whole_frame_pixels
-        self.net = prepare_network(net, device)
-        if compile if compile is not None else compile_by_default():
+        self.eager_net = prepare_network(net, device)
+        self.compiled_net: nn.Module | None = None  # made on the first compiled batch
+        self.forced_compile = compile if compile is not None else compile_setting()
+        # (batch size, height, width) of the run `expect` chose to compile: its short last batch
+        # is padded to the batch size, so that one graph serves the whole run.
+        self.compiled_run: tuple[int, int, int] | None = None
+        self.compiled_shapes: set[tuple[int, ...]] = set()
+        self.autocast_dtype = autocast_dtype(device, precision)
+
+    def expect(self, frames: int, height: int, width: int, batch_size: int) -> bool:
+        """Decide whether the coming `frames` frames (0: unknown) of height x width,
+        in batches of `batch_size`, run compiled (see should_compile); returns the choice."""
+        batch_size = max(1, min(batch_size, frames or batch_size))
+        shape = self._network_shape(batch_size, height, width)
+        if shape in self.compiled_shapes and self.forced_compile is not False:
+            compiling = True  # compiled in this process already: free
+        else:
+            cached = self._compiled_marker(shape).exists()
+            compiling = should_compile(frames, height, width, self.device, self.forced_compile, cached)
+        self.compiled_run = (batch_size, height, width) if compiling else None
+        return compiling
+
+    def compiles(self, height: int, width: int) -> bool:
+        """Whether frames of this size run compiled: forced, or the size of the run `expect` chose to
+        compile (any other, a still say, runs eager)."""
+        return self.forced_compile is True or self.compiled_run is not None and self.compiled_run[1:] == (height, width)
+
+    def _network_shape(self, batch: int, height: int, width: int) -> tuple[int, ...]:
+        return (batch, *(max(MIN_SIDE, side + -side % SIZE_MULTIPLE) for side in (height, width)))
+
+    def _compiled_marker(self, shape: tuple[int, ...]) -> Path:
+        """A file that says this shape was compiled into the on-disk cache (which torch keys
+        by graph hashes that cannot be asked cheaply beforehand)."""
+        dtype = str(self.autocast_dtype or torch.float32).removeprefix("torch.")
+        name = f"torch-{torch.__version__}-{self.device.type}-{dtype}-" + "x".join(map(str, shape))
+        return cache_dir() / "compiled" / name
+
+    def _compiled(self) -> nn.Module:
+        if self.compiled_net is None:
             import torch._inductor.config as inductor_config
 
+            use_cache_dir()
             inductor_config.freezing = True  # constant-fold the weights into oneDNN's packed layout
             # Inductor looks for a CUDA toolkit even on CPU-only hosts and warns on every run when
             # it finds one without a GPU: noise for the user, not a problem.
             logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-            self.net = torch.compile(self.net, dynamic=False)
-        self.autocast_dtype = autocast_dtype(device, precision)
+            self.compiled_net = torch.compile(self.eager_net, dynamic=False)
+        return self.compiled_net
 
     @torch.inference_mode()
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 RGB in, (N, H, W, 3) uint8 RGB out."""
+        count, height, width = frames.shape[:3]
+        compiled = self.compiles(height, width)
+        if compiled and self.compiled_run and count < self.compiled_run[0]:
+            # A short last batch would compile a graph of its own: repeat its last frame instead.
+            frames = np.concatenate([frames, np.repeat(frames[-1:], self.compiled_run[0] - count, axis=0)])
         batch = torch.from_numpy(frames)
         if self.device.type == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
         # NHWC uint8 -> NCHW float viewed in channels_last: no copy of the layout.
         x = batch.permute(0, 3, 1, 2).float()
-        height, width = x.shape[-2:]
         pad_h, pad_w = (max(MIN_SIDE, side + -side % SIZE_MULTIPLE) - side for side in (height, width))
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             limit = self.whole_frame_pixels
-            if x[0, 0].numel() * len(x) <= (limit if limit is not None else whole_frame_pixel_limit(self.device)):
-                y = self.net(x)
-            else:
+            if x[0, 0].numel() * len(x) > (limit if limit is not None else whole_frame_pixel_limit(self.device)):
                 y = torch.cat([stylize_in_strips(self.strip_net, frame[None].contiguous()) for frame in x])
-        y = y[..., :height, :width].float().clamp_(0, 255).round_().to(torch.uint8)
+            elif compiled:
+                y = self._compiled()(x)
+                self._remember_compiled(tuple(x.shape[:1]) + tuple(x.shape[2:]))
+            else:
+                y = self.eager_net(x)
+        y = y[:count, :, :height, :width].float().clamp_(0, 255).round_().to(torch.uint8)
         return y.permute(0, 2, 3, 1).cpu().numpy()
+
+    def _remember_compiled(self, shape: tuple[int, ...]) -> None:
+        if shape not in self.compiled_shapes:
+            self.compiled_shapes.add(shape)
+            marker = self._compiled_marker(shape)
+            try:
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.touch()
+            except OSError:  # a read-only cache only costs the next run a guess
+                pass
 
 
 # Rough peak working memory of the network per input pixel: a few live
@@ -232,3 +345,34 @@ def default_batch_size(device: torch.device, height: int, width: int) -> int:
         free, _total = torch.cuda.mem_get_info(device)
         return max(1, min(64, int(free * 0.5 // (pixels * BYTES_PER_PIXEL // 2))))
     return max(1, min(8, CPU_BATCH_PIXELS // pixels))
+
+
+def warm_sizes() -> list[tuple[int, int]]:
+    """VIDSTYLE_WARM_SIZES: frame sizes (WIDTHxHEIGHT, comma-separated) a worker compiles at start-up."""
+    text = setting("VIDSTYLE_WARM_SIZES") or ""
+    sizes = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        try:
+            width, height = (int(side) for side in item.lower().split("x"))
+        except ValueError:
+            raise VidstyleError(f"VIDSTYLE_WARM_SIZES: {item!r} is not WIDTHxHEIGHT (e.g. 1920x1080)") from None
+        sizes.append((width, height))
+    return sizes
+
+
+def warm_compile_cache(sizes: list[tuple[int, int]], device_name: str | None = None) -> None:
+    """Compile the network for each (width, height) into the on-disk cache, at the
+    batch size a job of that size runs in, so that a job of one of these sizes
+    finds it compiled. The compiled code does not depend on the weights: any
+    style's network is a TransformerNet, so random weights stand in for all."""
+    if compile_setting() is False:
+        return
+    device = resolve_device(device_name)
+    stylizer = Stylizer(TransformerNet(), device, compile=True)
+    for width, height in sizes:
+        batch_size = default_batch_size(device, height, width)
+        if stylizer._compiled_marker(stylizer._network_shape(batch_size, height, width)).exists():
+            continue
+        logging.getLogger(__name__).warning(f"compiling the network for {width}x{height} frames (VIDSTYLE_WARM_SIZES)")
+        stylizer.expect(batch_size, height, width, batch_size)
+        stylizer(np.zeros((batch_size, height, width, 3), np.uint8))

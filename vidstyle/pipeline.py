@@ -424,6 +424,7 @@ def _stylize_video(
     temporal = TemporalConsistency(stylizer.device, temporal_strength) if temporal_strength > 0 else None
     expected = span.frames if span else info.frames
     batch_size = batch_size or default_batch_size(stylizer.device, info.height, info.width)
+    stylizer.expect(expected, info.height, info.width, batch_size)  # compile only where it pays
     stage = _Stage()
     source = open_input(input_path, sequence_fps)
     try:

@@ -220,6 +220,23 @@ def workers(as_json: bool) -> None:
         click.echo(f"{w.name:<32}  {w.device:<8}  {w.queues:<16}  {w.concurrency:>5}  {seen:<8}  {','.join(w.jobs) or '-'}")
 
 
+def warm_compile_cache() -> None:
+    """Compile the network for the common frame sizes (VIDSTYLE_WARM_SIZES) into the
+    on-disk cache before taking jobs, so that no job waits for it. In a child process:
+    the pool forks from this one, which must not have started torch's threads."""
+    import multiprocessing
+
+    from vidstyle import inference
+    from vidstyle.config import setting
+
+    sizes = inference.warm_sizes()
+    if sizes:
+        child = multiprocessing.get_context("spawn").Process(
+            target=inference.warm_compile_cache, args=(sizes, setting("VIDSTYLE_DEVICE")))
+        child.start()
+        child.join()
+
+
 @click.command()
 @click.option("--device", help="cpu, cuda or cuda:N for this worker's networks [default: cuda when available].")
 @click.option("--queues", "-Q", default=DEFAULT_QUEUE, show_default=True, help="Comma-separated queues to take jobs from.")
@@ -250,6 +267,7 @@ def worker(device: str | None, queues: str, concurrency: int, name: str | None, 
 
     worker_device()  # a bad or missing device: one line now, not a traceback from every job
     on_term_setting()  # likewise a bad VIDSTYLE_ON_TERM
+    warm_compile_cache()
     name = name or f"vidstyle{'-' + device.replace(':', '') if device else ''}@%h"
     # Mingle and gossip sync revocations and events between workers; the fleet uses neither
     # (cancellation and presence live in the job store), and mingle costs a second at start.
