@@ -13,7 +13,7 @@ from test_pipeline import IdentityStylizer
 from trainer.evaluate import WarpingError
 from vidstyle.pipeline import stylize_file
 from vidstyle.segments import join_segments, plan_spans
-from vidstyle.temporal import MotionTracker, TemporalBlend
+from vidstyle.temporal import MotionTracker, TemporalBlend, blur, blur_on_device, warp, warp_on_device
 
 
 def texture(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -112,3 +112,13 @@ def test_split_job_has_no_jump_at_segment_boundaries(tmp_path: Path) -> None:
     # (without the warm-up, this pair's error is several times the largest within a segment).
     within = errors[1:47] + errors[48:]
     assert errors[47] <= max(within)
+
+
+def test_the_gpu_blend_matches_the_cpu_one() -> None:
+    """The tensor versions the blend runs on CUDA, checked here on CPU tensors against OpenCV's."""
+    image = torch.from_numpy(texture(40, 56).astype(np.float32))
+    rng = np.random.default_rng(2)
+    flow = rng.uniform(-2, 2, (40, 56, 2)).astype(np.float32)
+    inner = (slice(3, -3), slice(3, -3))  # borders: the two replicate the edge a little differently
+    assert (warp_on_device(image, flow) - warp(image, flow))[inner].abs().max() < 2.0
+    assert (blur_on_device(image) - blur(image)).abs().max() < 0.5

@@ -203,7 +203,13 @@ class TemporalBlend:
 def blur(image: torch.Tensor) -> torch.Tensor:
     """A Gaussian blur of BASE_SIGMA pixels of an (H, W, C) float32 image."""
     if image.device.type == "cpu":
-        return torch.from_numpy(cv2.GaussianBlur(image.numpy(), (0, 0), BASE_SIGMA).reshape(image.shape))
+        blurred = cv2.GaussianBlur(image.numpy(), (0, 0), BASE_SIGMA, borderType=cv2.BORDER_REPLICATE)
+        return torch.from_numpy(blurred.reshape(image.shape))
+    return blur_on_device(image)
+
+
+def blur_on_device(image: torch.Tensor) -> torch.Tensor:
+    """blur() in tensor operations, for GPUs (OpenCV's is faster on a CPU)."""
     radius = int(3 * BASE_SIGMA)
     taps = torch.exp(-torch.arange(-radius, radius + 1, device=image.device, dtype=torch.float32) ** 2
                      / (2 * BASE_SIGMA ** 2))
@@ -223,6 +229,12 @@ def warp(image: torch.Tensor, flow: np.ndarray) -> torch.Tensor:
         warped = cv2.remap(image.numpy(), grid_x + flow[..., 0], grid_y + flow[..., 1], cv2.INTER_CUBIC,
                            borderMode=cv2.BORDER_REPLICATE)
         return torch.from_numpy(warped.reshape(image.shape)).clamp_(0, 255)
+    return warp_on_device(image, flow)
+
+
+def warp_on_device(image: torch.Tensor, flow: np.ndarray) -> torch.Tensor:
+    """warp() with grid_sample, for GPUs."""
+    height, width = image.shape[:2]
     offsets = torch.from_numpy(flow).to(image.device)
     ys, xs = torch.meshgrid(torch.arange(height, device=image.device, dtype=torch.float32),
                             torch.arange(width, device=image.device, dtype=torch.float32), indexing="ij")
