@@ -17,7 +17,7 @@ from test_cli import assert_clean_failure
 from test_pipeline import IdentityStylizer
 from vidstyle import cli
 from vidstyle.errors import VidstyleError
-from vidstyle.formats import parse_fps, segment_suffix, write_image
+from vidstyle.formats import parse_fps, segment_suffix
 from vidstyle.inference import Stylizer, resolve_device
 from vidstyle.jobs import Job
 from vidstyle.pipeline import EncodeOptions, stylize_file

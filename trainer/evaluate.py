@@ -29,7 +29,6 @@ from trainer.data import find_images, load_sample_photos, load_style_image, sha2
 from trainer.losses import content_loss, gram_matrix, style_loss, total_variation
 from trainer.vgg import CONTENT_LAYER, LossNetwork, load_loss_network
 from vidstyle.errors import VidstyleError
-from vidstyle.inference import Stylizer
 from vidstyle.pipeline import open_input, partial_file, probe_video
 from vidstyle.preview import contact_sheet
 from vidstyle.styles import Style

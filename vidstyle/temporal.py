@@ -63,22 +63,25 @@ class MotionTracker:
     def __init__(self, long_side: int = FLOW_LONG_SIDE):
         self.long_side = long_side
         self.flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
-        self.previous: np.ndarray | None = None
+        self.previous: np.ndarray | None = None  # the last frame, gray at flow resolution
 
     def __call__(self, frame: np.ndarray) -> Motion | None:
         """The motion from the previous frame given; None for the first, and for frames
         too small to track (DIS needs 12 pixels a side; there is nothing to steady below)."""
-        previous, self.previous = self.previous, frame
-        if previous is None or min(frame.shape[:2]) < MIN_TRACKED_SIDE:
+        height, width = frame.shape[:2]
+        if min(height, width) < MIN_TRACKED_SIDE:
+            self.previous = None
             return None
-        return self.estimate(previous, frame)
-
-    def estimate(self, previous: np.ndarray, current: np.ndarray) -> Motion:
-        height, width = current.shape[:2]
         scale = min(1.0, self.long_side / max(height, width))
         size = (max(MIN_TRACKED_SIDE, round(width * scale)), max(MIN_TRACKED_SIDE, round(height * scale)))
-        before, now = (cv2.resize(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), size, interpolation=cv2.INTER_AREA)
-                       for f in (previous, current))
+        before = self.previous
+        now = self.previous = cv2.resize(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY), size, interpolation=cv2.INTER_AREA)
+        if before is None or before.shape != now.shape:
+            return None
+        return self.estimate(before, now, width, height)
+
+    def estimate(self, before: np.ndarray, now: np.ndarray, width: int, height: int) -> Motion:
+        """The motion between two gray frames at flow resolution, for frames of width x height."""
         # DIS finds no texture in dark or flat frames (a fade from black) and returns
         # noise: stretch both frames' contrast by one gain, which keeps their brightness relation.
         gain = min(8.0, 48.0 / max(1.0, float(np.std(before)), float(np.std(now))))
@@ -89,7 +92,7 @@ class MotionTracker:
         backward, weight = reliable_motion(before, now, backward, forward)
         # Back to full resolution; flow vectors scale with the image.
         flow = cv2.resize(backward, (width, height), interpolation=cv2.INTER_LINEAR)
-        flow *= np.array([width / size[0], height / size[1]], dtype=np.float32)
+        flow *= np.array([width / now.shape[1], height / now.shape[0]], dtype=np.float32)
         weight = cv2.resize(weight, (width, height), interpolation=cv2.INTER_LINEAR)
         return Motion(flow, weight)
 
@@ -191,7 +194,7 @@ class TemporalBlend:
             if motion is not None and self.previous is not None and self.strength > 0:
                 trust = torch.from_numpy(motion.weight).to(self.device)[..., None]
                 change = warp(self.previous, motion.flow) - blended[index]
-                if self.detail_strength == self.strength:
+                if self.detail_strength == self.strength:  # one band: no blur needed
                     blended[index] += trust * self.strength * change
                 else:
                     base = blur(change)
