@@ -9,6 +9,7 @@ values), so callers clamp to 0..255 before converting to 8-bit pixels.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -24,22 +25,28 @@ class ConvLayer(nn.Module):
         return self.conv(self.pad(x))
 
 
+def _norm(channels: int, normalize: bool) -> nn.Module:
+    # Identity keeps the Sequential's indices, so state_dict keys do not depend on it.
+    return nn.InstanceNorm2d(channels, affine=True) if normalize else nn.Identity()
+
+
 class ConvNormReLU(nn.Sequential):
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 normalize: bool = True):
         super().__init__(
             ConvLayer(in_channels, out_channels, kernel_size, stride),
-            nn.InstanceNorm2d(out_channels, affine=True),
+            _norm(out_channels, normalize),
             nn.ReLU(inplace=True),
         )
 
 
 class ResidualBlock(nn.Module):
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, normalize: bool = True):
         super().__init__()
         self.body = nn.Sequential(
-            ConvNormReLU(channels, channels, 3),
+            ConvNormReLU(channels, channels, 3, normalize=normalize),
             ConvLayer(channels, channels, 3),
-            nn.InstanceNorm2d(channels, affine=True),
+            _norm(channels, normalize),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -50,10 +57,10 @@ class UpsampleConvNormReLU(nn.Sequential):
     """Nearest x2 upsampling then a 3x3 convolution: no checkerboard artefacts
     (Odena et al. 2016), unlike the transposed convolutions of the paper."""
 
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, out_channels: int, normalize: bool = True):
         super().__init__(
             nn.Upsample(scale_factor=2, mode="nearest"),
-            ConvNormReLU(in_channels, out_channels, 3),
+            ConvNormReLU(in_channels, out_channels, 3, normalize=normalize),
         )
 
 
@@ -74,3 +81,38 @@ class TransformerNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.residuals(self.encoder(x)))
+
+
+UPSCALE_FACTORS = (2, 4, 8)
+
+
+class UpscalerNet(nn.Module):
+    """The super-resolution network of Johnson et al. (2016, section 4.2): a 9x9 conv,
+    residual blocks at the low resolution, one x2 upsampling layer per octave of the
+    factor, a 9x9 conv to RGB; trained against the same VGG-16 feature loss.
+
+    Two departures from the paper, both for what vidstyle needs:
+    - no normalisation layers: batch and instance norm tie every pixel to statistics
+      of the whole frame; without them the network is local, so a frame too large for
+      memory can be cut into overlapping tiles with an exact result;
+    - it predicts the detail to add to a bicubic upscale rather than the whole image
+      (residual learning, Kim et al. 2016), which trains in CPU hours, not GPU days.
+
+    Same tensor convention as TransformerNet: RGB, 0..255 in and out, output unclamped.
+    """
+
+    def __init__(self, factor: int = 4, channels: int = 64, blocks: int = 4):
+        super().__init__()
+        if factor not in UPSCALE_FACTORS:
+            raise ValueError(f"upscale factor must be one of {UPSCALE_FACTORS}, not {factor}")
+        self.factor = factor
+        self.head = ConvNormReLU(3, channels, 9, normalize=False)
+        self.residuals = nn.Sequential(*(ResidualBlock(channels, normalize=False) for _ in range(blocks)))
+        self.upsample = nn.Sequential(*(UpsampleConvNormReLU(channels, channels, normalize=False)
+                                        for _ in range(factor.bit_length() - 1)))
+        self.tail = ConvLayer(channels, 3, 9)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        base = F.interpolate(x, scale_factor=self.factor, mode="bicubic", align_corners=False)
+        detail = self.tail(self.upsample(self.residuals(self.head(x / 255.0))))
+        return base + 255.0 * detail
