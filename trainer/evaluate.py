@@ -28,6 +28,7 @@ from tqdm import tqdm
 from trainer.data import find_images, load_sample_photos, load_style_image, sha256_file
 from trainer.losses import content_loss, gram_matrix, style_loss, total_variation
 from trainer.vgg import CONTENT_LAYER, LossNetwork, load_loss_network
+from vidstyle import exposure
 from vidstyle.errors import VidstyleError
 from vidstyle.pipeline import open_input, partial_file, probe_video
 from vidstyle.preview import contact_sheet
@@ -240,8 +241,10 @@ def evaluate_flicker(
 
     def flush() -> None:
         nonlocal previous, frames
-        network_input, motions = temporal.prepare(batch)
-        outputs = zip(batch, stylizer(np.stack(batch)), temporal.finish(stylizer(network_input), motions))
+        lifted, gains = exposure.lift(np.stack(batch))  # as the pipeline does, with or without the temporal stage
+        network_input, motions = temporal.prepare(lifted)
+        outputs = zip(batch, exposure.restore(stylizer(lifted), gains),
+                      exposure.restore(temporal.finish(stylizer(network_input), motions), gains))
         for frame, plain, steady in outputs:
             current = {"input": frame, "per frame": plain, "temporal": steady}
             if previous is not None:

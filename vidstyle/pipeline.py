@@ -30,7 +30,7 @@ import av
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from vidstyle import formats
+from vidstyle import exposure, formats
 from vidstyle.errors import VidstyleError
 from vidstyle.inference import Stylizer, default_batch_size
 from vidstyle.temporal import DEFAULT_STRENGTH, Motion, TemporalConsistency
@@ -407,6 +407,7 @@ class _FrameBatch:
     motions: list[Motion | None] | None = None  # each frame's motion from the one before, with temporal blending
     warmup: bool = False  # frames before a segment's span: stylized for the blend's history, not written
     alpha: list[np.ndarray] | None = None  # each input frame's alpha plane, where the output keeps it
+    gains: np.ndarray | None = None  # each frame's exposure gain (vidstyle.exposure), undone after the network
 
 
 def _stylize_video(
@@ -455,6 +456,7 @@ def _stylize_video(
                 item.pixels = stylizer(item.pixels)
                 if temporal is not None:
                     item.pixels = temporal.finish(item.pixels, item.motions)
+                item.pixels = exposure.restore(item.pixels, item.gains)
                 if item.warmup:
                     continue
                 done += len(item.pts)
@@ -619,9 +621,9 @@ def _decoded_batches(
     keep_alpha: bool = False,
 ) -> Iterator[object]:
     """Audio packets as they come, and batches of decoded frames (within span, if given),
-    prepared by the temporal stage if given. With it, a span that does not start the
-    video is preceded by a warm-up batch of the frames before it. `keep_alpha`: each
-    batch carries its frames' alpha planes too."""
+    with their exposure lifted (vidstyle.exposure) and prepared by the temporal stage if
+    given. With it, a span that does not start the video is preceded by a warm-up batch
+    of the frames before it. `keep_alpha`: each batch carries its frames' alpha planes too."""
     alphas: list[np.ndarray] = []
     pixels: list[np.ndarray] = []
     pts: list[int] = []
@@ -634,10 +636,11 @@ def _decoded_batches(
     def batch(frames: list[np.ndarray], frame_pts: list[int], is_warmup: bool = False) -> _FrameBatch:
         frame_alphas = alphas[:len(frame_pts)] if keep_alpha else None
         del alphas[:len(frame_pts)]
+        network_input, gains = exposure.lift(np.stack(frames))
         if temporal is None:
-            return _FrameBatch(np.stack(frames), frame_pts, video_in.time_base, alpha=frame_alphas)
-        network_input, motions = temporal.prepare(frames)
-        return _FrameBatch(network_input, frame_pts, video_in.time_base, motions, is_warmup, frame_alphas)
+            return _FrameBatch(network_input, frame_pts, video_in.time_base, alpha=frame_alphas, gains=gains)
+        network_input, motions = temporal.prepare(network_input)
+        return _FrameBatch(network_input, frame_pts, video_in.time_base, motions, is_warmup, frame_alphas, gains)
 
     for item in _demuxed(source, video_in, audio_in):
         if isinstance(item, av.Packet):

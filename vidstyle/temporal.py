@@ -162,10 +162,10 @@ class TemporalConsistency:
         self.steady_input = TemporalBlend(torch.device("cpu"), strength * INPUT_SHARE)
         self.steady_output = TemporalBlend(device, strength * OUTPUT_SHARE, strength * OUTPUT_DETAIL_SHARE)
 
-    def prepare(self, frames: list[np.ndarray]) -> tuple[np.ndarray, list[Motion | None]]:
-        """Decoded (H, W, 3) uint8 frames in order: the (N, H, W, 3) batch for the network, and each one's motion."""
+    def prepare(self, frames: np.ndarray) -> tuple[np.ndarray, list[Motion | None]]:
+        """(N, H, W, 3) uint8 frames in order: the batch for the network, and each one's motion."""
         motions = [self.motion(frame) for frame in frames]
-        return self.steady_input(np.stack(frames), motions), motions
+        return self.steady_input(frames, motions), motions
 
     def finish(self, stylized: np.ndarray, motions: list[Motion | None]) -> np.ndarray:
         return self.steady_output(stylized, motions)
