@@ -12,19 +12,21 @@ from PIL import Image
 
 from conftest import TEST_STYLE, decode, run_cli
 from test_trainer import inputs  # noqa: F401  (a fixture: tiny photos, a style image, a random VGG)
+from trainer.data import load_sample_photos
 from trainer.evaluate import PerceptualObjective
 from trainer.gatys import objective_card, optimise_image
 from trainer.vgg import load_loss_network
 from vidstyle.export import FramesInFramesOut, export_onnx
 from vidstyle.inference import Controls, Stylizer, resolve_device
-from vidstyle.model import UpscalerNet
-from vidstyle.pipeline import stylize_file
+from vidstyle.model import TransformerNet, UpscalerNet
+from vidstyle.pipeline import EncodeOptions, stylize_file
 from vidstyle.preview import GAP
 from vidstyle.sample import make_sample_video
 from vidstyle.styles import find_style
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 REAL_VGG = SHARED / "models" / "vgg16-imagenet-caffe-features.pth"
+REAL_PHOTO = SHARED / "datasets" / "photos" / "n09332890_lakeside.jpg"
 BT601 = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
 BT709 = np.array([[0.2126, 0.7152, 0.0722], [-0.114572, -0.385428, 0.5], [0.5, -0.454153, -0.045847]])
 
@@ -32,6 +34,18 @@ BT709 = np.array([[0.2126, 0.7152, 0.0722], [-0.114572, -0.385428, 0.5], [0.5, -
 @pytest.fixture(scope="module")
 def stylizer() -> Stylizer:
     return Stylizer(find_style(TEST_STYLE).load_network(), resolve_device("cpu"), compile=False)
+
+
+@pytest.fixture(scope="module")
+def midtone_stylizer() -> Stylizer:
+    """Random weights whose output is textured colour around mid-grey (the test style's is near
+    black): changing a photo's luminance to it mostly stays inside the RGB cube."""
+    torch.manual_seed(0)
+    net = TransformerNet()
+    with torch.no_grad():
+        net.decoder[-1].conv.weight.mul_(60)
+        net.decoder[-1].conv.bias.fill_(128)
+    return Stylizer(net, resolve_device("cpu"), compile=False)
 
 
 def muted_photo(path: Path, width: int = 48, height: int = 40) -> Path:
@@ -50,10 +64,11 @@ def ycbcr(rgb: np.ndarray, matrix: np.ndarray = BT601) -> np.ndarray:
     return rgb @ matrix.T
 
 
-def test_preserve_colors_keeps_the_photos_chroma_and_the_styles_luminance(tmp_path: Path, stylizer: Stylizer) -> None:
+def test_preserve_colors_keeps_the_photos_chroma_and_the_styles_luminance(tmp_path: Path,
+                                                                         midtone_stylizer: Stylizer) -> None:
     photo = muted_photo(tmp_path / "photo.png")
-    plain = read_rgb(stylize_file(photo, tmp_path / "plain.png", stylizer))
-    kept = read_rgb(stylize_file(photo, tmp_path / "kept.png", stylizer, controls=Controls(preserve_colors=True)))
+    plain = read_rgb(stylize_file(photo, tmp_path / "plain.png", midtone_stylizer))
+    kept = read_rgb(stylize_file(photo, tmp_path / "kept.png", midtone_stylizer, controls=Controls(preserve_colors=True)))
     source = ycbcr(read_rgb(photo))
     # Where the sum stays inside the RGB cube (clamping there is what changes chroma).
     inside = ((kept > 0) & (kept < 255)).all(-1)
@@ -63,15 +78,17 @@ def test_preserve_colors_keeps_the_photos_chroma_and_the_styles_luminance(tmp_pa
     assert np.abs(ycbcr(plain)[..., 1:] - source[..., 1:]).mean() > 10  # the style's own colours differ
 
 
-def test_preserve_colors_in_a_video_uses_its_own_matrix(tmp_path: Path, stylizer: Stylizer) -> None:
-    # BT.709-tagged: the luminance kept must be BT.709's, as the encoder stores it.
+def test_preserve_colors_in_a_video_uses_its_own_matrix(tmp_path: Path, midtone_stylizer: Stylizer) -> None:
+    # BT.709-tagged: the luminance kept must be BT.709's, as the encoder stores it (with BT.601's
+    # weights the luma planes below differ by about 6 levels). Lossless x264: only rounding differs.
     source = make_sample_video(tmp_path / "in.mp4", width=64, height=48, frames=6, audio=False, colorspace=1)
-    plain = stylize_file(source, tmp_path / "plain.mp4", stylizer, temporal_strength=0)
-    kept = stylize_file(source, tmp_path / "kept.mp4", stylizer, temporal_strength=0,
+    lossless = EncodeOptions(crf=0)
+    plain = stylize_file(source, tmp_path / "plain.mp4", midtone_stylizer, temporal_strength=0, encode=lossless)
+    kept = stylize_file(source, tmp_path / "kept.mp4", midtone_stylizer, temporal_strength=0, encode=lossless,
                         controls=Controls(preserve_colors=True))
     planes = {name: yuv_planes(path) for name, path in (("in", source), ("plain", plain), ("kept", kept))}
     difference = lambda a, b, plane: np.abs(planes[a][plane] - planes[b][plane]).mean()  # noqa: E731
-    assert difference("kept", "in", "chroma") < 1.5 < 10 < difference("plain", "in", "chroma")
+    assert difference("kept", "in", "chroma") < 2 < 10 < difference("plain", "in", "chroma")
     assert difference("kept", "plain", "luma") < 1.5
 
 
@@ -83,13 +100,15 @@ def yuv_planes(path: Path) -> dict[str, np.ndarray]:
     return {"luma": planes[:, 0], "chroma": planes[:, 1:]}
 
 
-@pytest.mark.skipif(not REAL_VGG.is_file(), reason="needs ../shared/models' VGG-16 weights")
+@pytest.mark.skipif(not (REAL_VGG.is_file() and REAL_PHOTO.is_file()), reason="needs ../shared's VGG-16 and photos")
 def test_strength_is_monotone_in_the_style_loss(tmp_path: Path) -> None:
-    # Needs a trained style and its painting: built-in udnie, ../shared/styles/udnie.jpg.
+    # Needs a trained style, its painting and a real photo: built-in udnie, ../shared/styles/udnie.jpg,
+    # a held-out photo at 128 px (udnie was trained at 256; much smaller, its output is less like it).
     udnie = find_style("udnie")
     objective = PerceptualObjective(udnie.card, SHARED / "styles" / "udnie.jpg", load_loss_network(REAL_VGG))
     stylizer = Stylizer(udnie.load_network(), resolve_device("cpu"), compile=False)
-    photo = muted_photo(tmp_path / "photo.png", 64, 64)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(load_sample_photos([REAL_PHOTO], 128)[0].permute(1, 2, 0).byte().numpy()).save(photo)
     outputs = {s: stylize_file(photo, tmp_path / f"s{s}.png", stylizer, controls=Controls(strength=s))
                for s in (0.0, 0.25, 0.5, 0.75, 1.0)}
     plain = stylize_file(photo, tmp_path / "plain.png", stylizer)

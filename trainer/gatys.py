@@ -76,17 +76,19 @@ def optimise_image(photo: np.ndarray, style_image: Path, vgg_weights: Path, iter
     else:
         image = torch.rand(content.shape, generator=torch.Generator().manual_seed(seed)) * 255
     image.requires_grad_(True)
-    start = None
+    start, best, best_image = None, math.inf, image.detach()
+    # Without a line search a step sometimes overshoots (the objective jumps, then recovers):
+    # the result is the best image seen, the last one (after `iterations` steps) included.
     with tqdm(total=iterations, unit="it", desc=f"optimising after {style_image.name}") as bar:
-        for iteration, value in lbfgs_steps(lambda x: objective(x, target), image):
-            if not math.isfinite(value):
-                raise VidstyleError(f"the optimisation diverged at iteration {iteration}; try --init photo")
+        for iteration, value, evaluated in lbfgs_steps(lambda x: objective(x, target), image):
             start = value if start is None else start
-            bar.update()
-            bar.set_postfix_str(f"objective {value:.4g}")  # of the image before this iteration's step
-            if iteration + 1 == iterations:
+            if value < best:
+                best, best_image = value, evaluated
+            if iteration == iterations or not math.isfinite(value):
                 break
-    result = image.detach().clamp(0, 255).round()
+            bar.update()
+            bar.set_postfix_str(f"objective {value:.4g}")
+    result = best_image.clamp(0, 255).round()
     with torch.no_grad():
         final = objective(result, target).item()
     return Optimised(result[0].permute(1, 2, 0).to(torch.uint8).numpy(), start, final)
