@@ -1,6 +1,6 @@
 """Which blend makes the best --strength: losses and a contact sheet, measured in one run.
 
-    python benchmarks/strength_blends.py [--style udnie] [--photos 4] [--sheet strength_blends.png] [--threads 1]
+    python benchmarks/strength_blends.py [--style udnie] [--photos A.jpg B.jpg] [--sheet blends.png] [--threads 2]
 
 Three ways to give "S of the style", each at S = 0, 0.25, 0.5, 0.75 and 1, on a
 few held-out photos (centre crops at --size) and a real video frame (the
@@ -27,29 +27,29 @@ import torch
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+# Spread over the 50 the built-in styles' trainer held out (the last by path).
+PHOTOS = ("n07747607_orange.jpg", "n07871810_meat_loaf.jpg", "n09288635_geyser.jpg", "n12057211_yellow_lady's_slipper.jpg")
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--style", default="udnie")
-    p.add_argument("--style-images", type=Path, default=SHARED / "styles")
-    p.add_argument("--dataset", type=Path, default=SHARED / "datasets" / "photos")
-    p.add_argument("--vgg-weights", type=Path, default=SHARED / "models" / "vgg16-imagenet-caffe-features.pth")
-    p.add_argument("--held-out", type=int, default=50)
-    p.add_argument("--photos", type=int, default=4, help="held-out photos, spread over them [4]")
+    p.add_argument("--photos", type=Path, nargs="+", default=[SHARED / "datasets" / "photos" / name for name in PHOTOS],
+                   help="photos the style was not trained on [four of the trainer's held-out ones]")
     p.add_argument("--size", type=int, default=256, help="photo crop size [256]")
+    p.add_argument("--style-images", type=Path, default=SHARED / "styles")
+    p.add_argument("--vgg-weights", type=Path, default=SHARED / "models" / "vgg16-imagenet-caffe-features.pth")
     p.add_argument("--clip", type=Path, default=SHARED / "videos" / "chaplin.mp4")
     p.add_argument("--clip-size", default="640x360")
     p.add_argument("--sheet", type=Path, help="write a contact sheet: a row per blend and strength")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int, default=1, help="torch's CPU threads [1: this shared machine's measurements]")
     return p.parse_args()
 
 
 def main() -> None:
     args = parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from trainer.data import find_images, load_sample_photos
+    torch.set_num_threads(args.threads)
+    from trainer.data import load_sample_photos
     from trainer.evaluate import PerceptualObjective, decoded_frames
     from trainer.vgg import load_loss_network
     from vidstyle.cli import parse_size
@@ -60,8 +60,7 @@ def main() -> None:
     style = find_style(args.style)
     objective = PerceptualObjective(style.card, args.style_images / style.card["style_image"],
                                     load_loss_network(args.vgg_weights))
-    held_out = find_images(args.dataset)[-args.held_out:]
-    photos = list(load_sample_photos(held_out[:: max(1, len(held_out) // args.photos)][: args.photos], args.size))
+    photos = list(load_sample_photos(args.photos, args.size))
     frames = list(decoded_frames(args.clip, size=parse_size(args.clip_size)))
     images = [p[None] for p in photos] + [torch.from_numpy(frames[len(frames) // 2]).permute(2, 0, 1)[None].float()]
     net = style.load_network()
