@@ -4,10 +4,11 @@
 
 1. What --strength and --preserve-colors cost: the Stylizer on batches of a real
    clip's frames (--clip at --clip-size, eager, best of --repeats), plain and
-   with both controls, and the ratio.
+   with both controls, taken in turn, and the ratio.
 2. Optimising a still (`submit --style-image`): seconds per L-BFGS iteration at
-   --size px (a held-out photo after the style's painting), and the objective
-   before and after --iterations.
+   --size px (a held-out photo after the style's painting; a run of 1 iteration
+   subtracted, so loading is not counted), and the objective before and after
+   --iterations.
 3. `vidstyle export`: the style exported at 64x64, run by onnxruntime on a real
    frame at --clip-size; the largest difference from PyTorch's float32 output
    in 8-bit levels, and the time per frame of each.
@@ -34,20 +35,22 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--clip", type=Path, default=SHARED / "videos" / "chaplin.mp4")
     p.add_argument("--clip-size", default="640x360")
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--iterations", type=int, default=10)
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--threads", type=int, default=1, help="torch's CPU threads [1: this shared machine's measurements]")
     return p.parse_args()
 
 
-def best_seconds(run, repeats: int) -> float:
-    times = []
+def best_seconds(runs: list, repeats: int) -> list[float]:
+    """The best time of each run, the runs taken in turn `repeats` times (so a change of load hits all alike)."""
+    times = [[] for _ in runs]
     for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return min(times)
+        for run, taken in zip(runs, times):
+            started = time.perf_counter()
+            run()
+            taken.append(time.perf_counter() - started)
+    return [min(taken) for taken in times]
 
 
 def main() -> None:
@@ -68,21 +71,24 @@ def main() -> None:
 
     stylizer = Stylizer(style.load_network(), resolve_device("cpu"), compile=False)
     stylizer(frames)  # warm-up
-    plain = best_seconds(lambda: stylizer(frames), args.repeats)
-    controlled = best_seconds(lambda: stylizer(frames, Controls(strength=0.5, preserve_colors=True)), args.repeats)
+    plain, controlled = best_seconds([lambda: stylizer(frames),
+                                      lambda: stylizer(frames, Controls(strength=0.5, preserve_colors=True))], args.repeats)
     print(f"1. Stylizer, {len(frames)} frames of {args.clip.name} at {args.clip_size}, eager, best of {args.repeats}: "
           f"plain {plain:.3f} s, strength 0.5 + preserve-colors {controlled:.3f} s: x{controlled / plain:.3f}")
 
     photo = Image.open(args.photo).convert("RGB")
     scale = args.size / max(photo.size)
     photo = np.asarray(photo.resize((round(photo.width * scale), round(photo.height * scale)), Image.Resampling.LANCZOS))
-    started = time.perf_counter()
-    result = optimise_image(photo, args.style_images / style.card["style_image"], args.vgg_weights, args.iterations)
-    seconds = time.perf_counter() - started
-    print(f"2. optimising {args.photo.name} at {photo.shape[1]}x{photo.shape[0]} after {style.card['style_image']}: "
-          f"{seconds / args.iterations:.2f} s per L-BFGS iteration ({args.iterations} iterations, "
-          f"{torch.get_num_threads()} thread(s), loading included); objective {result.start_objective:.4g} -> "
-          f"{result.final_objective:.4g}")
+    painting = args.style_images / style.card["style_image"]
+    seconds = {}
+    for iterations in (1, args.iterations):  # the difference leaves out loading VGG and the painting's Grams
+        started = time.perf_counter()
+        result = optimise_image(photo, painting, args.vgg_weights, iterations)
+        seconds[iterations] = time.perf_counter() - started
+    per_iteration = (seconds[args.iterations] - seconds[1]) / (args.iterations - 1)
+    print(f"2. optimising {args.photo.name} at {photo.shape[1]}x{photo.shape[0]} after {painting.name}: "
+          f"{per_iteration:.2f} s per L-BFGS iteration ({torch.get_num_threads()} thread(s)); objective "
+          f"{result.start_objective:.4g} -> {result.final_objective:.4g} in {args.iterations} iterations")
 
     with tempfile.TemporaryDirectory() as folder:
         path = export_style(style.load_network(), Path(folder) / f"{style.name}.onnx")
@@ -93,9 +99,9 @@ def main() -> None:
     network = FramesInFramesOut(style.load_network().eval())
     with torch.no_grad():
         expected = network(torch.from_numpy(image)).numpy()
-        torch_seconds = best_seconds(lambda: network(torch.from_numpy(image)), args.repeats)
-    exported = session.run(None, {"image": image})[0]
-    onnx_seconds = best_seconds(lambda: session.run(None, {"image": image}), args.repeats)
+        exported = session.run(None, {"image": image})[0]
+        torch_seconds, onnx_seconds = best_seconds([lambda: network(torch.from_numpy(image)),
+                                                    lambda: session.run(None, {"image": image})], args.repeats)
     difference = np.abs(exported.round() - expected.round())
     print(f"3. ONNX (exported at 64x64) on a {args.clip_size} frame of {args.clip.name}: max difference "
           f"{difference.max():g} levels of 255 (mean {difference.mean():.2g}) from PyTorch float32; per frame "

@@ -95,7 +95,7 @@ def optimise_image(photo: np.ndarray, style_image: Path, vgg_weights: Path, iter
 
 
 def optimise_still(input_path: Path, output_path: Path, style_image: Path, *, vgg_weights: Path | None,
-                   size: int = 512, iterations: int = 300, init: str = "photo", controls: Controls = Controls(),
+                   size: int = 512, iterations: int = 100, init: str = "photo", controls: Controls = Controls(),
                    force: bool = False) -> Path:
     """`vidstyle submit PHOTO --style-image PAINTING`: the photo, its long side resized to `size`,
     optimised after the painting, with the artist's controls; written atomically to output_path."""

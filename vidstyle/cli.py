@@ -80,7 +80,7 @@ def cli() -> None:
 @click.option("--force", "-f", is_flag=True, help="Overwrite an existing output.")
 @click.option("--vgg-weights", type=click.Path(path_type=Path),
               help="With --style-image: the loss network's weights, as for `vidstyle train` [default: VIDSTYLE_VGG_WEIGHTS].")
-@click.option("--iterations", default=300, show_default=True, type=click.IntRange(1),
+@click.option("--iterations", default=100, show_default=True, type=click.IntRange(1),
               help="With --style-image: L-BFGS iterations.")
 @click.option("--size", default=512, show_default=True, type=click.IntRange(16),
               help="With --style-image: the output's long side in pixels (the photo is resized to it).")
