@@ -14,8 +14,9 @@ from conftest import TEST_STYLE, decode, run_cli
 from test_trainer import inputs  # noqa: F401  (a fixture: tiny photos, a style image, a random VGG)
 from trainer.data import load_sample_photos
 from trainer.evaluate import PerceptualObjective
-from trainer.gatys import objective_card, optimise_image
+from trainer.gatys import objective_card, optimise_image, optimise_still
 from trainer.vgg import load_loss_network
+from vidstyle.errors import VidstyleError
 from vidstyle.export import FramesInFramesOut, export_onnx
 from vidstyle.inference import Controls, Stylizer, resolve_device
 from vidstyle.model import TransformerNet, UpscalerNet
@@ -172,10 +173,11 @@ def test_submit_style_image_writes_a_still_and_refuses_videos(tmp_path: Path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.png", "photo.style.png"]  # nothing half-written
 
     clip = make_sample_video(tmp_path / "clip.mp4", width=32, height=24, frames=2, audio=False)
-    refused = run_cli("submit", clip, "--style-image", inputs["style"], "--vgg-weights", inputs["vgg"])
-    assert refused.returncode == 1 and refused.stderr.count("\n") == 1
-    assert f"vidstyle train {inputs['style']} --dataset PHOTOS" in refused.stderr
-    assert f"--vgg-weights {inputs['vgg']}" in refused.stderr
+    with pytest.raises(VidstyleError) as refused:
+        optimise_still(clip, tmp_path / "clip.style.mp4", inputs["style"], vgg_weights=inputs["vgg"])
+    assert "\n" not in str(refused.value)
+    assert f"vidstyle train {inputs['style']} --dataset PHOTOS" in str(refused.value)
+    assert str(refused.value).endswith(f"--vgg-weights {inputs['vgg']}")
     assert not (tmp_path / "clip.style.mp4").exists()
 
 
@@ -203,8 +205,8 @@ def test_export_runs_in_onnxruntime_at_other_sizes(tmp_path: Path) -> None:
     assert exported.shape == frame.shape
     assert np.abs(exported.round() - expected.round()).max() <= 1  # 8-bit levels
     assert np.abs(expected - frame).mean() > 10
-    again = run_cli("export", TEST_STYLE, "-o", tmp_path / "style.onnx")
-    assert again.returncode == 1 and "output exists" in again.stderr
+    with pytest.raises(VidstyleError, match="output exists"):
+        export_onnx(UpscalerNet(), torch.zeros(2, 3, 8, 8), tmp_path / "style.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["frame.mp4", "style.onnx"]  # nothing half-written
 
 

@@ -80,12 +80,11 @@ def cli() -> None:
 @click.option("--force", "-f", is_flag=True, help="Overwrite an existing output.")
 @click.option("--vgg-weights", type=click.Path(path_type=Path),
               help="With --style-image: the loss network's weights, as for `vidstyle train` [default: VIDSTYLE_VGG_WEIGHTS].")
-@click.option("--iterations", default=100, show_default=True, type=click.IntRange(1),
-              help="With --style-image: L-BFGS iterations.")
-@click.option("--size", default=512, show_default=True, type=click.IntRange(16),
-              help="With --style-image: the output's long side in pixels (the photo is resized to it).")
-@click.option("--init", type=click.Choice(["photo", "noise"]), default="photo", show_default=True,
-              help="With --style-image: start from the photo or from white noise.")
+@click.option("--iterations", type=click.IntRange(1), help="With --style-image: L-BFGS iterations [default: 100].")
+@click.option("--size", type=click.IntRange(16),
+              help="With --style-image: the output's long side in pixels, the photo resized to it [default: 512].")
+@click.option("--init", type=click.Choice(["photo", "noise"]),
+              help="With --style-image: start from the photo or from white noise [default: photo].")
 @click.option("--queue", help=f"With a broker: the queue to put the job on [default: {DEFAULT_QUEUE}].")
 @click.option("--segment-seconds",
               help="With a broker: split a long video over several workers in segments of about this many seconds, "
@@ -95,7 +94,8 @@ def cli() -> None:
 def submit(input_path: Path, style: str | None, style_image: Path | None, strength: float, preserve_colors: bool,
            output: Path | None, batch_size: int | None, device: str | None, codec: str | None, crf: int, preset: str,
            compile_network: bool | None, precision: str | None, temporal: bool, temporal_strength: float | None,
-           fps: str | None, force: bool, vgg_weights: Path | None, iterations: int, size: int, init: str,
+           fps: str | None, force: bool, vgg_weights: Path | None, iterations: int | None, size: int | None,
+           init: str | None,
            queue: str | None, segment_seconds: str | None, wait: bool, as_json: bool) -> None:
     """Stylize a video (or a still image) with a trained style, or a still after any painting.
 
@@ -109,13 +109,17 @@ def submit(input_path: Path, style: str | None, style_image: Path | None, streng
     if (style is None) == (style_image is None):
         raise VidstyleError("name a trained style (--style) or a painting to optimise a still after (--style-image)")
     controls = Controls(strength=strength, preserve_colors=preserve_colors)
+    optimisation = {"size": size, "iterations": iterations, "init": init}
     if style_image is not None:
         from trainer.gatys import optimise_still
 
         output = output or input_path.with_name(f"{input_path.stem}.{style_image.stem}{input_path.suffix}")
-        click.echo(str(optimise_still(input_path, output, style_image, vgg_weights=vgg_weights, size=size,
-                                      iterations=iterations, init=init, controls=controls, force=force)))
+        given = {name: value for name, value in optimisation.items() if value is not None}
+        click.echo(str(optimise_still(input_path, output, style_image, vgg_weights=vgg_weights, controls=controls,
+                                      force=force, **given)))
         return
+    if vgg_weights or any(value is not None for value in optimisation.values()):
+        raise VidstyleError("--vgg-weights, --iterations, --size and --init go with --style-image")
 
     if fps and not formats.is_sequence(input_path):
         raise VidstyleError("--fps is the rate of an image-sequence input (shot/frame_%04d.png); a video keeps its own")

@@ -9,8 +9,7 @@ network keeps, cropped back, clamped to 0..255.
 """
 from __future__ import annotations
 
-import logging
-import warnings
+import os
 from pathlib import Path
 
 import torch
@@ -43,13 +42,12 @@ def export_onnx(module: nn.Module, example: torch.Tensor, output_path: Path, *, 
     float32 (N, 3, H, W) RGB 0..255, N, H and W free (H and W at least min_side). The example's
     batch and sides must not be 1, which torch.export would take for fixed sizes."""
     check_output(output_path, force)
+    if not output_path.parent.is_dir() or not os.access(output_path.parent, os.W_OK):
+        raise VidstyleError(f"cannot write to output directory {output_path.parent} (missing or not writable)")
     module = module.float().eval().requires_grad_(False)
     height, width = (torch.export.Dim(name, min=min_side) for name in ("height", "width"))
     shapes = ({0: torch.export.Dim("batch", min=1), 2: height, 3: width},)
-    # The exporter reports its passes on stdout and its advice as warnings: noise for the user.
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    with partial_file(output_path) as partial, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with partial_file(output_path) as partial:
         try:
             program = torch.onnx.export(module, (example,), dynamo=True, opset_version=OPSET, verbose=False,
                                         input_names=["image"], output_names=["output"], dynamic_shapes=shapes)

@@ -83,11 +83,10 @@ def apply_controls(content: torch.Tensor, stylized: torch.Tensor, controls: Cont
 
 
 def apply_controls_to_pixels(content: np.ndarray, stylized: np.ndarray, controls: Controls) -> np.ndarray:
-    """apply_controls on (..., H, W, 3) uint8 RGB arrays (a still, frames already stylized), on the CPU."""
-    content_t, stylized_t = (torch.from_numpy(np.array(a)).float() for a in (content, stylized))
-    as_nchw = lambda t: t.reshape(-1, *t.shape[-3:]).permute(0, 3, 1, 2)  # noqa: E731
-    out = apply_controls(as_nchw(content_t), as_nchw(stylized_t), controls).permute(0, 2, 3, 1).reshape(content.shape)
-    return out.clamp_(0, 255).round_().to(torch.uint8).numpy()
+    """apply_controls on (H, W, 3) uint8 RGB images (a still, a frame stylized already), on the CPU."""
+    content_t, stylized_t = (torch.from_numpy(np.array(a)).permute(2, 0, 1)[None].float() for a in (content, stylized))
+    out = apply_controls(content_t, stylized_t, controls)[0].permute(1, 2, 0)
+    return out.clamp(0, 255).round().to(torch.uint8).numpy()
 
 
 def pad_for_network(x: torch.Tensor) -> torch.Tensor:
