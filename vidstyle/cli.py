@@ -188,7 +188,7 @@ def styles() -> None:
 @click.option("--device", help="cpu, cuda or cuda:N [default: cuda when available].")
 @click.option("--strength", "strengths", default="1", show_default=True,
               help="Comma-separated strengths (0..1), a row each: 0.25,0.5,1.")
-@click.option("--preserve-colors", is_flag=True, help="Beside each row, the same with the input's colours kept.")
+@click.option("--preserve-colors", is_flag=True, help="Under each row, the same with the input's colours kept.")
 def preview(input_path: Path, styles: str | None, output: Path | None, frames: int, height: int, device: str | None,
             strengths: str, preserve_colors: bool) -> None:
     """Write a contact sheet: a few frames of the input by every style, to pick one by looking."""

@@ -73,7 +73,7 @@ def write_preview(
     device: str | None = None, strengths: tuple[float, ...] = (1.0,), preserve_colors: bool = False,
 ) -> Path:
     """The input's frames in the first row, then a row per style and strength (and with
-    preserve_colors, each beside one with the input's colours kept); written atomically as PNG."""
+    preserve_colors, each followed by the same with the input's colours kept); written atomically as PNG."""
     if not output_path.parent.is_dir() or not os.access(output_path.parent, os.W_OK):
         raise VidstyleError(f"cannot write to output directory {output_path.parent} (missing or not writable)")
     originals = sample_frames(input_path, frames)
