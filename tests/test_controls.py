@@ -28,8 +28,7 @@ from vidstyle.styles import find_style
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 REAL_VGG = SHARED / "models" / "vgg16-imagenet-caffe-features.pth"
 REAL_PHOTO = SHARED / "datasets" / "photos" / "n09332890_lakeside.jpg"
-BT601 = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
-BT709 = np.array([[0.2126, 0.7152, 0.0722], [-0.114572, -0.385428, 0.5], [0.5, -0.454153, -0.045847]])
+BT601 = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])  # RGB -> YCbCr
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +60,9 @@ def read_rgb(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB")).astype(np.float64)
 
 
-def ycbcr(rgb: np.ndarray, matrix: np.ndarray = BT601) -> np.ndarray:
-    return rgb @ matrix.T
+def ycbcr(rgb: np.ndarray) -> np.ndarray:
+    """BT.601, a still's matrix: Y, Cb, Cr (without the offsets)."""
+    return rgb @ BT601.T
 
 
 def test_preserve_colors_keeps_the_photos_chroma_and_the_styles_luminance(tmp_path: Path,
