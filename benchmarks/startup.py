@@ -49,8 +49,8 @@ def child(started: float, report: str, cli_args: list[str]) -> None:
     call = inference.Stylizer.__call__
     seen: dict = {}
 
-    def noting_first_batch(self, frames):
-        out = call(self, frames)
+    def noting_first_batch(self, frames, *controls):
+        out = call(self, frames, *controls)
         if "first_batch" not in seen:
             seen.update(first_batch=time.time() - started, compiled=self.compiles(*frames.shape[1:3]))
             Path(report).write_text(json.dumps(seen))

@@ -21,8 +21,10 @@ from PIL import Image
 from conftest import TEST_STYLE, RedisServer, decode, free_port, wait_until
 from test_cli import _audio_only, _not_a_video, _truncated, assert_clean_failure
 from vidstyle.errors import VidstyleError
+from vidstyle.inference import Controls, Stylizer, resolve_device
 from vidstyle.jobs import CANCELLED, FAILED, FINAL_STATES, RUNNING, SUCCEEDED, Job, JobStore, connect
 from vidstyle.sample import make_sample_video
+from vidstyle.styles import find_style
 
 JOB_TIMEOUT = 180  # seconds: generous, the machine may be shared with a training run
 
@@ -166,19 +168,28 @@ def test_a_webm_job_gets_vp9_and_its_frame_count_once_known(fleet: Fleet) -> Non
 
 def test_an_image_sequence_job_plays_at_its_fps(fleet: Fleet) -> None:
     # The rate travels in the job record; the frames come back as a sequence of their own, numbered as the shot.
+    # So do the artist's controls: the frames come back as this machine's Stylizer makes them with the same ones.
     fleet.start_worker("w1")
     (fleet.storage / "shot").mkdir()
-    for number in range(1001, 1005):
-        Image.fromarray(np.full((48, 64, 3), number % 256, np.uint8)).save(fleet.storage / f"shot/frame_{number}.png")
+    frames = np.stack([np.full((48, 64, 3), (170, 120, 90 + number % 8), np.uint8) for number in range(1001, 1005)])
+    for number, frame in zip(range(1001, 1005), frames):
+        Image.fromarray(frame).save(fleet.storage / f"shot/frame_{number}.png")
     pattern = fleet.storage / "shot" / "frame_%04d.png"
+    controls = Controls(strength=0.5, preserve_colors=True)
     to_video = fleet.submit(pattern, output=fleet.storage / "shot.mp4", sequence_fps=Fraction(25))
-    to_frames = fleet.submit(pattern)
+    to_frames = fleet.submit(pattern, controls=controls, temporal_strength=0)
     jobs = fleet.wait_for([to_video, to_frames])
     assert [(jobs[j].state, jobs[j].sequence_fps, jobs[j].frames_total) for j in (to_video, to_frames)] == \
         [(SUCCEEDED, "25", 4), (SUCCEEDED, "24", 4)]
+    assert (jobs[to_frames].strength, jobs[to_frames].preserve_colors) == (0.5, True)
+    assert (jobs[to_video].strength, jobs[to_video].preserve_colors) == (1.0, False)
     assert decode(fleet.storage / "shot.mp4")["times"] == pytest.approx([0, 0.04, 0.08, 0.12], abs=1e-4)
-    assert sorted(p.name for p in (fleet.storage / f"shot.{TEST_STYLE}").iterdir()) == \
-        [f"frame_{n}.png" for n in range(1001, 1005)]
+    written = sorted((fleet.storage / f"shot.{TEST_STYLE}").iterdir())
+    assert [p.name for p in written] == [f"frame_{n}.png" for n in range(1001, 1005)]
+    stylizer = Stylizer(find_style(TEST_STYLE).load_network(), resolve_device("cpu"), compile=False)
+    expected, plain = stylizer(frames, controls).astype(int), stylizer(frames).astype(int)
+    got = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in written]).astype(int)
+    assert np.abs(got - expected).max() <= 1 and np.abs(got - plain).mean() > 20
 
 
 def test_submit_wait_follows_a_photo_to_its_end(fleet: Fleet) -> None:

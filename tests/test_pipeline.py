@@ -160,7 +160,7 @@ class IdentityStylizer:
     def expect(self, frames: int, height: int, width: int, batch_size: int) -> bool:
         return False
 
-    def __call__(self, frames: np.ndarray) -> np.ndarray:
+    def __call__(self, frames: np.ndarray, controls: object = None) -> np.ndarray:
         return frames
 
 

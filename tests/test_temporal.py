@@ -88,7 +88,7 @@ class GrainAmplifier(IdentityStylizer):
     """Stands in for a style network in what makes it flicker: small changes of the
     input (grain) come out several times larger."""
 
-    def __call__(self, frames: np.ndarray) -> np.ndarray:
+    def __call__(self, frames: np.ndarray, controls: object = None) -> np.ndarray:
         return (128 + 4 * (frames.astype(np.float32) - 128)).clip(0, 255).astype(np.uint8)
 
 

@@ -15,6 +15,7 @@ frame and with the pipeline's temporal stage.
 from __future__ import annotations
 
 import collections
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
@@ -71,33 +72,41 @@ class PerceptualObjective:
         return sum(self.weights[name] * term for name, term in self.terms(image, content_target).items())
 
 
-def lbfgs_iterations_to_reach(
-    objective: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor, target: float, max_iterations: int
-) -> int | None:
-    """L-BFGS iterations (torch's, lr 1, no line search, as the usual Gatys
-    implementations) from start until the objective is at or below target."""
-    image = start.clone().requires_grad_(True)
+def lbfgs_steps(
+    objective: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor
+) -> Iterator[tuple[int, float, torch.Tensor]]:
+    """Optimises `image` (a leaf tensor that requires grad) in place with L-BFGS
+    (torch's, lr 1, no line search, as the usual Gatys implementations), one
+    iteration per item, for as long as the caller iterates: yields (iteration,
+    value, evaluated), the objective's value at the image after `iteration`
+    iterations and a copy of that image (the step that follows has moved `image` on)."""
     optimizer = torch.optim.LBFGS([image], lr=1, max_iter=1, history_size=100)
-    for iteration in range(max_iterations + 1):
-        value = None
+    for iteration in itertools.count():
+        value, evaluated = None, None
 
         def closure() -> torch.Tensor:
-            nonlocal value
+            nonlocal value, evaluated
             optimizer.zero_grad()
+            evaluated = image.detach().clone()
             loss = objective(image)
             loss.backward()
             value = loss.item()
             return loss
 
-        # One step evaluates the objective at the current image (iteration
-        # `iteration`), then moves: the value seen is that of the image after
-        # `iteration` L-BFGS iterations.
+        # One step evaluates the objective at the current image, then moves it.
         optimizer.step(closure)
+        yield iteration, value, evaluated
+
+
+def lbfgs_iterations_to_reach(
+    objective: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor, target: float, max_iterations: int
+) -> int | None:
+    """L-BFGS iterations (lbfgs_steps) from start until the objective is at or below target."""
+    for iteration, value, _ in lbfgs_steps(objective, start.clone().requires_grad_(True)):
         if value <= target:
             return iteration
-        if not np.isfinite(value):
+        if not np.isfinite(value) or iteration >= max_iterations:
             return None
-    return None
 
 
 def evaluate_quality(

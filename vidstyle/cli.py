@@ -49,7 +49,13 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
-@click.option("--style", "-s", required=True, help="Style name (see `vidstyle styles`) or path to a .pth weights file.")
+@click.option("--style", "-s", help="Style name (see `vidstyle styles`) or path to a .pth weights file.")
+@click.option("--style-image", type=click.Path(path_type=Path),
+              help="Instead of --style, for a still: any painting, by optimising the image itself (Gatys et al.; "
+                   "minutes). Needs --vgg-weights.")
+@click.option("--strength", default=1.0, show_default=True, type=click.FloatRange(0, 1),
+              help="How much of the style: 0 is the input, 1 the full style.")
+@click.option("--preserve-colors", is_flag=True, help="Keep the input's colours: the style's luminance, the input's chroma.")
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="Output file [default: INPUT.STYLE.EXT beside the input].")
 @click.option("--batch-size", type=click.IntRange(1), help="Frames per network batch [default: from frame size and device memory].")
 @click.option("--device", help="cpu, cuda or cuda:N [default: cuda when available].")
@@ -72,27 +78,53 @@ def cli() -> None:
 @click.option("--fps", help="The frame rate of an image-sequence input (shot/frame_%04d.png): 24, 25, 23.976, "
                              "24000/1001... [default: 24].")
 @click.option("--force", "-f", is_flag=True, help="Overwrite an existing output.")
+@click.option("--vgg-weights", type=click.Path(path_type=Path),
+              help="With --style-image: the loss network's weights, as for `vidstyle train` [default: VIDSTYLE_VGG_WEIGHTS].")
+@click.option("--iterations", type=click.IntRange(1), help="With --style-image: L-BFGS iterations [default: 100].")
+@click.option("--size", type=click.IntRange(16),
+              help="With --style-image: the output's long side in pixels, the photo resized to it [default: 512].")
+@click.option("--init", type=click.Choice(["photo", "noise"]),
+              help="With --style-image: start from the photo or from white noise [default: photo].")
 @click.option("--queue", help=f"With a broker: the queue to put the job on [default: {DEFAULT_QUEUE}].")
 @click.option("--segment-seconds",
               help="With a broker: split a long video over several workers in segments of about this many seconds, "
                    "cut at keyframes; 'off' never splits [default: auto, from its length and the live workers].")
 @click.option("--wait", is_flag=True, help="With a broker: follow the job with a progress bar; exit with its outcome.")
 @click.option("--json", "as_json", is_flag=True, help="With a broker: print the job record as JSON.")
-def submit(input_path: Path, style: str, output: Path | None, batch_size: int | None, device: str | None,
-           codec: str | None, crf: int, preset: str, compile_network: bool | None, precision: str | None, temporal: bool,
-           temporal_strength: float | None, fps: str | None, force: bool, queue: str | None, segment_seconds: str | None,
-           wait: bool, as_json: bool) -> None:
-    """Stylize a video (or a still image) with a trained style.
+def submit(input_path: Path, style: str | None, style_image: Path | None, strength: float, preserve_colors: bool,
+           output: Path | None, batch_size: int | None, device: str | None, codec: str | None, crf: int, preset: str,
+           compile_network: bool | None, precision: str | None, temporal: bool, temporal_strength: float | None,
+           fps: str | None, force: bool, vgg_weights: Path | None, iterations: int | None, size: int | None,
+           init: str | None,
+           queue: str | None, segment_seconds: str | None, wait: bool, as_json: bool) -> None:
+    """Stylize a video (or a still image) with a trained style, or a still after any painting.
 
     With a broker configured (VIDSTYLE_BROKER_URL) the job goes to the worker
-    fleet instead: its id is printed at once (see `vidstyle watch`)."""
+    fleet instead: its id is printed at once (see `vidstyle watch`); a
+    --style-image optimisation always runs here."""
     from vidstyle import formats
+    from vidstyle.inference import Controls
     from vidstyle.temporal import DEFAULT_STRENGTH
+
+    if (style is None) == (style_image is None):
+        raise VidstyleError("name a trained style (--style) or a painting to optimise a still after (--style-image)")
+    controls = Controls(strength=strength, preserve_colors=preserve_colors)
+    optimisation = {"size": size, "iterations": iterations, "init": init}
+    if style_image is not None:
+        from trainer.gatys import optimise_still
+
+        output = output or input_path.with_name(f"{input_path.stem}.{style_image.stem}{input_path.suffix}")
+        given = {name: value for name, value in optimisation.items() if value is not None}
+        click.echo(str(optimise_still(input_path, output, style_image, vgg_weights=vgg_weights, controls=controls,
+                                      force=force, **given)))
+        return
+    if vgg_weights or any(value is not None for value in optimisation.values()):
+        raise VidstyleError("--vgg-weights, --iterations, --size and --init go with --style-image")
 
     if fps and not formats.is_sequence(input_path):
         raise VidstyleError("--fps is the rate of an image-sequence input (shot/frame_%04d.png); a video keeps its own")
     sequence_fps = formats.parse_fps(fps)
-    strength = (DEFAULT_STRENGTH if temporal_strength is None else temporal_strength) if temporal else 0.0
+    temporal_blend = (DEFAULT_STRENGTH if temporal_strength is None else temporal_strength) if temporal else 0.0
     if setting("VIDSTYLE_BROKER_URL"):
         if device or compile_network is not None or precision:
             raise VidstyleError("with a broker, the device, compilation and precision are worker settings "
@@ -101,7 +133,8 @@ def submit(input_path: Path, style: str, output: Path | None, batch_size: int | 
 
         submit_to_fleet(input_path, style, output=output, batch_size=batch_size, codec=codec, crf=crf, preset=preset,
                         force=force, queue=queue or DEFAULT_QUEUE, segment_seconds=segment_seconds or AUTO,
-                        temporal_strength=strength, sequence_fps=sequence_fps, wait=wait, as_json=as_json)
+                        temporal_strength=temporal_blend, sequence_fps=sequence_fps, strength=strength,
+                        preserve_colors=preserve_colors, wait=wait, as_json=as_json)
         return
     if queue or as_json or segment_seconds:
         raise VidstyleError("--queue, --segment-seconds and --json need a broker (VIDSTYLE_BROKER_URL); "
@@ -123,8 +156,8 @@ def submit(input_path: Path, style: str, output: Path | None, batch_size: int | 
     with bar:
         result = stylize_file(input_path, output, stylizer, batch_size=batch_size,
                               encode=EncodeOptions(codec=codec, crf=crf, preset=preset),
-                              force=force, on_progress=on_progress, temporal_strength=strength,
-                              sequence_fps=sequence_fps)
+                              force=force, on_progress=on_progress, temporal_strength=temporal_blend,
+                              sequence_fps=sequence_fps, controls=controls)
     click.echo(str(result))
 
 
@@ -153,7 +186,11 @@ def styles() -> None:
 @click.option("--frames", default=4, show_default=True, type=click.IntRange(1, 16), help="Frames spread over the video.")
 @click.option("--height", default=180, show_default=True, type=click.IntRange(16), help="Thumbnail height in pixels.")
 @click.option("--device", help="cpu, cuda or cuda:N [default: cuda when available].")
-def preview(input_path: Path, styles: str | None, output: Path | None, frames: int, height: int, device: str | None) -> None:
+@click.option("--strength", "strengths", default="1", show_default=True,
+              help="Comma-separated strengths (0..1), a row each: 0.25,0.5,1.")
+@click.option("--preserve-colors", is_flag=True, help="Under each row, the same with the input's colours kept.")
+def preview(input_path: Path, styles: str | None, output: Path | None, frames: int, height: int, device: str | None,
+            strengths: str, preserve_colors: bool) -> None:
     """Write a contact sheet: a few frames of the input by every style, to pick one by looking."""
     from vidstyle.preview import write_preview
     from vidstyle.styles import available_styles, find_style
@@ -162,7 +199,32 @@ def preview(input_path: Path, styles: str | None, output: Path | None, frames: i
     if not chosen:
         raise VidstyleError("no styles installed to preview")
     output = output or input_path.with_name(f"{input_path.stem}.preview.png")
-    click.echo(str(write_preview(input_path, output, chosen, frames=frames, thumb_height=height, device=device)))
+    click.echo(str(write_preview(input_path, output, chosen, frames=frames, thumb_height=height, device=device,
+                                 strengths=parse_strengths(strengths), preserve_colors=preserve_colors)))
+
+
+@cli.command()
+@click.argument("style")
+@click.option("--output", "-o", type=click.Path(path_type=Path), help="The .onnx file [default: STYLE.onnx here].")
+@click.option("--force", "-f", is_flag=True, help="Overwrite an existing output.")
+def export(style: str, output: Path | None, force: bool) -> None:
+    """Export a style (name or .pth) to ONNX: RGB float 0..255 NCHW in and out, any frame size."""
+    from vidstyle.export import export_style
+    from vidstyle.styles import find_style
+
+    chosen = find_style(style)
+    click.echo(str(export_style(chosen.load_network(), output or Path(f"{chosen.name}.onnx"), force=force)))
+
+
+def parse_strengths(text: str) -> tuple[float, ...]:
+    """'0.25,0.5,1' -> (0.25, 0.5, 1.0), each within 0..1."""
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or not all(0 <= value <= 1 for value in values):
+        raise VidstyleError(f"--strength takes numbers within 0..1, comma-separated (0.25,0.5,1), not '{text}'")
+    return values
 
 
 @cli.command()

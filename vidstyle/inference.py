@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,73 @@ SIZE_MULTIPLE = 4
 # The 9x9 convolutions reflect 4 pixels at each border, which needs more than 4
 # rows and columns: smaller frames (down to 1x1) are padded up to this, then cropped.
 MIN_SIDE = 8
+
+# Luma weights (Kr, Kg, Kb) of the YCbCr matrices, by FFmpeg's colorspace tag: frames
+# come to RGB through the input's own matrix, so its luminance is the one to keep or change.
+BT601_LUMA = (0.299, 0.587, 0.114)
+LUMA_BY_COLORSPACE = {
+    1: (0.2126, 0.7152, 0.0722),  # BT.709
+    4: (0.30, 0.59, 0.11),  # FCC
+    5: BT601_LUMA, 6: BT601_LUMA,  # BT.470BG, SMPTE 170M
+    7: (0.212, 0.701, 0.087),  # SMPTE 240M
+    9: (0.2627, 0.6780, 0.0593), 10: (0.2627, 0.6780, 0.0593),  # BT.2020
+}
+
+
+def luma_weights(colorspace: int | None) -> tuple[float, float, float]:
+    """The luma weights of an input's colorspace tag; BT.601 (stills, untagged video: FFmpeg's default)."""
+    return LUMA_BY_COLORSPACE.get(colorspace, BT601_LUMA)
+
+
+@dataclass(frozen=True)
+class Controls:
+    """The artist's controls, applied to the network's output on its device (see apply_controls).
+
+    strength: how much of the style, 0 (the input) .. 1 (the network's output);
+    preserve_colors: the output's luminance with the input's chroma (Gatys et al.
+    2016, luminance-only transfer), in YCbCr with the matrix of `luma`."""
+
+    strength: float = 1.0
+    preserve_colors: bool = False
+    luma: tuple[float, float, float] = BT601_LUMA
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.strength <= 1:
+            raise VidstyleError(f"strength must be within 0..1, not {self.strength:g}")
+
+    @property
+    def plain(self) -> bool:
+        return self.strength == 1 and not self.preserve_colors
+
+
+def apply_controls(content: torch.Tensor, stylized: torch.Tensor, controls: Controls) -> torch.Tensor:
+    """content and its stylization, (N, 3, H, W) float 0..255: the input plus `strength` of the
+    change the style makes; with preserve_colors only the change's luminance, added to all
+    three channels alike, which leaves Cb and Cr (B - Y, R - Y, scaled) as the input's.
+    Unclamped: where the sum leaves the RGB cube, clamping to it is what changes the chroma."""
+    if controls.plain:
+        return stylized
+    change = stylized - content
+    if controls.preserve_colors:
+        weights = torch.tensor(controls.luma, dtype=change.dtype, device=change.device).view(1, 3, 1, 1)
+        change = (change * weights).sum(1, keepdim=True).expand_as(change)
+    return content + controls.strength * change
+
+
+def apply_controls_to_pixels(content: np.ndarray, stylized: np.ndarray, controls: Controls) -> np.ndarray:
+    """apply_controls on (H, W, 3) uint8 RGB images (a still, a frame stylized already), on the CPU."""
+    content_t, stylized_t = (torch.from_numpy(np.array(a)).permute(2, 0, 1)[None].float() for a in (content, stylized))
+    out = apply_controls(content_t, stylized_t, controls)[0].permute(1, 2, 0)
+    return out.clamp(0, 255).round().to(torch.uint8).numpy()
+
+
+def pad_for_network(x: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) padded at the bottom and right, replicating the edge, to the sizes
+    TransformerNet keeps (multiples of SIZE_MULTIPLE, at least MIN_SIDE); crop its output to H x W."""
+    height, width = x.shape[-2:]
+    pad_h, pad_w = (max(MIN_SIDE, side + -side % SIZE_MULTIPLE) - side for side in (height, width))
+    # Unconditional (a copy of 3 channels, even when nothing is added): an exported graph keeps it for every size.
+    return F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
 
 
 def resolve_device(name: str | None = None) -> torch.device:
@@ -270,8 +338,8 @@ class Stylizer:
         return self.compiled_net
 
     @torch.inference_mode()
-    def __call__(self, frames: np.ndarray) -> np.ndarray:
-        """(N, H, W, 3) uint8 RGB in, (N, H, W, 3) uint8 RGB out."""
+    def __call__(self, frames: np.ndarray, controls: Controls = Controls()) -> np.ndarray:
+        """(N, H, W, 3) uint8 RGB in, (N, H, W, 3) uint8 RGB out, with the artist's `controls`."""
         count, height, width = frames.shape[:3]
         compiled = self.compiles(height, width)
         if compiled and self.compiled_run and count < self.compiled_run[0]:
@@ -281,11 +349,7 @@ class Stylizer:
         if self.device.type == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
         # NHWC uint8 -> NCHW float viewed in channels_last: no copy of the layout.
-        x = batch.permute(0, 3, 1, 2).float()
-        pad_h, pad_w = (max(MIN_SIDE, side + -side % SIZE_MULTIPLE) - side for side in (height, width))
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = pad_for_network(batch.permute(0, 3, 1, 2).float()).contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             limit = self.whole_frame_pixels
             if x[0, 0].numel() * len(x) > (limit if limit is not None else whole_frame_pixel_limit(self.device)):
@@ -295,8 +359,8 @@ class Stylizer:
                 self._remember_compiled(tuple(x.shape[:1]) + tuple(x.shape[2:]))
             else:
                 y = self.eager_net(x)
-        y = y[:count, :, :height, :width].float().clamp_(0, 255).round_().to(torch.uint8)
-        return y.permute(0, 2, 3, 1).cpu().numpy()
+        y = apply_controls(x[:count, :, :height, :width], y[:count, :, :height, :width].float(), controls)
+        return y.clamp_(0, 255).round_().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
     def _remember_compiled(self, shape: tuple[int, ...]) -> None:
         if shape not in self.compiled_shapes:

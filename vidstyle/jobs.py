@@ -257,6 +257,8 @@ class Job:
     segments: int = 0  # how many it was split into; 0: one task stylizes it whole
     temporal_strength: float = 0.0  # vidstyle.temporal's blend, as submitted (0: off)
     sequence_fps: str = ""  # an image-sequence input's frame rate, "24000/1001" say ("": vidstyle.formats' default)
+    strength: float = 1.0  # the artist's controls (vidstyle.inference.Controls)
+    preserve_colors: bool = False
     join_seconds: float = 0.0  # how long joining the segments took
     state: str = QUEUED
     frames_done: int = 0

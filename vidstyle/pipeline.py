@@ -22,7 +22,7 @@ import shutil
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -32,7 +32,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vidstyle import exposure, formats
 from vidstyle.errors import VidstyleError
-from vidstyle.inference import Stylizer, default_batch_size
+from vidstyle.inference import BT601_LUMA, Controls, Stylizer, default_batch_size, luma_weights
 from vidstyle.temporal import DEFAULT_STRENGTH, Motion, TemporalConsistency
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff"}
@@ -110,6 +110,7 @@ def stylize_file(
     temporal_strength: float = DEFAULT_STRENGTH,
     before_commit: Callable[[], None] | None = None,
     sequence_fps: Fraction = formats.DEFAULT_SEQUENCE_FPS,
+    controls: Controls = Controls(),
 ) -> Path:
     """Stylize a video or image at `input_path` into `output_path` and return it.
 
@@ -122,7 +123,9 @@ def stylize_file(
     comes from the previous output carried along the motion (vidstyle.temporal).
     `before_commit` is called just before the rename; raising from it (a worker
     whose job was handed to another, say) discards the output instead.
-    An image sequence (`shot/frame_%04d.png`, in or out) plays at `sequence_fps`."""
+    An image sequence (`shot/frame_%04d.png`, in or out) plays at `sequence_fps`.
+    `controls`: strength and colour preservation (vidstyle.inference.Controls), in the
+    YCbCr matrix of the input (its colour tag; BT.601 for stills and untagged video)."""
     input_path, output_path = Path(input_path), Path(output_path)
     check_input(input_path)
     if not is_image(input_path):
@@ -135,12 +138,12 @@ def stylize_file(
     written = partial_sequence if formats.is_sequence(output_path) else partial_file
     with written(output_path, partial_token, before_commit) as partial:
         if is_image(input_path):
-            _stylize_image(input_path, partial, output_path.suffix, stylizer)
+            _stylize_image(input_path, partial, output_path.suffix, stylizer, replace(controls, luma=BT601_LUMA))
             if on_progress:
                 on_progress(1, 1)
         else:
             _stylize_video(input_path, partial, stylizer, batch_size, encode, on_progress, span, temporal_strength,
-                           sequence_fps)
+                           sequence_fps, controls)
     return output_path
 
 
@@ -236,7 +239,7 @@ def partial_sequence(output_pattern: Path, token: str | None = None,
         shutil.rmtree(replaced, ignore_errors=True)
 
 
-def _stylize_image(input_path: Path, partial: Path, suffix: str, stylizer: Stylizer) -> None:
+def _stylize_image(input_path: Path, partial: Path, suffix: str, stylizer: Stylizer, controls: Controls) -> None:
     # A 16-bit PNG or TIFF is decoded by FFmpeg (Pillow reads 8 bits of it, or none), and
     # written back 16-bit where the output's format holds it.
     deep = formats.deep_image(input_path)
@@ -251,7 +254,7 @@ def _stylize_image(input_path: Path, partial: Path, suffix: str, stylizer: Styli
                 alpha = _transparency(image)
         except (UnidentifiedImageError, OSError) as exc:
             raise VidstyleError(f"not a readable image: {input_path}") from exc
-    stylized = stylizer(pixels[None])[0]
+    stylized = stylizer(pixels[None], controls)[0]
     image_format = Image.registered_extensions().get(suffix.lower())
     if alpha is not None and image_format not in ALPHA_IMAGE_FORMATS:
         log.warning(f"{image_format or suffix} holds no transparency: {input_path.name}'s is dropped")
@@ -420,8 +423,10 @@ def _stylize_video(
     span: Span | None = None,
     temporal_strength: float = DEFAULT_STRENGTH,
     sequence_fps: Fraction = formats.DEFAULT_SEQUENCE_FPS,
+    controls: Controls = Controls(),
 ) -> None:
     info = probe_video(input_path, sequence_fps)
+    controls = replace(controls, luma=luma_weights(info.colour.get("colorspace")))
     temporal = TemporalConsistency(stylizer.device, temporal_strength) if temporal_strength > 0 else None
     expected = span.frames if span else info.frames
     batch_size = batch_size or default_batch_size(stylizer.device, info.height, info.width)
@@ -453,7 +458,7 @@ def _stylize_video(
         done = 0
         while (item := stage.get(stage.decoded)) is not END:
             if isinstance(item, _FrameBatch):
-                item.pixels = stylizer(item.pixels)
+                item.pixels = stylizer(item.pixels, controls)
                 if temporal is not None:
                     item.pixels = temporal.finish(item.pixels, item.motions)
                 item.pixels = exposure.restore(item.pixels, item.gains)

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from vidstyle.errors import VidstyleError
-from vidstyle.inference import Stylizer, resolve_device
+from vidstyle.inference import BT601_LUMA, Controls, Stylizer, apply_controls_to_pixels, luma_weights, resolve_device
 from vidstyle.pipeline import check_input, is_image, open_input, partial_file, probe_video
 from vidstyle.styles import Style
 
@@ -70,18 +70,26 @@ def contact_sheet(rows: list[tuple[str, list[np.ndarray]]], thumb_height: int) -
 
 def write_preview(
     input_path: Path, output_path: Path, styles: list[Style], frames: int = 4, thumb_height: int = 180,
-    device: str | None = None,
+    device: str | None = None, strengths: tuple[float, ...] = (1.0,), preserve_colors: bool = False,
 ) -> Path:
-    """The input's frames in the first row, then one row per style; written atomically as PNG."""
+    """The input's frames in the first row, then a row per style and strength (and with
+    preserve_colors, each followed by the same with the input's colours kept); written atomically as PNG."""
     if not output_path.parent.is_dir() or not os.access(output_path.parent, os.W_OK):
         raise VidstyleError(f"cannot write to output directory {output_path.parent} (missing or not writable)")
     originals = sample_frames(input_path, frames)
     rows = [("original", originals)]
+    luma = BT601_LUMA if is_image(input_path) else luma_weights(probe_video(input_path).colour.get("colorspace"))
+    variants = [Controls(strength, keep, luma) for strength in strengths for keep in (False, True)[:1 + preserve_colors]]
     torch_device = resolve_device(device)
     for style in tqdm(styles, unit="style", desc=f"preview {input_path.name}"):
         # No compilation: it would cost more per style than these few frames take.
         stylizer = Stylizer(style.load_network(), torch_device, compile=False)
-        rows.append((style.name, [stylizer(frame[None])[0] for frame in originals]))
+        # The network once per frame; each variant is a cheap blend of its output with the frame.
+        stylized = [stylizer(frame[None])[0] for frame in originals]
+        for controls in variants:
+            label = style.name if strengths == (1.0,) else f"{style.name}\nstrength {controls.strength:g}"
+            label += "\ncolours kept" if controls.preserve_colors else ""
+            rows.append((label, [apply_controls_to_pixels(o, s, controls) for o, s in zip(originals, stylized)]))
     with partial_file(output_path) as partial:
         contact_sheet(rows, thumb_height).save(partial, format="PNG")
     return output_path

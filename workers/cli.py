@@ -104,14 +104,16 @@ def follow(store: JobStore, job_id: str, as_json: bool) -> Job:
 @reports_unreachable_servers
 def submit_to_fleet(input_path: Path, style: str, *, output: Path | None, batch_size: int | None, codec: str,
                     crf: int, preset: str, force: bool, queue: str, segment_seconds: str, temporal_strength: float,
-                    sequence_fps: Fraction, wait: bool, as_json: bool) -> None:
+                    sequence_fps: Fraction, strength: float, preserve_colors: bool, wait: bool, as_json: bool) -> None:
     """`vidstyle submit` with a broker: queue the job, print its id, and with `wait` follow it."""
+    from vidstyle.inference import Controls
     from vidstyle.pipeline import EncodeOptions
     from workers.client import submit_job  # torch (to check the style) and Celery: only here
 
     job = submit_job(input_path, style, output=output, encode=EncodeOptions(codec=codec, crf=crf, preset=preset),
                      batch_size=batch_size, queue=queue, force=force, segment_seconds=segment_seconds,
-                     temporal_strength=temporal_strength, sequence_fps=sequence_fps)
+                     temporal_strength=temporal_strength, sequence_fps=sequence_fps,
+                     controls=Controls(strength=strength, preserve_colors=preserve_colors))
     if not wait:
         click.echo(json.dumps(job.to_dict()) if as_json else job.id)
         return

@@ -10,6 +10,7 @@ from kombu.exceptions import OperationalError
 
 from vidstyle import formats
 from vidstyle.errors import VidstyleError
+from vidstyle.inference import Controls
 from vidstyle.jobs import AUTO, DEFAULT_QUEUE, Job, JobStore
 from vidstyle.pipeline import EncodeOptions, check_input, check_output, default_output_path, is_image, output_encoder
 from vidstyle.styles import find_style
@@ -31,6 +32,7 @@ def submit_job(
     segment_seconds: str = AUTO,
     temporal_strength: float = DEFAULT_STRENGTH,
     sequence_fps: Fraction = formats.DEFAULT_SEQUENCE_FPS,
+    controls: Controls = Controls(),
 ) -> Job:
     """Queue `input_path` (under the storage root) for stylizing and return the job record.
 
@@ -52,7 +54,8 @@ def submit_job(
     codec = (encode.codec or "") if is_image(input_path) else output_encoder(input_path, output, encode.codec, sequence_fps)
     job = Job(id=secrets.token_hex(6), input=input_name, output=output_name, style=style, queue=queue,
               codec=codec, crf=encode.crf, preset=encode.preset, batch_size=batch_size or 0,
-              segment_seconds=segment_seconds, temporal_strength=temporal_strength, sequence_fps=str(sequence_fps))
+              segment_seconds=segment_seconds, temporal_strength=temporal_strength, sequence_fps=str(sequence_fps),
+              strength=controls.strength, preserve_colors=controls.preserve_colors)
     store = JobStore.from_settings()
     store.create(job)
     enqueue(job, store)

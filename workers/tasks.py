@@ -39,7 +39,7 @@ from kombu.exceptions import OperationalError
 from vidstyle import formats
 from vidstyle.config import setting
 from vidstyle.errors import VidstyleError
-from vidstyle.inference import Stylizer, resolve_device
+from vidstyle.inference import Controls, Stylizer, resolve_device
 from vidstyle.jobs import (AUTO, CANCELLED, FAILED, JOIN, PREEMPTED, QUEUED, RUNNING, SUCCEEDED, WHOLE_JOB, Attempt,
                            Job, JobStore, parse_member, segment_unit, worker_lapse_seconds)
 from vidstyle.pipeline import (EncodeOptions, Span, is_image, partial_file, partial_path, probe_video,
@@ -164,6 +164,10 @@ def stylizer_for(style_name: str) -> Stylizer:
     style = find_style(style_name)
     device = str(resolve_device(setting("VIDSTYLE_DEVICE")))
     return _cached_stylizer(style.weights_path, style.weights_path.stat().st_mtime_ns, device)
+
+
+def job_controls(job: Job) -> Controls:
+    return Controls(strength=job.strength, preserve_colors=job.preserve_colors)
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -380,7 +384,8 @@ def stylize(self: Task, job_id: str) -> str:
         stylize_file(input_path, output_path, stylizer_for(job.style), batch_size=job.batch_size or None,
                      encode=EncodeOptions(codec=job.codec, crf=job.crf, preset=job.preset), force=True,
                      on_progress=progress, partial_token=attempt.partial_token, before_commit=progress.before_commit,
-                     temporal_strength=job.temporal_strength, sequence_fps=formats.parse_fps(job.sequence_fps))
+                     temporal_strength=job.temporal_strength, sequence_fps=formats.parse_fps(job.sequence_fps),
+                     controls=job_controls(job))
         progress.complete()
         store.end_unit(attempt, SUCCEEDED, job_fields=_final(SUCCEEDED))
         return SUCCEEDED
@@ -464,7 +469,8 @@ def stylize_segment(self: Task, job_id: str, index: int, start: int | None, end:
         stylize_file(input_path, segment_path, stylizer_for(job.style), batch_size=job.batch_size or None,
                      encode=EncodeOptions(codec=job.codec, crf=job.crf, preset=job.preset), force=True,
                      on_progress=progress, partial_token=attempt.partial_token, span=Span(start, end, frames),
-                     before_commit=progress.before_commit, temporal_strength=job.temporal_strength)
+                     before_commit=progress.before_commit, temporal_strength=job.temporal_strength,
+                     controls=job_controls(job))
         return ended(SUCCEEDED)
 
     store.set_current_job(self.request.hostname, os.getpid(), job_id)
