@@ -83,7 +83,9 @@ def main() -> None:
         if args.record:
             card_path = style.weights_path.with_suffix(".json")
             card = json.loads(card_path.read_text())
+            # Figures not measured in this run (--skip-quality) stay as they were.
             card["evaluation"] = {
+                **card.get("evaluation", {}),
                 "command": "python benchmarks/style_quality.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in (
                     ("images", args.images), ("frames", args.frames), ("clip_size", args.clip_size), ("size", args.size),
                     ("max_iterations", args.max_iterations), ("held_out", args.held_out))),
