@@ -18,7 +18,7 @@ import collections
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from statistics import median
+from statistics import fmean, median
 from typing import Callable, Iterator
 
 import cv2
@@ -168,8 +168,8 @@ class FlickerReport:
 
     per_frame: FlickerResult
     temporal: FlickerResult
-    # The temporal output's content and style losses relative to the per-frame
-    # output's (None without a loss network): blending that blurs or ghosts raises both.
+    # The temporal output's content and style losses relative to the per-frame output's, the mean
+    # of each measured frame's ratio (None without a loss network): blending that blurs or ghosts raises both.
     content_ratio: float | None = None
     style_ratio: float | None = None
 
@@ -243,7 +243,7 @@ def evaluate_flicker(
     device = getattr(stylizer, "device", torch.device("cpu"))
     temporal = TemporalConsistency(device, temporal_strength)
     error = WarpingError(("input", "per frame", "temporal"))
-    losses = {"per frame": {"content": 0.0, "style": 0.0}, "temporal": {"content": 0.0, "style": 0.0}}
+    ratios: dict[str, list[float]] = {"content": [], "style": []}  # temporal / per frame, per measured frame
     shown: collections.deque = collections.deque(maxlen=STRIP_FRAMES + 1)
     previous, frames = None, 0
     batch: list[np.ndarray] = []
@@ -260,10 +260,10 @@ def evaluate_flicker(
                 error.add({name: (previous[name], current[name]) for name in current})
             if objective is not None and frames % loss_every == 0:
                 target = objective.content_target(_as_tensor(frame))
-                for name in losses:
-                    terms = objective.terms(_as_tensor(current[name]), target)
-                    for term in losses[name]:
-                        losses[name][term] += terms[term].item()
+                plain_terms, steady_terms = (objective.terms(_as_tensor(current[name]), target)
+                                             for name in ("per frame", "temporal"))
+                for term, values in ratios.items():
+                    values.append(steady_terms[term].item() / plain_terms[term].item())
             if frames < STRIP_START + STRIP_FRAMES:  # the strip's frames, and the one before them
                 shown.append(current)
             previous, frames = current, frames + 1
@@ -282,8 +282,9 @@ def evaluate_flicker(
         write_flicker_strip(list(shown), strip)
     report = FlickerReport(error.result("per frame", "input", frames), error.result("temporal", "input", frames))
     if objective is not None:
-        report.content_ratio = losses["temporal"]["content"] / losses["per frame"]["content"]
-        report.style_ratio = losses["temporal"]["style"] / losses["per frame"]["style"]
+        # Each frame weighs the same: a sum would be ruled by the frames with the largest
+        # losses (the dim frames of a fade, whose style loss is many times a bright frame's).
+        report.content_ratio, report.style_ratio = fmean(ratios["content"]), fmean(ratios["style"])
     return report
 
 
