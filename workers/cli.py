@@ -102,14 +102,15 @@ def follow(store: JobStore, job_id: str, as_json: bool) -> Job:
 
 
 @reports_unreachable_servers
-def submit_to_fleet(input_path: Path, style: str, *, output: Path | None, batch_size: int | None, codec: str,
+def submit_to_fleet(input_path: Path, style: str | None, *, upscale: str | None, output: Path | None,
+                    batch_size: int | None, codec: str,
                     crf: int, preset: str, force: bool, queue: str, segment_seconds: str, temporal_strength: float,
                     sequence_fps: Fraction, wait: bool, as_json: bool) -> None:
-    """`vidstyle submit` with a broker: queue the job, print its id, and with `wait` follow it."""
+    """`vidstyle submit` and `vidstyle upscale` with a broker: queue the job, print its id, and with `wait` follow it."""
     from vidstyle.pipeline import EncodeOptions
     from workers.client import submit_job  # torch (to check the style) and Celery: only here
 
-    job = submit_job(input_path, style, output=output, encode=EncodeOptions(codec=codec, crf=crf, preset=preset),
+    job = submit_job(input_path, style, upscale=upscale, output=output, encode=EncodeOptions(codec=codec, crf=crf, preset=preset),
                      batch_size=batch_size, queue=queue, force=force, segment_seconds=segment_seconds,
                      temporal_strength=temporal_strength, sequence_fps=sequence_fps)
     if not wait:
@@ -140,7 +141,7 @@ def status(job_id: str, as_json: bool) -> None:
     rows = {
         "job": job.id, "state": job.state, "progress": _progress(job),
         "speed": f"{job.fps:.1f} fps, ETA {job.eta_seconds:.0f} s" if job.state == RUNNING else "-",
-        "input": job.input, "output": job.output, "style": job.style, "queue": job.queue,
+        "input": job.input, "output": job.output, "task": f"{job.task} {job.treatment}", "queue": job.queue,
         "worker": job.worker or "-", "attempts": str(job.attempts),
         "segments": f"{job.segments} on {len(set(store.segment_workers(job.id).values()))} workers"
                     + (f", joined in {job.join_seconds:.1f} s" if job.join_seconds else "") if job.segments else "-",
@@ -181,9 +182,9 @@ def list_jobs(states: tuple[str, ...], limit: int, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([job.to_dict() for job in jobs]))
         return
-    click.echo(f"{'JOB':<12}  {'STATE':<9}  {'PROGRESS':<18}  {'STYLE':<12}  {'WORKER':<24}  {'CREATED':<19}  INPUT")
+    click.echo(f"{'JOB':<12}  {'STATE':<9}  {'PROGRESS':<18}  {'APPLIES':<12}  {'WORKER':<24}  {'CREATED':<19}  INPUT")
     for job in jobs:
-        click.echo(f"{job.id:<12}  {job.state:<9}  {_progress(job):<18}  {job.style:<12}  {job.worker or '-':<24}  "
+        click.echo(f"{job.id:<12}  {job.state:<9}  {_progress(job):<18}  {job.treatment:<12}  {job.worker or '-':<24}  "
                    f"{_when(job.created_at):<19}  {job.input}")
 
 
