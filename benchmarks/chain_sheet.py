@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from vidstyle.cli import parse_size
 from vidstyle.inference import Stylizer, resolve_device
@@ -68,7 +69,7 @@ def main() -> None:
         f"{style_only.name}, original": lambda: each(stylize, full),
     }
     rows = [(f"input {width // factor}x{height // factor}\n(bicubic x{factor})", resized(small, width, height))]
-    for label, run in ways.items():
+    for label, run in tqdm(ways.items(), desc="ways", unit="way", leave=False):
         started = time.perf_counter()
         rows.append((label, run()))
         print(f"{label:<20} {(time.perf_counter() - started) / len(full):6.2f} s a frame")

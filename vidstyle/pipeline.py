@@ -86,7 +86,7 @@ class Span:
 
 
 def default_output_path(input_path: Path, style_name: str) -> Path:
-    """movie.mp4 + udnie -> movie.udnie.mp4 (+ x4 -> movie.x4.mp4), beside the input;
+    """movie.mp4 + udnie -> movie.udnie.mp4 (x4: movie.x4.mp4, udnie.x4: movie.udnie.x4.mp4), beside the input;
     shot/f_%04d.png -> shot.udnie/f_%04d.png."""
     if formats.is_sequence(input_path):
         folder = input_path.parent.resolve()

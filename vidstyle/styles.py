@@ -213,8 +213,9 @@ def find_treatment(style: str | None = None, upscale: str | None = None) -> Trea
                      find_upscaler(upscale) if upscale is not None else None)
 
 
-def save_style(net: TransformerNet, weights_path: Path, card: dict) -> None:
-    """Write NAME.pth (fp16, which is plenty for inference) and NAME.json atomically."""
+def save_style(net: torch.nn.Module, weights_path: Path, card: dict) -> None:
+    """Write NAME.pth (fp16, which is plenty for inference) and NAME.json atomically: a style's
+    TransformerNet, or an upscaler's UpscalerNet (x4.pth, its card with "task": "upscale")."""
     weights_path = Path(weights_path)
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = weights_path.with_name(weights_path.name + ".part")
