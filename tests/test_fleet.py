@@ -240,6 +240,15 @@ def test_submit_refuses_at_once_what_it_can_know(fleet: Fleet, tmp_path: Path, c
     assert (fleet.storage / f"inside.{TEST_STYLE}.mp4").read_bytes() == b"keep me"
 
 
+def test_submit_refuses_an_upscale_the_workers_cannot_have(fleet: Fleet, tmp_path: Path) -> None:
+    inside = tiny_clip(fleet.storage / "inside.mp4", frames=2)
+    for upscale, expected in (("2", f"no x2 upscaler installed (installed: x{TEST_FACTOR})"),
+                              (str(tmp_path / "x4.pth"), "the factor names an installed upscaler")):
+        with pytest.raises(VidstyleError, match=re.escape(expected)):
+            fleet.submit(inside, None, upscale=upscale)
+    assert fleet.queued_messages() == 0
+
+
 def test_a_refused_submit_is_one_line(fleet: Fleet, tmp_path: Path) -> None:
     outside = tiny_clip(tmp_path / "outside.mp4", frames=2)
     assert_clean_failure(fleet.cli("submit", outside, "--style", TEST_STYLE, "--queue", fleet.queue), "outside the storage root")
