@@ -18,6 +18,11 @@ from vidstyle.styles import save_style
 os.environ["VIDSTYLE_COMPILE"] = "0"
 TEST_STYLE = "testnet"
 TEST_FACTOR = 4
+# An upscaler's model card, its evaluation laid out as `vidstyle eval upscale --record` writes it.
+TEST_UPSCALER_CARD = {"task": "upscale", "factor": TEST_FACTOR, "evaluation": {"command": "vidstyle eval upscale", "scores": [
+    {"set": "Set5", "inputs": "published", "method": "network", "images": 5, "psnr": 30.5, "ssim": 0.85},
+    {"set": "Set5", "inputs": "published", "method": "bicubic", "images": 5, "psnr": 28.4, "ssim": 0.81},
+]}}
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -28,8 +33,7 @@ def style_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("styles")
     torch.manual_seed(0)
     save_style(TransformerNet(), folder / f"{TEST_STYLE}.pth", {"name": TEST_STYLE, "format": "vidstyle-style/1"})
-    save_style(UpscalerNet(TEST_FACTOR), folder / f"x{TEST_FACTOR}.pth", {"task": "upscale", "factor": TEST_FACTOR,
-                                                                       "evaluation": {"set5_psnr_db": 30.5}})
+    save_style(UpscalerNet(TEST_FACTOR), folder / f"x{TEST_FACTOR}.pth", TEST_UPSCALER_CARD)
     os.environ["VIDSTYLE_STYLES_PATH"] = str(folder)
     return folder
 

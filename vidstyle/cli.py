@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import os
 import sys
@@ -180,16 +179,26 @@ def styles() -> None:
             ("median_lbfgs_iterations_from_noise", "L-BFGS equivalent"), ("mean_flicker_ratio", "flicker")) if k in evaluation]
         click.echo(f"{name:<16} {', '.join(parts) or '(no model card)'}  {style.weights_path}")
     for factor, upscaler in sorted(available_upscalers().items()):
-        # Whatever the card's evaluation holds (`vidstyle eval upscale` writes it): PSNR on Set5, say.
-        evaluation = upscaler.card.get("evaluation", {})
-        figures = ", ".join(f"{key} {_figure(value)}" for key, value in evaluation.items()) or "not evaluated"
-        click.echo(f"{upscaler.name + ' upscaler':<16} {figures}  {upscaler.weights_path}")
+        # The measured quality (`vidstyle eval upscale --record` writes it), whatever its layout.
+        figures = _figures(upscaler.card.get("evaluation", {}))
+        click.echo(f"{upscaler.name + ' upscaler':<16} {'' if figures else '(not evaluated)  '}{upscaler.weights_path}")
+        for line in figures:
+            click.echo(f"    {line}")
 
 
-def _figure(value: object) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+def _figures(evaluation: dict) -> list[str]:
+    """The numbers of a model card's evaluation: its own ("key value"), and one line per record of
+    a list of them (a test set, its inputs, a method...): the record's words, then its numbers."""
+    def numbers(record: dict) -> str:
+        return ", ".join(f"{key} {value:g}" for key, value in record.items() if isinstance(value, float))
+
+    lines = [numbers(evaluation)] if numbers(evaluation) else []
+    for value in evaluation.values():
+        for record in value if isinstance(value, list) else []:
+            if isinstance(record, dict):
+                words = " ".join(v for v in record.values() if isinstance(v, str))
+                lines.append(f"{words}: {numbers(record)}")
+    return lines
 
 
 @cli.command()
