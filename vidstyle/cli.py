@@ -139,7 +139,7 @@ def run(input_path: Path, style: str | None, upscale: str | None, temporal_stren
         return
     if queue or as_json or segment_seconds:
         raise VidstyleError("--queue, --segment-seconds and --json need a broker (VIDSTYLE_BROKER_URL); "
-                            "without one, the run is here")
+                            "without one, it runs on this machine")
     # torch: imported by the commands that run networks, not by every command.
     from vidstyle.inference import Stylizer, resolve_device
     from vidstyle.pipeline import EncodeOptions, default_output_path, is_image, stylize_file
