@@ -118,6 +118,14 @@ def test_the_temporal_blend_of_a_chained_run_follows_the_motion_scaled_to_the_ou
     assert at_output.weight.shape == (24, 20) and 0 <= at_output.weight.min() < at_output.weight.max() <= 1
 
 
+def test_an_upscaler_compiles_by_its_output_size(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("VIDSTYLE_COMPILE", "auto")
+    monkeypatch.setenv("VIDSTYLE_CACHE_DIR", str(tmp_path))  # nothing compiled yet
+    frames = 100  # of 320x180: pays at 1280x720, not at 320x180
+    assert Stylizer(UpscalerNet(4), resolve_device("cpu")).expect(frames, 180, 320, 1)
+    assert not Stylizer(TransformerNet(), resolve_device("cpu")).expect(frames, 180, 320, 1)
+
+
 def test_submit_with_upscale_stylizes_and_upscales_in_one_pass(tmp_path: Path) -> None:
     source = make_sample_video(tmp_path / "movie.mp4", width=36, height=20, frames=6)
     result = run_cli("submit", source, "--style", TEST_STYLE, "--upscale", TEST_FACTOR)

@@ -245,7 +245,10 @@ class Stylizer:
             compiling = True  # compiled in this process already: free
         else:
             cached = self._compiled_marker(shape).exists()
-            compiling = should_compile(frames, height, width, self.device, self.forced_compile, cached)
+            # By the output's size: an upscaler's work, and what compiling saves, grows with it
+            # (x4 from 320x180: 2.7x faster compiled, 1.5 s a frame; README, Super-resolution).
+            compiling = should_compile(frames, height * self.factor, width * self.factor, self.device,
+                                       self.forced_compile, cached)
         self.compiled_run = (batch_size, height, width) if compiling else None
         return compiling
 
