@@ -214,8 +214,8 @@ def find_treatment(style: str | None = None, upscale: str | None = None) -> Trea
 
 
 def save_style(net: torch.nn.Module, weights_path: Path, card: dict) -> None:
-    """Write NAME.pth (fp16, which is plenty for inference) and NAME.json atomically: a style's
-    TransformerNet, or an upscaler's UpscalerNet (x4.pth, its card with "task": "upscale")."""
+    """Write NAME.pth (fp16, which is plenty for inference) and NAME.json atomically: a style's,
+    or another network's with its model card (the trainer saves upscalers so too)."""
     weights_path = Path(weights_path)
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = weights_path.with_name(weights_path.name + ".part")
