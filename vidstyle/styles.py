@@ -154,6 +154,20 @@ def find_style(name_or_path: str) -> Style:
     raise VidstyleError(f"unknown style '{name_or_path}' (available: {names})")
 
 
+def save_style(net: torch.nn.Module, weights_path: Path, card: dict) -> None:
+    """Write NAME.pth (fp16, which is plenty for inference) and NAME.json atomically: a style's,
+    or another network's with its model card (the trainer saves upscalers so too)."""
+    weights_path = Path(weights_path)
+    weights_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = weights_path.with_name(weights_path.name + ".part")
+    torch.save({k: v.detach().half().cpu() for k, v in net.state_dict().items()}, tmp)
+    os.replace(tmp, weights_path)
+    card_path = weights_path.with_suffix(".json")
+    tmp_card = card_path.with_name(card_path.name + ".part")
+    tmp_card.write_text(json.dumps(card, indent=2) + "\n")
+    os.replace(tmp_card, card_path)
+
+
 def find_upscaler(factor_or_path: str) -> Upscaler:
     """An upscaler by factor ("4"), or by the path of its weights file."""
     if _is_path(factor_or_path):
@@ -211,17 +225,3 @@ def find_treatment(style: str | None = None, upscale: str | None = None) -> Trea
         raise VidstyleError("nothing to do: name a style, an upscale factor, or both")
     return Treatment(find_style(style) if style is not None else None,
                      find_upscaler(upscale) if upscale is not None else None)
-
-
-def save_style(net: torch.nn.Module, weights_path: Path, card: dict) -> None:
-    """Write NAME.pth (fp16, which is plenty for inference) and NAME.json atomically: a style's,
-    or another network's with its model card (the trainer saves upscalers so too)."""
-    weights_path = Path(weights_path)
-    weights_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = weights_path.with_name(weights_path.name + ".part")
-    torch.save({k: v.detach().half().cpu() for k, v in net.state_dict().items()}, tmp)
-    os.replace(tmp, weights_path)
-    card_path = weights_path.with_suffix(".json")
-    tmp_card = card_path.with_name(card_path.name + ".part")
-    tmp_card.write_text(json.dumps(card, indent=2) + "\n")
-    os.replace(tmp_card, card_path)
