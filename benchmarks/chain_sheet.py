@@ -5,7 +5,8 @@
 
 A few frames of a real video, scaled to --size (the "full size"), and the same
 frames made factor times smaller (the "small input"). One row per way of going
-from the small input to the full size, each frame at full size, not shrunk:
+from the small input to the full size, each frame at full size, not shrunk, then
+the centre of the first frame enlarged 4 times (the upscaler's detail):
 
     udnie then x4     `submit --style udnie --upscale 4`: stylized small, then upscaled (one pass)
     x4 then udnie     `upscale`, then `submit --style udnie`: upscaled, then stylized at full size
@@ -48,6 +49,14 @@ def resized(frames: list[np.ndarray], width: int, height: int) -> list[np.ndarra
     return [np.array(Image.fromarray(f).resize((width, height), Image.Resampling.BICUBIC)) for f in frames]
 
 
+def with_zoom(frames: list[np.ndarray]) -> list[np.ndarray]:
+    """The frames, then the centre of the first, a quarter of its size, enlarged 4 times without smoothing."""
+    height, width = frames[0].shape[:2]
+    top, left = 3 * height // 8, 3 * width // 8
+    centre = Image.fromarray(frames[0][top:top + height // 4, left:left + width // 4])
+    return frames + [np.array(centre.resize((width, height), Image.Resampling.NEAREST))]
+
+
 def main() -> None:
     args = parse_args()
     width, height = parse_size(args.size)
@@ -68,10 +77,10 @@ def main() -> None:
         f"{style_only.name}, bicubic": lambda: resized(each(stylize, small), width, height),
         f"{style_only.name}, original": lambda: each(stylize, full),
     }
-    rows = [(f"input {width // factor}x{height // factor}\n(bicubic x{factor})", resized(small, width, height))]
+    rows = [(f"input {width // factor}x{height // factor}\n(bicubic x{factor})", with_zoom(resized(small, width, height)))]
     for label, run in tqdm(ways.items(), desc="ways", unit="way", leave=False):
         started = time.perf_counter()
-        rows.append((label, run()))
+        rows.append((label, with_zoom(run())))
         print(f"{label:<20} {(time.perf_counter() - started) / len(full):6.2f} s a frame")
     with partial_file(args.output) as partial:
         contact_sheet(rows, height).save(partial, format="PNG")
