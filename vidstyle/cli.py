@@ -190,7 +190,7 @@ def _figures(evaluation: dict) -> list[str]:
     """The numbers of a model card's evaluation: its own ("key value"), and one line per record of
     a list of them (a test set, its inputs, a method...): the record's words, then its numbers."""
     def numbers(record: dict) -> str:
-        return ", ".join(f"{key} {value:g}" for key, value in record.items() if isinstance(value, float))
+        return ", ".join(f"{key} {value:.4g}" for key, value in record.items() if isinstance(value, float))
 
     lines = [numbers(evaluation)] if numbers(evaluation) else []
     for value in evaluation.values():
