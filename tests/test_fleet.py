@@ -242,7 +242,7 @@ def test_submit_refuses_at_once_what_it_can_know(fleet: Fleet, tmp_path: Path, c
 
 def test_submit_refuses_an_upscale_the_workers_cannot_have(fleet: Fleet, tmp_path: Path) -> None:
     inside = tiny_clip(fleet.storage / "inside.mp4", frames=2)
-    for upscale, expected in (("2", f"no x2 upscaler installed (installed: x{TEST_FACTOR})"),
+    for upscale, expected in (("2", "no x2 upscaler installed (installed: "),
                               (str(tmp_path / "x4.pth"), "the factor names an installed upscaler")):
         with pytest.raises(VidstyleError, match=re.escape(expected)):
             fleet.submit(inside, None, upscale=upscale)

@@ -66,7 +66,7 @@ def test_a_still_keeps_its_transparency_at_the_new_size(tmp_path: Path) -> None:
 def test_a_factor_without_weights_is_refused_in_one_line(tmp_path: Path) -> None:
     source = make_sample_video(tmp_path / "in.mp4", width=32, height=24, frames=3)
     result = run_cli("upscale", source, "--factor", "2")
-    assert_clean_failure(result, f"no x2 upscaler installed (installed: x{TEST_FACTOR})")
+    assert_clean_failure(result, "no x2 upscaler installed (installed: ", f"x{TEST_FACTOR}")  # (and built-in ones)
     with pytest.raises(VidstyleError, match="no x3 upscaler installed"):
         find_treatment(TEST_STYLE, "3")
     with pytest.raises(VidstyleError, match="must be a whole number or a .pth file, not 'four'"):
