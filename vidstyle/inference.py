@@ -333,7 +333,7 @@ def run_in_parts(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 # Rough peak working memory of the network per output pixel: a few live
 # activations at full resolution (TransformerNet's 32 channels; UpscalerNet's
-# 64 at the output's size, measured at 660 bytes in bfloat16 by
+# 64 at the output's size, measured at about 700 bytes in bfloat16 by
 # benchmarks/upscale.py), in bytes (fp32).
 BYTES_PER_PIXEL = 1024
 CPU_BATCH_PIXELS = 4 * 640 * 360  # batches beyond this do not run faster on a CPU
