@@ -11,21 +11,29 @@ import numpy as np
 import pytest
 import torch
 
-from vidstyle.model import TransformerNet
+from vidstyle.model import TransformerNet, UpscalerNet
 from vidstyle.styles import save_style
 
 # Compilation costs tens of seconds per frame size; the tests check the logic, not speed.
 os.environ["VIDSTYLE_COMPILE"] = "0"
 TEST_STYLE = "testnet"
+TEST_FACTOR = 4
+# An upscaler's model card, its evaluation laid out as `vidstyle eval upscale --record` writes it.
+TEST_UPSCALER_CARD = {"task": "upscale", "factor": TEST_FACTOR, "evaluation": {"command": "vidstyle eval upscale", "scores": [
+    {"set": "Set5", "inputs": "published", "method": "network", "images": 5, "psnr": 30.5, "ssim": 0.85},
+    {"set": "Set5", "inputs": "published", "method": "bicubic", "images": 5, "psnr": 28.4, "ssim": 0.81},
+]}}
 
 
 @pytest.fixture(scope="session", autouse=True)
 def style_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder with one style of random weights (the output still differs visibly
-    from the input), on the style search path of this process and its children."""
+    """A folder with one style and one x4 upscaler of random weights (the style's output
+    still differs visibly from the input), on the search path of this process and its
+    children; the upscaler shadows a built-in one."""
     folder = tmp_path_factory.mktemp("styles")
     torch.manual_seed(0)
     save_style(TransformerNet(), folder / f"{TEST_STYLE}.pth", {"name": TEST_STYLE, "format": "vidstyle-style/1"})
+    save_style(UpscalerNet(TEST_FACTOR), folder / f"x{TEST_FACTOR}.pth", TEST_UPSCALER_CARD)
     os.environ["VIDSTYLE_STYLES_PATH"] = str(folder)
     return folder
 

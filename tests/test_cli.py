@@ -52,6 +52,8 @@ def test_styles_lists_the_search_path() -> None:
     assert TEST_STYLE in result.stdout
     udnie_line = next(line for line in result.stdout.splitlines() if line.startswith("udnie "))
     assert "L-BFGS equivalent 58.5" in udnie_line  # the built-in's measured quality, from its card
+    upscaler_lines = result.stdout.split("x4 upscaler", 1)[1].splitlines()
+    assert upscaler_lines[1:3] == ["    Set5 published network: psnr 30.5, ssim 0.85", "    Set5 published bicubic: psnr 28.4, ssim 0.81"]
 
 
 def _audio_only(path: Path) -> Path:

@@ -18,7 +18,7 @@ import pytest
 import redis
 from PIL import Image
 
-from conftest import TEST_STYLE, RedisServer, decode, free_port, wait_until
+from conftest import TEST_FACTOR, TEST_STYLE, RedisServer, decode, free_port, wait_until
 from test_cli import _audio_only, _not_a_video, _truncated, assert_clean_failure
 from vidstyle import exposure
 from vidstyle.errors import VidstyleError
@@ -252,6 +252,15 @@ def test_submit_refuses_at_once_what_it_can_know(fleet: Fleet, tmp_path: Path, c
         fleet.submit(source, style)
     assert fleet.queued_messages() == 0
     assert (fleet.storage / f"inside.{TEST_STYLE}.mp4").read_bytes() == b"keep me"
+
+
+def test_submit_refuses_an_upscale_the_workers_cannot_have(fleet: Fleet, tmp_path: Path) -> None:
+    inside = tiny_clip(fleet.storage / "inside.mp4", frames=2)
+    for upscale, expected in (("2", "no x2 upscaler installed (installed: "),
+                              (str(tmp_path / "x4.pth"), "the factor names an installed upscaler")):
+        with pytest.raises(VidstyleError, match=re.escape(expected)):
+            fleet.submit(inside, None, upscale=upscale)
+    assert fleet.queued_messages() == 0
 
 
 def test_a_refused_submit_is_one_line(fleet: Fleet, tmp_path: Path) -> None:
@@ -496,6 +505,21 @@ def split_clip(path: Path, frames: int = 96) -> Path:
     """Irregular keyframes, B-frames (x264's default) and a variable frame rate: the hard cases for cutting."""
     return make_sample_video(path, width=96, height=64, frames=frames, variable_frame_rate=True,
                              keyframes=[0, 9, 17, 30, 41, 55, 70, 83])
+
+
+def test_an_upscale_job_split_into_segments_comes_out_factor_times_the_size(fleet: Fleet) -> None:
+    source = make_sample_video(fleet.storage / "small.mp4", width=30, height=18, frames=36, keyframes=[0, 12, 24])
+    fleet.start_worker("a", OMP_NUM_THREADS="1")
+    job_id = fleet.submit(source, None, upscale=str(TEST_FACTOR), segment_seconds="0.5")
+    job = fleet.wait_for([job_id])[job_id]
+    assert job.state == SUCCEEDED, job.error
+    assert (job.task, job.factor, job.style, job.segments) == ("upscale", TEST_FACTOR, "", 3)
+    decoded = decode(fleet.storage / f"small.x{TEST_FACTOR}.mp4")
+    assert decoded["size"] == (30 * TEST_FACTOR, 18 * TEST_FACTOR)
+    assert decoded["frames"] == job.frames_total == 36
+    assert decoded["times"] == pytest.approx(decode(source)["times"], abs=1e-3)
+    assert len(decoded["audio_durations"]) == 1
+    assert re.search(rf"task: +upscale x{TEST_FACTOR}\n", fleet.cli("status", job_id).stdout)
 
 
 def test_long_job_is_split_over_two_workers_and_joined_frame_exact(fleet: Fleet) -> None:

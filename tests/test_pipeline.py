@@ -156,6 +156,7 @@ class IdentityStylizer:
     """Stands in for the network so that a test can see the pipeline's own fidelity."""
 
     device = torch.device("cpu")
+    factor = 1
 
     def expect(self, frames: int, height: int, width: int, batch_size: int) -> bool:
         return False

@@ -5,7 +5,9 @@ import importlib
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from tqdm import tqdm
@@ -14,6 +16,9 @@ from vidstyle.config import setting
 from vidstyle.errors import VidstyleError
 from vidstyle.jobs import AUTO, DEFAULT_QUEUE
 from vidstyle.sample import make_camera_video, make_sample_video
+
+if TYPE_CHECKING:  # torch loads only with the commands that run a network
+    from vidstyle.inference import Controls
 
 # Commands whose modules load only when run (or listed by --help): torch and
 # torchvision take seconds to import, and the fleet commands that only talk to
@@ -47,8 +52,43 @@ def cli() -> None:
     """Fast feed-forward style transfer for videos and images."""
 
 
+def run_options(command: Callable) -> Callable:
+    """The options `submit` and `upscale` share: where the output goes, how it is encoded, where it runs."""
+    options = [
+        click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path)),
+        click.option("--output", "-o", type=click.Path(path_type=Path),
+                     help="Output file [default: INPUT.STYLE.EXT (INPUT.xN.EXT upscaled) beside the input]."),
+        click.option("--batch-size", type=click.IntRange(1),
+                     help="Frames per network batch [default: from frame size and device memory]."),
+        click.option("--device", help="cpu, cuda or cuda:N [default: cuda when available]."),
+        click.option("--codec", help="Video encoder: libx264, libx265, libvpx-vp9, libsvtav1, prores_ks, gif, h264_nvenc... "
+                                     "[default: from the output's container: libx264, libvpx-vp9 for WebM, gif for GIF]."),
+        click.option("--crf", default=18, show_default=True, type=click.IntRange(0, 51),
+                     help="Quality, lower is better (x264, x265, VP9, AV1, NVENC; ProRes and GIF have none)."),
+        click.option("--preset", default="medium", show_default=True,
+                     help="x264's speed preset names (ultrafast..placebo), mapped onto VP9's and AV1's speed levels."),
+        click.option("--compile/--no-compile", "compile_network", default=None,
+                     help="torch.compile the network: faster per frame, slower to start [default: when the video is long "
+                          "enough to repay it, never for a still; VIDSTYLE_COMPILE=1/0 forces either]."),
+        click.option("--precision", type=click.Choice(["auto", "fp32"]),
+                     help="auto: float16 on CUDA, bfloat16 on CPUs with native bf16 (faster, ~53 dB from fp32); "
+                          "fp32: float32 throughout [default: VIDSTYLE_PRECISION, else auto]."),
+        click.option("--fps", help="The frame rate of an image-sequence input (shot/frame_%04d.png): 24, 25, 23.976, "
+                                   "24000/1001... [default: 24]."),
+        click.option("--force", "-f", is_flag=True, help="Overwrite an existing output."),
+        click.option("--queue", help=f"With a broker: the queue to put the job on [default: {DEFAULT_QUEUE}]."),
+        click.option("--segment-seconds",
+                     help="With a broker: split a long video over several workers in segments of about this many "
+                          "seconds, cut at keyframes; 'off' never splits [default: auto, from its length and the live workers]."),
+        click.option("--wait", is_flag=True, help="With a broker: follow the job with a progress bar; exit with its outcome."),
+        click.option("--json", "as_json", is_flag=True, help="With a broker: print the job record as JSON."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @cli.command()
-@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.option("--style", "-s", help="Style name (see `vidstyle styles`) or path to a .pth weights file.")
 @click.option("--style-image", type=click.Path(path_type=Path),
               help="Instead of --style, for a still: any painting, by optimising the image itself (Gatys et al.; "
@@ -56,28 +96,13 @@ def cli() -> None:
 @click.option("--strength", default=1.0, show_default=True, type=click.FloatRange(0, 1),
               help="How much of the style: 0 is the input, 1 the full style.")
 @click.option("--preserve-colors", is_flag=True, help="Keep the input's colours: the style's luminance, the input's chroma.")
-@click.option("--output", "-o", type=click.Path(path_type=Path), help="Output file [default: INPUT.STYLE.EXT beside the input].")
-@click.option("--batch-size", type=click.IntRange(1), help="Frames per network batch [default: from frame size and device memory].")
-@click.option("--device", help="cpu, cuda or cuda:N [default: cuda when available].")
-@click.option("--codec", help="Video encoder: libx264, libx265, libvpx-vp9, libsvtav1, prores_ks, gif, h264_nvenc... "
-                               "[default: from the output's container: libx264, libvpx-vp9 for WebM, gif for GIF].")
-@click.option("--crf", default=18, show_default=True, type=click.IntRange(0, 51),
-              help="Quality, lower is better (x264, x265, VP9, AV1, NVENC; ProRes and GIF have none).")
-@click.option("--preset", default="medium", show_default=True,
-              help="x264's speed preset names (ultrafast..placebo), mapped onto VP9's and AV1's speed levels.")
-@click.option("--compile/--no-compile", "compile_network", default=None,
-              help="torch.compile the network: faster per frame, slower to start [default: when the video is long enough "
-                   "to repay it, never for a still; VIDSTYLE_COMPILE=1/0 forces either].")
-@click.option("--precision", type=click.Choice(["auto", "fp32"]),
-              help="auto: float16 on CUDA, bfloat16 on CPUs with native bf16 (faster, ~53 dB from fp32); "
-                   "fp32: float32 throughout [default: VIDSTYLE_PRECISION, else auto].")
+@click.option("--upscale", metavar="FACTOR|FILE.pth",
+              help="Then upscale the stylized frames by this factor (an installed upscaler, see `vidstyle styles`), "
+                   "in the same pass.")
 @click.option("--temporal/--no-temporal", default=True, show_default=True,
               help="Videos: carry each output frame into the next along the optical flow, so strokes do not flicker.")
 @click.option("--temporal-strength", type=click.FloatRange(0, 1),
               help="How much of each frame comes from the previous one where the motion is reliable, 0..1 [default: 0.9].")
-@click.option("--fps", help="The frame rate of an image-sequence input (shot/frame_%04d.png): 24, 25, 23.976, "
-                             "24000/1001... [default: 24].")
-@click.option("--force", "-f", is_flag=True, help="Overwrite an existing output.")
 @click.option("--vgg-weights", type=click.Path(path_type=Path),
               help="With --style-image: the loss network's weights, as for `vidstyle train` [default: VIDSTYLE_VGG_WEIGHTS].")
 @click.option("--iterations", type=click.IntRange(1), help="With --style-image: L-BFGS iterations [default: 100].")
@@ -85,24 +110,15 @@ def cli() -> None:
               help="With --style-image: the output's long side in pixels, the photo resized to it [default: 512].")
 @click.option("--init", type=click.Choice(["photo", "noise"]),
               help="With --style-image: start from the photo or from white noise [default: photo].")
-@click.option("--queue", help=f"With a broker: the queue to put the job on [default: {DEFAULT_QUEUE}].")
-@click.option("--segment-seconds",
-              help="With a broker: split a long video over several workers in segments of about this many seconds, "
-                   "cut at keyframes; 'off' never splits [default: auto, from its length and the live workers].")
-@click.option("--wait", is_flag=True, help="With a broker: follow the job with a progress bar; exit with its outcome.")
-@click.option("--json", "as_json", is_flag=True, help="With a broker: print the job record as JSON.")
-def submit(input_path: Path, style: str | None, style_image: Path | None, strength: float, preserve_colors: bool,
-           output: Path | None, batch_size: int | None, device: str | None, codec: str | None, crf: int, preset: str,
-           compile_network: bool | None, precision: str | None, temporal: bool, temporal_strength: float | None,
-           fps: str | None, force: bool, vgg_weights: Path | None, iterations: int | None, size: int | None,
-           init: str | None,
-           queue: str | None, segment_seconds: str | None, wait: bool, as_json: bool) -> None:
+@run_options
+def submit(style: str | None, style_image: Path | None, strength: float, preserve_colors: bool, upscale: str | None,
+           temporal: bool, temporal_strength: float | None, vgg_weights: Path | None, iterations: int | None,
+           size: int | None, init: str | None, **options) -> None:
     """Stylize a video (or a still image) with a trained style, or a still after any painting.
 
     With a broker configured (VIDSTYLE_BROKER_URL) the job goes to the worker
     fleet instead: its id is printed at once (see `vidstyle watch`); a
     --style-image optimisation always runs here."""
-    from vidstyle import formats
     from vidstyle.inference import Controls
     from vidstyle.temporal import DEFAULT_STRENGTH
 
@@ -111,40 +127,67 @@ def submit(input_path: Path, style: str | None, style_image: Path | None, streng
     controls = Controls(strength=strength, preserve_colors=preserve_colors)
     optimisation = {"size": size, "iterations": iterations, "init": init}
     if style_image is not None:
+        if upscale:
+            raise VidstyleError("--upscale goes with --style; upscale an optimised still with `vidstyle upscale`")
         from trainer.gatys import optimise_still
 
-        output = output or input_path.with_name(f"{input_path.stem}.{style_image.stem}{input_path.suffix}")
+        input_path = options["input_path"]
+        output = options["output"] or input_path.with_name(f"{input_path.stem}.{style_image.stem}{input_path.suffix}")
         given = {name: value for name, value in optimisation.items() if value is not None}
         click.echo(str(optimise_still(input_path, output, style_image, vgg_weights=vgg_weights, controls=controls,
-                                      force=force, **given)))
+                                      force=options["force"], **given)))
         return
     if vgg_weights or any(value is not None for value in optimisation.values()):
         raise VidstyleError("--vgg-weights, --iterations, --size and --init go with --style-image")
+    blend = (DEFAULT_STRENGTH if temporal_strength is None else temporal_strength) if temporal else 0.0
+    run(style=style, upscale=upscale, temporal_strength=blend, controls=controls, **options)
+
+
+@cli.command()
+@click.option("--factor", default="4", show_default=True, metavar="FACTOR|FILE.pth",
+              help="Upscale factor (an installed upscaler, see `vidstyle styles`) or an upscaler's weights file.")
+@run_options
+def upscale(factor: str, **options) -> None:
+    """Upscale a video (or a still image) with a super-resolution network: FACTOR times the width and height.
+
+    With a broker configured (VIDSTYLE_BROKER_URL) the job goes to the worker fleet instead."""
+    # No temporal stage: the upscaler is local and draws no strokes of its own to flicker (see README).
+    run(style=None, upscale=factor, temporal_strength=0.0, **options)
+
+
+def run(input_path: Path, style: str | None, upscale: str | None, temporal_strength: float, output: Path | None,
+        batch_size: int | None, device: str | None, codec: str | None, crf: int, preset: str,
+        compile_network: bool | None, precision: str | None, fps: str | None, force: bool, queue: str | None,
+        segment_seconds: str | None, wait: bool, as_json: bool, controls: Controls | None = None) -> None:
+    """`submit` and `upscale`: here through the pipeline, or with a broker on the fleet."""
+    from vidstyle import formats
+    from vidstyle.inference import Controls
+
+    controls = controls or Controls()
 
     if fps and not formats.is_sequence(input_path):
         raise VidstyleError("--fps is the rate of an image-sequence input (shot/frame_%04d.png); a video keeps its own")
     sequence_fps = formats.parse_fps(fps)
-    temporal_blend = (DEFAULT_STRENGTH if temporal_strength is None else temporal_strength) if temporal else 0.0
     if setting("VIDSTYLE_BROKER_URL"):
         if device or compile_network is not None or precision:
             raise VidstyleError("with a broker, the device, compilation and precision are worker settings "
                                 "(vidstyle worker --device --precision, VIDSTYLE_COMPILE)")
         from workers.cli import submit_to_fleet
 
-        submit_to_fleet(input_path, style, output=output, batch_size=batch_size, codec=codec, crf=crf, preset=preset,
-                        force=force, queue=queue or DEFAULT_QUEUE, segment_seconds=segment_seconds or AUTO,
-                        temporal_strength=temporal_blend, sequence_fps=sequence_fps, strength=strength,
-                        preserve_colors=preserve_colors, wait=wait, as_json=as_json)
+        submit_to_fleet(input_path, style, upscale=upscale, output=output, batch_size=batch_size, codec=codec, crf=crf,
+                        preset=preset, force=force, queue=queue or DEFAULT_QUEUE, segment_seconds=segment_seconds or AUTO,
+                        temporal_strength=temporal_strength, sequence_fps=sequence_fps, controls=controls, wait=wait,
+                        as_json=as_json)
         return
     if queue or as_json or segment_seconds:
         raise VidstyleError("--queue, --segment-seconds and --json need a broker (VIDSTYLE_BROKER_URL); "
-                            "without one, submit runs here")
+                            "without one, it runs on this machine")
     # torch: imported by the commands that run networks, not by every command.
     from vidstyle.inference import Stylizer, resolve_device
     from vidstyle.pipeline import EncodeOptions, default_output_path, is_image, stylize_file
-    from vidstyle.styles import find_style
+    from vidstyle.styles import find_treatment
 
-    chosen = find_style(style)
+    chosen = find_treatment(style, upscale)
     output = output or default_output_path(input_path, chosen.name)
     stylizer = Stylizer(chosen.load_network(), resolve_device(device), compile=compile_network, precision=precision)
     # The bar appears with the first stylized batch, so a run that fails at once shows only its error.
@@ -156,15 +199,15 @@ def submit(input_path: Path, style: str | None, style_image: Path | None, streng
     with bar:
         result = stylize_file(input_path, output, stylizer, batch_size=batch_size,
                               encode=EncodeOptions(codec=codec, crf=crf, preset=preset),
-                              force=force, on_progress=on_progress, temporal_strength=temporal_blend,
+                              force=force, on_progress=on_progress, temporal_strength=temporal_strength,
                               sequence_fps=sequence_fps, controls=controls)
     click.echo(str(result))
 
 
 @cli.command()
 def styles() -> None:
-    """List the available styles."""
-    from vidstyle.styles import available_styles
+    """List the available styles and upscalers."""
+    from vidstyle.styles import available_styles, available_upscalers
 
     found = available_styles()
     if not found:
@@ -177,6 +220,27 @@ def styles() -> None:
         parts += [f"{label} {evaluation[k]:g}" for k, label in (
             ("median_lbfgs_iterations_from_noise", "L-BFGS equivalent"), ("mean_flicker_ratio", "flicker")) if k in evaluation]
         click.echo(f"{name:<16} {', '.join(parts) or '(no model card)'}  {style.weights_path}")
+    for factor, upscaler in sorted(available_upscalers().items()):
+        # The measured quality (`vidstyle eval upscale --record` writes it), whatever its layout.
+        figures = _figures(upscaler.card.get("evaluation", {}))
+        click.echo(f"{upscaler.name + ' upscaler':<16} {'' if figures else '(not evaluated)  '}{upscaler.weights_path}")
+        for line in figures:
+            click.echo(f"    {line}")
+
+
+def _figures(evaluation: dict) -> list[str]:
+    """The numbers of a model card's evaluation: its own ("key value"), and one line per record of
+    a list of them (a test set, its inputs, a method...): the record's words, then its numbers."""
+    def numbers(record: dict) -> str:
+        return ", ".join(f"{key} {value:.4g}" for key, value in record.items() if isinstance(value, float))
+
+    lines = [numbers(evaluation)] if numbers(evaluation) else []
+    for value in evaluation.values():
+        for record in value if isinstance(value, list) else []:
+            if isinstance(record, dict):
+                words = " ".join(v for v in record.values() if isinstance(v, str))
+                lines.append(f"{words}: {numbers(record)}")
+    return lines
 
 
 @cli.command()

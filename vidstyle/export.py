@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from vidstyle.errors import VidstyleError
-from vidstyle.inference import MIN_SIDE, pad_for_network
-from vidstyle.model import TransformerNet
+from vidstyle.inference import MIN_SIDE
+from vidstyle.model import TransformerNet, pad_to_multiple
 from vidstyle.pipeline import check_output, partial_file
 
 OPSET = 18  # onnxruntime 1.14 (2023) on; the dynamo exporter's own
@@ -33,7 +33,7 @@ class FramesInFramesOut(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         height, width = image.shape[-2:]
-        return self.net(pad_for_network(image))[..., :height, :width].clamp(0, 255)
+        return self.net(pad_to_multiple(image, TransformerNet.size_multiple, MIN_SIDE))[..., :height, :width].clamp(0, 255)
 
 
 def export_onnx(module: nn.Module, example: torch.Tensor, output_path: Path, *, min_side: int = 2,

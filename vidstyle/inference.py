@@ -1,9 +1,10 @@
-"""Running a style network on batches of frames, on whatever device there is.
+"""Running a network on batches of frames, on whatever device there is.
 
 This is vidstyle's one device abstraction: the pipeline hands it uint8 RGB
-frames (N, H, W, 3) and gets uint8 RGB frames of the same size back; how that
-happens on a CPU or a CUDA GPU (layouts, precision, compilation, batch size)
-is decided here.
+frames (N, H, W, 3) and gets uint8 RGB frames back, of the same size from a
+style network, `factor` times as large from an upscaler (or a style then an
+upscaler); how that happens on a CPU or a CUDA GPU (layouts, precision,
+compilation, batch size, frames too large to run whole) is decided here.
 """
 from __future__ import annotations
 
@@ -20,12 +21,12 @@ from torch import nn
 
 from vidstyle.config import setting
 from vidstyle.errors import VidstyleError
-from vidstyle.model import ConvLayer, TransformerNet
+from vidstyle.model import ConvLayer, StyleThenUpscale, TransformerNet, UpscalerNet, pad_to_multiple
 from vidstyle.strips import stylize_in_strips
+from vidstyle.tiles import upscale_in_tiles
 
-# Two stride-2 convolutions and two x2 upsamplings: sizes that are not multiples
-# of 4 would come back a few pixels larger, so frames are padded, then cropped.
-SIZE_MULTIPLE = 4
+# Frames are padded to the network's size_multiple (TransformerNet's 4: two
+# stride-2 convolutions and two x2 upsamplings), then cropped.
 # The 9x9 convolutions reflect 4 pixels at each border, which needs more than 4
 # rows and columns: smaller frames (down to 1x1) are padded up to this, then cropped.
 MIN_SIDE = 8
@@ -87,15 +88,6 @@ def apply_controls_to_pixels(content: np.ndarray, stylized: np.ndarray, controls
     content_t, stylized_t = (torch.from_numpy(np.array(a)).permute(2, 0, 1)[None].float() for a in (content, stylized))
     out = apply_controls(content_t, stylized_t, controls)[0].permute(1, 2, 0)
     return out.clamp(0, 255).round().to(torch.uint8).numpy()
-
-
-def pad_for_network(x: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) padded at the bottom and right, replicating the edge, to the sizes
-    TransformerNet keeps (multiples of SIZE_MULTIPLE, at least MIN_SIDE); crop its output to H x W."""
-    height, width = x.shape[-2:]
-    pad_h, pad_w = (max(MIN_SIDE, side + -side % SIZE_MULTIPLE) - side for side in (height, width))
-    # Unconditional (a copy of 3 channels, even when nothing is added): an exported graph keeps it for every size.
-    return F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
 
 
 def resolve_device(name: str | None = None) -> torch.device:
@@ -176,16 +168,19 @@ class SubpixelUpsampleConv(nn.Module):
         return torch.stack(rows, 3).reshape(n, -1, 2 * h, 2 * w)
 
 
-def prepare_network(net: TransformerNet, device: torch.device) -> nn.Module:
-    """The network in inference form for `device`: channels_last (the layout
-    oneDNN and cuDNN run fastest) and, on the CPU, the exact rewrites above of
-    the layers oneDNN runs slowly."""
+def prepare_network(net: nn.Module, device: torch.device) -> nn.Module:
+    """The network (TransformerNet, UpscalerNet or both chained) in inference form
+    for `device`: channels_last (the layout oneDNN and cuDNN run fastest) and, on
+    the CPU, the exact rewrites above of the layers oneDNN runs slowly in a style
+    network. Not in an upscaler: its 64-channel layers at the output's size ran
+    twice as slow rewritten (both rewrites, bfloat16, 1 thread, at 1280x720)."""
     net = net.eval()
     if device.type == "cpu":
-        for block in net.decoder[:2]:  # Upsample, then ConvNormReLU(ConvLayer, norm, relu)
-            block[1][0] = SubpixelUpsampleConv(block[1][0])
-            block[0] = nn.Identity()
-        net.decoder[-1] = SpaceToDepthConv(net.decoder[-1])
+        for style_net in [module for module in net.modules() if isinstance(module, TransformerNet)]:
+            for block in style_net.decoder[:2]:  # Upsample, then ConvNormReLU(ConvLayer, norm, relu)
+                block[1][0] = SubpixelUpsampleConv(block[1][0])
+                block[0] = nn.Identity()
+            style_net.decoder[-1] = SpaceToDepthConv(style_net.decoder[-1])
     for p in net.parameters():
         p.requires_grad_(False)
     return net.to(device=device, memory_format=torch.channels_last)
@@ -276,17 +271,20 @@ def autocast_dtype(device: torch.device, precision: str | None = None) -> torch.
 
 
 class Stylizer:
-    """Applies one style network to batches of uint8 RGB frames, eager or compiled.
+    """Applies one network (a style's TransformerNet, an UpscalerNet, or StyleThenUpscale)
+    to batches of uint8 RGB frames, eager or compiled; its output is `factor` times
+    the input's size.
 
     `compile` True or False forces either (--compile/--no-compile, VIDSTYLE_COMPILE);
     None leaves it to `expect`, which the pipeline calls before a video's first
     batch; without that call (a still) the network runs eager."""
 
-    def __init__(self, net: TransformerNet, device: torch.device, compile: bool | None = None,
+    def __init__(self, net: nn.Module, device: torch.device, compile: bool | None = None,
                  precision: str | None = None, whole_frame_pixels: int | None = None):
         self.device = device
+        self.factor, self.size_multiple = net.factor, net.size_multiple
         # The plain layers, before prepare_network rewrites them, for frames too large to run whole.
-        self.strip_net = copy.deepcopy(net).eval().requires_grad_(False).to(device)
+        self.plain_net = copy.deepcopy(net).eval().requires_grad_(False).to(device)
         self.whole_frame_pixels = whole_frame_pixels
         self.eager_net = prepare_network(net, device)
         self.compiled_net: nn.Module | None = None  # made on the first compiled batch
@@ -306,7 +304,10 @@ class Stylizer:
             compiling = True  # compiled in this process already: free
         else:
             cached = self._compiled_marker(shape).exists()
-            compiling = should_compile(frames, height, width, self.device, self.forced_compile, cached)
+            # By the output's size: an upscaler's work, and what compiling saves, grows with it
+            # (x4 from 320x180: 2.7x faster compiled, 1.5 s a frame; README, Super-resolution).
+            compiling = should_compile(frames, height * self.factor, width * self.factor, self.device,
+                                       self.forced_compile, cached)
         self.compiled_run = (batch_size, height, width) if compiling else None
         return compiling
 
@@ -316,7 +317,7 @@ class Stylizer:
         return self.forced_compile is True or self.compiled_run is not None and self.compiled_run[1:] == (height, width)
 
     def _network_shape(self, batch: int, height: int, width: int) -> tuple[int, ...]:
-        return (batch, *(max(MIN_SIDE, side + -side % SIZE_MULTIPLE) for side in (height, width)))
+        return (batch, *(max(MIN_SIDE, side + -side % self.size_multiple) for side in (height, width)))
 
     def _compiled_marker(self, shape: tuple[int, ...]) -> Path:
         """A file that says this shape was compiled into the on-disk cache (which torch keys
@@ -339,7 +340,7 @@ class Stylizer:
 
     @torch.inference_mode()
     def __call__(self, frames: np.ndarray, controls: Controls = Controls()) -> np.ndarray:
-        """(N, H, W, 3) uint8 RGB in, (N, H, W, 3) uint8 RGB out, with the artist's `controls`."""
+        """(N, H, W, 3) uint8 RGB in, (N, factor x H, factor x W, 3) uint8 RGB out, with the artist's `controls`."""
         count, height, width = frames.shape[:3]
         compiled = self.compiles(height, width)
         if compiled and self.compiled_run and count < self.compiled_run[0]:
@@ -349,17 +350,24 @@ class Stylizer:
         if self.device.type == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
         # NHWC uint8 -> NCHW float viewed in channels_last: no copy of the layout.
-        x = pad_for_network(batch.permute(0, 3, 1, 2).float()).contiguous(memory_format=torch.channels_last)
+        x = pad_to_multiple(batch.permute(0, 3, 1, 2).float(), self.size_multiple, MIN_SIDE)
+        x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             limit = self.whole_frame_pixels
-            if x[0, 0].numel() * len(x) > (limit if limit is not None else whole_frame_pixel_limit(self.device)):
-                y = torch.cat([stylize_in_strips(self.strip_net, frame[None].contiguous()) for frame in x])
+            # (The limit counts output pixels: an upscaler's memory grows with them.)
+            if x[0, 0].numel() * len(x) * self.factor ** 2 > (limit if limit is not None else whole_frame_pixel_limit(self.device)):
+                y = torch.cat([run_in_parts(self.plain_net, frame[None].contiguous()) for frame in x])
             elif compiled:
                 y = self._compiled()(x)
                 self._remember_compiled(tuple(x.shape[:1]) + tuple(x.shape[2:]))
             else:
                 y = self.eager_net(x)
-        y = apply_controls(x[:count, :, :height, :width], y[:count, :, :height, :width].float(), controls)
+        y = y[:count, :, :height * self.factor, :width * self.factor].float()
+        if not controls.plain:
+            content = x[:count, :, :height, :width]
+            if self.factor > 1:  # styled then upscaled: the input at the output's size
+                content = F.interpolate(content, scale_factor=self.factor, mode="bicubic")
+            y = apply_controls(content, y, controls)
         return y.clamp_(0, 255).round_().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
     def _remember_compiled(self, shape: tuple[int, ...]) -> None:
@@ -373,16 +381,29 @@ class Stylizer:
                 pass
 
 
-# Rough peak working memory of the network per input pixel: a few live
-# activations of 32 channels at full resolution, in bytes (fp32).
+def run_in_parts(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """net(x) for a frame too large to run whole: a style network in strips (exact, its
+    instance norms see the whole frame), an upscaler in tiles (exact, it is local), both chained."""
+    if isinstance(net, UpscalerNet):
+        return upscale_in_tiles(net, x)
+    if isinstance(net, StyleThenUpscale):
+        styled = stylize_in_strips(net.style, pad_to_multiple(x, TransformerNet.size_multiple))
+        return upscale_in_tiles(net.upscaler, net.stylized(styled, x))
+    return stylize_in_strips(net, x)
+
+
+# Rough peak working memory of the network per output pixel: a few live
+# activations at full resolution (TransformerNet's 32 channels; UpscalerNet's
+# 64 at the output's size, measured at about 700 bytes in bfloat16 by
+# benchmarks/upscale.py), in bytes (fp32).
 BYTES_PER_PIXEL = 1024
 CPU_BATCH_PIXELS = 4 * 640 * 360  # batches beyond this do not run faster on a CPU
 
 
 def whole_frame_pixel_limit(device: torch.device) -> int:
-    """The most pixels a batch may have to run through the network whole: half
-    the free memory of the device. Larger frames run in strips (vidstyle.strips),
-    which is exact but slower, rather than run out of memory."""
+    """The most output pixels a batch may have to run through the network whole:
+    half the free memory of the device. Larger frames run in strips or tiles
+    (run_in_parts), which is exact but slower, rather than run out of memory."""
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free * 0.5 // (BYTES_PER_PIXEL // 2))  # float16
@@ -402,8 +423,8 @@ def available_memory() -> int:
 
 
 def default_batch_size(device: torch.device, height: int, width: int) -> int:
-    """Frames per batch: on a GPU what fits in half its free memory (fp16 halves
-    the need), on the CPU a few small frames or one large one."""
+    """Frames per batch for output frames of height x width: on a GPU what fits in half
+    its free memory (fp16 halves the need), on the CPU a few small frames or one large one."""
     pixels = height * width
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)

@@ -41,6 +41,7 @@ STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED)
 DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600
 DEFAULT_QUEUE = "vidstyle"
+STYLE_TASK, UPSCALE_TASK = "style", "upscale"  # what a job does to each frame (Job.task)
 JOB_PREFIX, JOB_INDEX, WORKER_PREFIX = "vidstyle:job:", "vidstyle:jobs", "vidstyle:worker:"
 ACTIVE_UNITS, REQUEUED_UNITS = "vidstyle:active", "vidstyle:requeued"
 WHOLE_JOB, JOIN = "", "join:"  # unit prefixes; a segment's is segment_unit(N)
@@ -239,18 +240,21 @@ def parse_member(member: str) -> tuple[str, str]:
 
 @dataclass
 class Job:
-    """One stylization job. Paths are relative to the storage root, which each
-    client and worker mounts wherever it likes (VIDSTYLE_STORAGE)."""
+    """One stylization or upscaling job. Paths are relative to the storage root, which
+    each client and worker mounts wherever it likes (VIDSTYLE_STORAGE)."""
 
     id: str
     input: str
     output: str
-    style: str
+    style: str  # "" for an upscale
     queue: str
     codec: str
     crf: int
     preset: str
     batch_size: int = 0  # 0: the pipeline picks one for the worker's device
+    # "style": its style, then an upscale by `factor` where that is set; "upscale": by `factor` alone.
+    task: str = STYLE_TASK
+    factor: int = 0  # the upscale factor (an installed upscaler); 0: none
     # Split a long video over several workers: "auto" (from its length and the
     # live workers), "off", or about this many seconds per segment.
     segment_seconds: str = AUTO
@@ -278,6 +282,11 @@ class Job:
     def from_record(cls, record: dict[str, str]) -> Job:
         types = {f.name: f.type for f in dataclasses.fields(cls)}
         return cls(**{name: _parse(types[name], value) for name, value in record.items() if name in types})
+
+    @property
+    def treatment(self) -> str:
+        """What it does to each frame, as output names say it: udnie, x4, udnie.x4."""
+        return ".".join(filter(None, (self.style, f"x{self.factor}" if self.factor else "")))
 
     def to_record(self) -> dict[str, str]:
         return {name: _format(value) for name, value in dataclasses.asdict(self).items()}

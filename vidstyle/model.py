@@ -65,6 +65,9 @@ class UpsampleConvNormReLU(nn.Sequential):
 
 
 class TransformerNet(nn.Module):
+    factor = 1  # output size over input size, as UpscalerNet's
+    size_multiple = 4  # two stride-2 convolutions, two x2 upsamplings: other sizes come back larger
+
     def __init__(self):
         super().__init__()
         self.encoder = nn.Sequential(
@@ -101,6 +104,8 @@ class UpscalerNet(nn.Module):
     Same tensor convention as TransformerNet: RGB, 0..255 in and out, output unclamped.
     """
 
+    size_multiple = 1  # no strides: any size comes back exactly `factor` times as large
+
     def __init__(self, factor: int = 4, channels: int = 64, blocks: int = 4):
         super().__init__()
         if factor not in UPSCALE_FACTORS:
@@ -116,3 +121,40 @@ class UpscalerNet(nn.Module):
         base = F.interpolate(x, scale_factor=self.factor, mode="bicubic", align_corners=False)
         detail = self.tail(self.upsample(self.residuals(self.head(x / 255.0))))
         return base + 255.0 * detail
+
+    def receptive_radius(self) -> int:
+        """How far, in input pixels, an output pixel sees: the halo a tile needs for an exact result.
+        The 9x9 head, two 3x3 convs per block, one 3x3 conv per octave (at most a pixel each) and
+        the 9x9 tail at the output's scale; the bicubic base sees 2 pixels, less than these."""
+        tail = -(-4 // self.factor)
+        return 4 + 2 * len(self.residuals) + len(self.upsample) + tail
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int, min_side: int = 1) -> torch.Tensor:
+    """x padded at its bottom and right (edge repeated) to a multiple of `multiple` in height
+    and width, and to at least min_side. Unconditional (a copy even when nothing is added):
+    an exported graph (vidstyle.export) then pads at every size."""
+    height, width = x.shape[-2:]
+    pad_h, pad_w = (max(min_side, side + -side % multiple) - side for side in (height, width))
+    return F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+
+
+class StyleThenUpscale(nn.Module):
+    """A style network, then an upscaler on its output, as one network: stylized at the
+    input's size (strokes at the scale the style was trained at), then upscaled."""
+
+    size_multiple = 1  # the style network's own padding is done here, and cropped before upscaling
+
+    def __init__(self, style: TransformerNet, upscaler: UpscalerNet):
+        super().__init__()
+        self.style, self.upscaler = style, upscaler
+        self.factor = upscaler.factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.upscaler(self.stylized(self.style(pad_to_multiple(x, TransformerNet.size_multiple)), x))
+
+    @staticmethod
+    def stylized(styled: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The style network's output cropped to x's size and clamped to pixel values, as the
+        upscaler saw its training images."""
+        return styled[..., :x.shape[-2], :x.shape[-1]].clamp(0, 255)

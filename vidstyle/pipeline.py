@@ -1,11 +1,12 @@
-"""Stylize a video or a still image: the one pipeline function that the CLI and
-the workers both call.
+"""Stylize or upscale a video or a still image: the one pipeline function that
+the CLI and the workers both call.
 
 A video flows through three stages joined by bounded queues, so memory does not
 grow with the video's length and the network never waits on I/O:
 
     reader thread  -- demux + decode (PyAV) -> batches of RGB frames, audio packets
-    calling thread -- the style network on each batch (vidstyle.inference)
+    calling thread -- the network on each batch (vidstyle.inference): a style,
+                      an upscaler (output `factor` times the size), or both
     writer thread  -- encode + mux (PyAV): video re-encoded, audio copied
 
 The output goes to a hidden temporary file beside the destination and is renamed
@@ -27,6 +28,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -84,7 +86,8 @@ class Span:
 
 
 def default_output_path(input_path: Path, style_name: str) -> Path:
-    """movie.mp4 + udnie -> movie.udnie.mp4, beside the input; shot/f_%04d.png -> shot.udnie/f_%04d.png."""
+    """movie.mp4 + udnie -> movie.udnie.mp4 (x4: movie.x4.mp4, udnie.x4: movie.udnie.x4.mp4), beside the input;
+    shot/f_%04d.png -> shot.udnie/f_%04d.png."""
     if formats.is_sequence(input_path):
         folder = input_path.parent.resolve()
         return folder.with_name(f"{folder.name}.{style_name}") / input_path.name
@@ -112,7 +115,8 @@ def stylize_file(
     sequence_fps: Fraction = formats.DEFAULT_SEQUENCE_FPS,
     controls: Controls = Controls(),
 ) -> Path:
-    """Stylize a video or image at `input_path` into `output_path` and return it.
+    """Stylize a video or image at `input_path` into `output_path` and return it; the
+    output is `stylizer.factor` times the input's size (an upscaler's factor, else 1).
 
     `partial_token` names the temporary file (random by default): a job that is
     redelivered after its worker died passes its job id, so the new attempt
@@ -255,6 +259,8 @@ def _stylize_image(input_path: Path, partial: Path, suffix: str, stylizer: Styli
         except (UnidentifiedImageError, OSError) as exc:
             raise VidstyleError(f"not a readable image: {input_path}") from exc
     stylized = stylizer(pixels[None], controls)[0]
+    if alpha is not None:
+        alpha = _matching_alpha(alpha, stylized)
     image_format = Image.registered_extensions().get(suffix.lower())
     if alpha is not None and image_format not in ALPHA_IMAGE_FORMATS:
         log.warning(f"{image_format or suffix} holds no transparency: {input_path.name}'s is dropped")
@@ -272,6 +278,14 @@ def _stylize_image(input_path: Path, partial: Path, suffix: str, stylizer: Styli
 
 
 ALPHA_IMAGE_FORMATS = {"PNG", "WEBP", "TIFF"}
+
+
+def _matching_alpha(alpha: np.ndarray, rgb: np.ndarray) -> np.ndarray:
+    """The input's alpha plane at the output's size: upscaled as the colour is (bicubic) where it is larger."""
+    height, width = rgb.shape[:2]
+    if alpha.shape == (height, width):
+        return alpha
+    return cv2.resize(alpha, (width, height), interpolation=cv2.INTER_CUBIC)
 
 
 def _transparency(image: Image.Image) -> np.ndarray | None:
@@ -429,7 +443,8 @@ def _stylize_video(
     controls = replace(controls, luma=luma_weights(info.colour.get("colorspace")))
     temporal = TemporalConsistency(stylizer.device, temporal_strength) if temporal_strength > 0 else None
     expected = span.frames if span else info.frames
-    batch_size = batch_size or default_batch_size(stylizer.device, info.height, info.width)
+    batch_size = batch_size or default_batch_size(stylizer.device, info.height * stylizer.factor,
+                                                  info.width * stylizer.factor)
     stylizer.expect(expected, info.height, info.width, batch_size)  # compile only where it pays
     stage = _Stage()
     source = open_input(input_path, sequence_fps)
@@ -443,7 +458,7 @@ def _stylize_video(
         video_in = source.streams.video[0]
         audio_in = [] if span else list(source.streams.audio)
         subtitles_in = [] if span else list(source.streams.subtitles)
-        video_out = _add_video_stream(sink, video_in, info, encode)
+        video_out = _add_video_stream(sink, video_in, info, encode, stylizer.factor)
         keep_alpha = info.transparent and formats.has_alpha(video_out.pix_fmt)
         audio_out = {s.index: add_audio_stream(sink, s) for s in audio_in}
         audio_out.update({s.index: add_subtitle_stream(sink, s) for s in subtitles_in})  # copied like audio
@@ -491,19 +506,21 @@ def _close(container: av.container.OutputContainer, stage: _Stage) -> None:
             stage.fail(VidstyleError(f"cannot finish writing the output ({exc.strerror or exc})"))
 
 
-def _add_video_stream(sink, video_in, info: VideoInfo, encode: EncodeOptions):
+def _add_video_stream(sink, video_in, info: VideoInfo, encode: EncodeOptions, factor: int = 1):
+    """The output's video stream, for frames `factor` times the input's size (an upscale's)."""
     encoder = formats.video_encoder(Path(sink.name), encode.codec)
-    formats.check_frame_size(encoder, info.width, info.height)
+    width, height = info.width * factor, info.height * factor
+    formats.check_frame_size(encoder, width, height)
     stream = sink.add_stream(encoder, rate=info.rate)
-    stream.width, stream.height = info.width, info.height
-    stream.pix_fmt = formats.pixel_format(encoder, info.width, info.height, info.bit_depth, info.transparent)
+    stream.width, stream.height = width, height
+    stream.pix_fmt = formats.pixel_format(encoder, width, height, info.bit_depth, info.transparent)
     # Keep the input's clock so every frame keeps its exact timestamp (VFR too).
     stream.codec_context.time_base = video_in.time_base
     stream.time_base = video_in.time_base
     stream.options = formats.encoder_options(encoder, stream.pix_fmt, encode.crf, encode.preset,
                                             formats.container_for(Path(sink.name)))
     if encoder.endswith("_nvenc"):
-        _check_hardware_encoder(encoder, info, stream.pix_fmt)
+        _check_hardware_encoder(encoder, width, height, stream.pix_fmt)
     if info.transparent and not formats.has_alpha(stream.pix_fmt):
         log.warning(f"{video_in.container.name}: its transparency (alpha channel) is dropped: {encoder} in "
                     f"{formats.container_for(Path(sink.name)).name} holds none (use prores_ks, libvpx-vp9, PNG or TIFF)")
@@ -517,11 +534,11 @@ def _add_video_stream(sink, video_in, info: VideoInfo, encode: EncodeOptions):
     return stream
 
 
-def _check_hardware_encoder(codec: str, info: VideoInfo, pix_fmt: str) -> None:
+def _check_hardware_encoder(codec: str, width: int, height: int, pix_fmt: str) -> None:
     """Open the encoder once before any work: without its GPU and driver it fails at
     once with a clear message, not after the first batch with an errno."""
     context = av.CodecContext.create(codec, "w")  # freed with the object
-    context.width, context.height, context.pix_fmt, context.time_base = info.width, info.height, pix_fmt, Fraction(1, 25)
+    context.width, context.height, context.pix_fmt, context.time_base = width, height, pix_fmt, Fraction(1, 25)
     try:
         context.open()
     except (av.error.FFmpegError, OSError) as exc:
@@ -713,7 +730,7 @@ def _write(
     while (item := stage.get(stage.stylized)) is not END:
         if isinstance(item, _FrameBatch):
             for index, (rgb, pts) in enumerate(zip(item.pixels, item.pts)):
-                alpha = item.alpha[index] if item.alpha else None
+                alpha = _matching_alpha(item.alpha[index], rgb) if item.alpha else None
                 frame = formats.video_frame(rgb, video_out.codec_context, colorspace, alpha)
                 frame.pts, frame.time_base = pts - pts_offset, item.time_base
                 sink.mux(video_out.encode(frame))

@@ -1,4 +1,4 @@
-"""Styles: a trained TransformerNet's weights plus its model card, and where to find them.
+"""Styles and upscalers: a trained network's weights plus its model card, and where to find them.
 
 A style is two files side by side: ``NAME.pth`` (a ``state_dict`` of
 :class:`vidstyle.model.TransformerNet`, fp16 or fp32, saved with ``torch.save``)
@@ -7,6 +7,11 @@ the source style image). Styles are looked up in the package's own ``styles/``
 folder, then in every folder listed in ``VIDSTYLE_STYLES_PATH`` (os.pathsep
 separated) or the config file's ``styles_path``; ``--style path/to/NAME.pth``
 names a file directly.
+
+An upscaler is the same pair for :class:`vidstyle.model.UpscalerNet`, named by
+its factor: ``x4.pth`` and ``x4.json``, whose card says ``"task": "upscale"``
+and ``"factor"``. Built-in ones live in the package's ``upscalers/`` folder;
+the same search path adds others, and ``--factor path/to/x4.pth`` names a file.
 """
 from __future__ import annotations
 
@@ -16,14 +21,17 @@ import pickle
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
 from vidstyle.config import setting
 from vidstyle.errors import VidstyleError
-from vidstyle.model import TransformerNet
+from vidstyle.model import UPSCALE_FACTORS, StyleThenUpscale, TransformerNet, UpscalerNet
 
 BUILTIN_DIR = Path(__file__).with_name("styles")
+BUILTIN_UPSCALERS_DIR = Path(__file__).with_name("upscalers")
+UPSCALE_TASK = "upscale"  # a model card's "task" for an upscaler (a style's card has none)
 STYLES_PATH_ENV = "VIDSTYLE_STYLES_PATH"
 
 
@@ -35,18 +43,43 @@ class Style:
 
     def load_network(self) -> TransformerNet:
         """Build a TransformerNet in fp32 with this style's weights, in eval mode."""
-        try:
-            state = torch.load(self.weights_path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as exc:
-            raise VidstyleError(f"style weights {self.weights_path} are not a readable weights file: {_first_line(exc)}") from exc
-        net = TransformerNet()
-        if not isinstance(state, dict):
-            raise VidstyleError(f"style weights {self.weights_path} are not a TransformerNet state dict")
-        try:
-            net.load_state_dict({k: v.float() for k, v in state.items()})
-        except (RuntimeError, AttributeError) as exc:
-            raise VidstyleError(f"style weights {self.weights_path} do not fit vidstyle's TransformerNet: {_first_line(exc)}") from exc
-        return net.eval()
+        return _load_into(TransformerNet(), load_state(self.weights_path, "style"), self.weights_path, "style")
+
+
+@dataclass
+class Upscaler:
+    factor: int
+    weights_path: Path
+    card: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"x{self.factor}"
+
+    def load_network(self) -> UpscalerNet:
+        """Build an UpscalerNet in fp32 with these weights, in eval mode."""
+        state = load_state(self.weights_path, "upscaler")
+        return _load_into(UpscalerNet(self.factor), state, self.weights_path, "upscaler")
+
+
+def load_state(weights_path: Path, what: str) -> dict:
+    """A state dict read with weights_only=True; one-line errors for anything else."""
+    try:
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as exc:
+        raise VidstyleError(f"{what} weights {weights_path} are not a readable weights file: {_first_line(exc)}") from exc
+    if not isinstance(state, dict):
+        raise VidstyleError(f"{what} weights {weights_path} are not a state dict")
+    return state
+
+
+def _load_into(net: torch.nn.Module, state: dict, weights_path: Path, what: str) -> torch.nn.Module:
+    try:
+        net.load_state_dict({k: v.float() for k, v in state.items()})
+    except (RuntimeError, AttributeError) as exc:
+        raise VidstyleError(f"{what} weights {weights_path} do not fit vidstyle's {type(net).__name__}: "
+                            f"{_first_line(exc)}") from exc
+    return net.eval()
 
 
 def _first_line(exc: BaseException) -> str:
@@ -59,34 +92,61 @@ def style_dirs() -> list[Path]:
     return [BUILTIN_DIR, *extra]
 
 
-def _style_from_weights(weights: Path) -> Style:
+def _read_card(weights: Path) -> dict:
     card_path = weights.with_suffix(".json")
-    card = {}
-    if card_path.is_file():
-        try:
-            card = json.loads(card_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise VidstyleError(f"model card {card_path} is not valid JSON: {exc}") from exc
+    if not card_path.is_file():
+        return {}
+    try:
+        card = json.loads(card_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise VidstyleError(f"model card {card_path} is not valid JSON: {exc}") from exc
+    if not isinstance(card, dict):
+        raise VidstyleError(f"model card {card_path} is not a JSON object")
+    return card
+
+
+def _style_from_weights(weights: Path, card: dict) -> Style:
     return Style(name=card.get("name", weights.stem), weights_path=weights, card=card)
+
+
+def _upscaler_from_weights(weights: Path, card: dict) -> Upscaler:
+    """The factor from the card, else from the weights (one x2 layer per octave)."""
+    if "factor" in card:
+        factor = card["factor"]
+    else:
+        octaves = {key.split(".")[1] for key in load_state(weights, "upscaler") if key.startswith("upsample.")}
+        factor = 2 ** len(octaves)
+    if factor not in UPSCALE_FACTORS:
+        raise VidstyleError(f"upscaler {weights} has factor {factor}; vidstyle's UpscalerNet takes "
+                            f"{', '.join(map(str, UPSCALE_FACTORS))}")
+    return Upscaler(factor=factor, weights_path=weights, card=card)
+
+
+def _weights_in(folders: list[Path]) -> Iterator[tuple[Path, dict]]:
+    for folder in folders:
+        if folder.is_dir():
+            for weights in sorted(folder.glob("*.pth")):
+                yield weights, _read_card(weights)
 
 
 def available_styles() -> dict[str, Style]:
     """All styles by name; a later folder in the search path shadows an earlier one."""
-    found: dict[str, Style] = {}
-    for folder in style_dirs():
-        if folder.is_dir():
-            for weights in sorted(folder.glob("*.pth")):
-                found[weights.stem] = _style_from_weights(weights)
-    return found
+    return {weights.stem: _style_from_weights(weights, card) for weights, card in _weights_in(style_dirs())
+            if card.get("task") != UPSCALE_TASK}
+
+
+def available_upscalers() -> dict[int, Upscaler]:
+    """All upscalers by factor: the built-in ones, then the search path's (which shadow them)."""
+    found = (_upscaler_from_weights(weights, card) for weights, card in _weights_in([BUILTIN_UPSCALERS_DIR, *style_dirs()])
+             if card.get("task") == UPSCALE_TASK)
+    return {upscaler.factor: upscaler for upscaler in found}
 
 
 def find_style(name_or_path: str) -> Style:
     """A style by registry name, or by the path of its weights file."""
-    path = Path(name_or_path)
-    if path.suffix == ".pth" or os.sep in name_or_path:
-        if not path.is_file():
-            raise VidstyleError(f"style weights not found: {name_or_path}")
-        return _style_from_weights(path)
+    if _is_path(name_or_path):
+        weights = _existing(name_or_path, "style")
+        return _style_from_weights(weights, _read_card(weights))
     styles = available_styles()
     if name_or_path in styles:
         return styles[name_or_path]
@@ -94,8 +154,9 @@ def find_style(name_or_path: str) -> Style:
     raise VidstyleError(f"unknown style '{name_or_path}' (available: {names})")
 
 
-def save_style(net: TransformerNet, weights_path: Path, card: dict) -> None:
-    """Write NAME.pth (fp16, which is plenty for inference) and NAME.json atomically."""
+def save_style(net: torch.nn.Module, weights_path: Path, card: dict) -> None:
+    """Write NAME.pth (fp16, which is plenty for inference) and NAME.json atomically: a style's,
+    or another network's with its model card (the trainer saves upscalers so too)."""
     weights_path = Path(weights_path)
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = weights_path.with_name(weights_path.name + ".part")
@@ -105,3 +166,62 @@ def save_style(net: TransformerNet, weights_path: Path, card: dict) -> None:
     tmp_card = card_path.with_name(card_path.name + ".part")
     tmp_card.write_text(json.dumps(card, indent=2) + "\n")
     os.replace(tmp_card, card_path)
+
+
+def find_upscaler(factor_or_path: str) -> Upscaler:
+    """An upscaler by factor ("4"), or by the path of its weights file."""
+    if _is_path(factor_or_path):
+        weights = _existing(factor_or_path, "upscaler")
+        return _upscaler_from_weights(weights, _read_card(weights))
+    upscalers = available_upscalers()
+    installed = ", ".join(f"x{factor}" for factor in sorted(upscalers)) or "none"
+    try:
+        factor = int(factor_or_path.lower().removeprefix("x"))
+    except ValueError:
+        raise VidstyleError(f"upscale factor must be a whole number or a .pth file, not '{factor_or_path}' "
+                            f"(installed: {installed})") from None
+    if factor not in upscalers:
+        raise VidstyleError(f"no x{factor} upscaler installed (installed: {installed})")
+    return upscalers[factor]
+
+
+def _is_path(name_or_path: str) -> bool:
+    return Path(name_or_path).suffix == ".pth" or os.sep in name_or_path
+
+
+def _existing(path: str, what: str) -> Path:
+    if not Path(path).is_file():
+        raise VidstyleError(f"{what} weights not found: {path}")
+    return Path(path)
+
+
+@dataclass
+class Treatment:
+    """What a run does to every frame: a style, an upscale, or a style then an upscale."""
+
+    style: Style | None = None
+    upscaler: Upscaler | None = None
+
+    @property
+    def name(self) -> str:
+        """For output names: udnie, x4, udnie.x4."""
+        return ".".join(part.name for part in (self.style, self.upscaler) if part is not None)
+
+    @property
+    def weights_paths(self) -> list[Path]:
+        return [part.weights_path for part in (self.style, self.upscaler) if part is not None]
+
+    def load_network(self) -> torch.nn.Module:
+        if self.style is None:
+            return self.upscaler.load_network()
+        if self.upscaler is None:
+            return self.style.load_network()
+        return StyleThenUpscale(self.style.load_network(), self.upscaler.load_network())
+
+
+def find_treatment(style: str | None = None, upscale: str | None = None) -> Treatment:
+    """The style (a name or .pth) and upscaler (a factor or .pth) a run applies; at least one."""
+    if style is None and upscale is None:
+        raise VidstyleError("nothing to do: name a style, an upscale factor, or both")
+    return Treatment(find_style(style) if style is not None else None,
+                     find_upscaler(upscale) if upscale is not None else None)

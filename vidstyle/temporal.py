@@ -168,7 +168,19 @@ class TemporalConsistency:
         return self.steady_input(frames, motions), motions
 
     def finish(self, stylized: np.ndarray, motions: list[Motion | None]) -> np.ndarray:
-        return self.steady_output(stylized, motions)
+        """The network's (N, H', W', 3) output blended; an output larger than its input (a style
+        then an upscale) takes the motion scaled to its size."""
+        size = stylized.shape[1:3]
+        return self.steady_output(stylized, [scaled(m, *size) if m is not None else None for m in motions])
+
+
+def scaled(motion: Motion, height: int, width: int) -> Motion:
+    """The motion at height x width (an upscaled output's): the flow resized and its vectors lengthened."""
+    if motion.weight.shape == (height, width):
+        return motion
+    factor = width / motion.weight.shape[1]
+    return Motion(cv2.resize(motion.flow, (width, height), interpolation=cv2.INTER_LINEAR) * factor,
+                  cv2.resize(motion.weight, (width, height), interpolation=cv2.INTER_LINEAR))
 
 
 class TemporalBlend:

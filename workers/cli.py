@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import redis
@@ -25,6 +26,9 @@ from tqdm import tqdm
 from vidstyle.errors import VidstyleError
 from vidstyle.jobs import (CANCELLED, DEFAULT_QUEUE, FAILED, FINAL_STATES, RUNNING, STATES, SUCCEEDED, Job, JobStore,
                            broker_url, job_store_url)
+
+if TYPE_CHECKING:  # torch: not loaded by the commands that only talk to Redis
+    from vidstyle.inference import Controls
 
 # Exit status of `watch` and `submit --wait`: how the job ended. 2 is click's usage error.
 EXIT_CODES = {SUCCEEDED: 0, FAILED: 1, CANCELLED: 3}
@@ -102,18 +106,17 @@ def follow(store: JobStore, job_id: str, as_json: bool) -> Job:
 
 
 @reports_unreachable_servers
-def submit_to_fleet(input_path: Path, style: str, *, output: Path | None, batch_size: int | None, codec: str,
+def submit_to_fleet(input_path: Path, style: str | None, *, upscale: str | None, output: Path | None,
+                    batch_size: int | None, codec: str,
                     crf: int, preset: str, force: bool, queue: str, segment_seconds: str, temporal_strength: float,
-                    sequence_fps: Fraction, strength: float, preserve_colors: bool, wait: bool, as_json: bool) -> None:
-    """`vidstyle submit` with a broker: queue the job, print its id, and with `wait` follow it."""
-    from vidstyle.inference import Controls
+                    sequence_fps: Fraction, controls: Controls, wait: bool, as_json: bool) -> None:
+    """`vidstyle submit` and `vidstyle upscale` with a broker: queue the job, print its id, and with `wait` follow it."""
     from vidstyle.pipeline import EncodeOptions
     from workers.client import submit_job  # torch (to check the style) and Celery: only here
 
-    job = submit_job(input_path, style, output=output, encode=EncodeOptions(codec=codec, crf=crf, preset=preset),
+    job = submit_job(input_path, style, upscale=upscale, output=output, encode=EncodeOptions(codec=codec, crf=crf, preset=preset),
                      batch_size=batch_size, queue=queue, force=force, segment_seconds=segment_seconds,
-                     temporal_strength=temporal_strength, sequence_fps=sequence_fps,
-                     controls=Controls(strength=strength, preserve_colors=preserve_colors))
+                     temporal_strength=temporal_strength, sequence_fps=sequence_fps, controls=controls)
     if not wait:
         click.echo(json.dumps(job.to_dict()) if as_json else job.id)
         return
@@ -142,7 +145,7 @@ def status(job_id: str, as_json: bool) -> None:
     rows = {
         "job": job.id, "state": job.state, "progress": _progress(job),
         "speed": f"{job.fps:.1f} fps, ETA {job.eta_seconds:.0f} s" if job.state == RUNNING else "-",
-        "input": job.input, "output": job.output, "style": job.style, "queue": job.queue,
+        "input": job.input, "output": job.output, "task": f"{job.task} {job.treatment}", "queue": job.queue,
         "worker": job.worker or "-", "attempts": str(job.attempts),
         "segments": f"{job.segments} on {len(set(store.segment_workers(job.id).values()))} workers"
                     + (f", joined in {job.join_seconds:.1f} s" if job.join_seconds else "") if job.segments else "-",
@@ -183,9 +186,9 @@ def list_jobs(states: tuple[str, ...], limit: int, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([job.to_dict() for job in jobs]))
         return
-    click.echo(f"{'JOB':<12}  {'STATE':<9}  {'PROGRESS':<18}  {'STYLE':<12}  {'WORKER':<24}  {'CREATED':<19}  INPUT")
+    click.echo(f"{'JOB':<12}  {'STATE':<9}  {'PROGRESS':<18}  {'APPLIES':<12}  {'WORKER':<24}  {'CREATED':<19}  INPUT")
     for job in jobs:
-        click.echo(f"{job.id:<12}  {job.state:<9}  {_progress(job):<18}  {job.style:<12}  {job.worker or '-':<24}  "
+        click.echo(f"{job.id:<12}  {job.state:<9}  {_progress(job):<18}  {job.treatment:<12}  {job.worker or '-':<24}  "
                    f"{_when(job.created_at):<19}  {job.input}")
 
 

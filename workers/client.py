@@ -11,9 +11,9 @@ from kombu.exceptions import OperationalError
 from vidstyle import formats
 from vidstyle.errors import VidstyleError
 from vidstyle.inference import Controls
-from vidstyle.jobs import AUTO, DEFAULT_QUEUE, Job, JobStore
+from vidstyle.jobs import AUTO, DEFAULT_QUEUE, STYLE_TASK, UPSCALE_TASK, Job, JobStore
 from vidstyle.pipeline import EncodeOptions, check_input, check_output, default_output_path, is_image, output_encoder
-from vidstyle.styles import find_style
+from vidstyle.styles import find_treatment
 from vidstyle.temporal import DEFAULT_STRENGTH
 from workers.celery import app
 from workers.celeryconfig import TASK_NAME
@@ -22,8 +22,9 @@ from workers.storage import relative_to_storage, storage_root
 
 def submit_job(
     input_path: Path,
-    style: str,
+    style: str | None,
     *,
+    upscale: str | None = None,
     output: Path | None = None,
     encode: EncodeOptions = EncodeOptions(),
     batch_size: int | None = None,
@@ -34,7 +35,8 @@ def submit_job(
     sequence_fps: Fraction = formats.DEFAULT_SEQUENCE_FPS,
     controls: Controls = Controls(),
 ) -> Job:
-    """Queue `input_path` (under the storage root) for stylizing and return the job record.
+    """Queue `input_path` (under the storage root) for stylizing with `style`, then upscaling
+    by `upscale` (a factor) if given, or only upscaling (style None); return the job record.
 
     segment_seconds: "auto", "off" or a number of seconds: how a long video is
     split over several workers (see workers.tasks); an image-sequence input is never split."""
@@ -42,9 +44,10 @@ def submit_job(
     root = storage_root()
     input_name = relative_to_storage(input_path, root)
     check_input(root / input_name)
-    if style.endswith(".pth") or os.sep in style:
-        raise VidstyleError(f"with a broker, --style names an installed style (see `vidstyle styles`), not a file: {style}")
-    chosen = find_style(style)
+    for name, what in ((style, "--style names an installed style"), (upscale, "the factor names an installed upscaler")):
+        if name is not None and (name.endswith(".pth") or os.sep in name):
+            raise VidstyleError(f"with a broker, {what} (see `vidstyle styles`), not a file: {name}")
+    chosen = find_treatment(style, upscale)
     output = output or default_output_path(input_path, chosen.name)
     output_name = relative_to_storage(output, root)
     if formats.is_sequence(output) and "/" not in output_name:  # its folder would be the storage root
@@ -52,8 +55,10 @@ def submit_job(
     check_output(root / output_name, force)  # the worker replaces it (force): refused here unless told so
     # Named in the job, so that a split job's segments and their join agree on it.
     codec = (encode.codec or "") if is_image(input_path) else output_encoder(input_path, output, encode.codec, sequence_fps)
-    job = Job(id=secrets.token_hex(6), input=input_name, output=output_name, style=style, queue=queue,
+    job = Job(id=secrets.token_hex(6), input=input_name, output=output_name, style=style or "", queue=queue,
               codec=codec, crf=encode.crf, preset=encode.preset, batch_size=batch_size or 0,
+              task=STYLE_TASK if style is not None else UPSCALE_TASK,
+              factor=chosen.upscaler.factor if chosen.upscaler is not None else 0,
               segment_seconds=segment_seconds, temporal_strength=temporal_strength, sequence_fps=str(sequence_fps),
               strength=controls.strength, preserve_colors=controls.preserve_colors)
     store = JobStore.from_settings()

@@ -45,7 +45,7 @@ from vidstyle.jobs import (AUTO, CANCELLED, FAILED, JOIN, PREEMPTED, QUEUED, RUN
 from vidstyle.pipeline import (EncodeOptions, Span, is_image, partial_file, partial_path, probe_video,
                                stylize_file)
 from vidstyle.segments import join_segments, plan_spans
-from vidstyle.styles import find_style
+from vidstyle.styles import Treatment, find_treatment
 from workers.celery import app
 from workers.broker import to_front
 from workers.celeryconfig import JOIN_TASK_NAME, SEGMENT_TASK_NAME, TASK_NAME
@@ -155,15 +155,23 @@ class JobProgress:
 
 
 @functools.lru_cache(maxsize=STYLIZER_CACHE_SIZE)
-def _cached_stylizer(weights_path: Path, modified_ns: int, device: str) -> Stylizer:
-    """Keyed by the weights file and its mtime too, so a retrained style is reloaded."""
-    return Stylizer(find_style(str(weights_path)).load_network(), resolve_device(device))
+def _cached_stylizer(style_path: Path | None, upscaler_path: Path | None, modified_ns: tuple[int, ...],
+                     device: str) -> Stylizer:
+    """Keyed by the weights files and their mtimes too, so a retrained style is reloaded."""
+    treatment = find_treatment(style_path and str(style_path), upscaler_path and str(upscaler_path))
+    return Stylizer(treatment.load_network(), resolve_device(device))
 
 
-def stylizer_for(style_name: str) -> Stylizer:
-    style = find_style(style_name)
-    device = str(resolve_device(setting("VIDSTYLE_DEVICE")))
-    return _cached_stylizer(style.weights_path, style.weights_path.stat().st_mtime_ns, device)
+def job_treatment(style: str, factor: int = 0) -> Treatment:
+    """A job's style ("" for none) and upscale factor (0 for none), as installed on this worker."""
+    return find_treatment(style or None, str(factor) if factor else None)
+
+
+def stylizer_for(style: str, factor: int = 0) -> Stylizer:
+    treatment = job_treatment(style, factor)
+    style_path, upscaler_path = (part.weights_path if part else None for part in (treatment.style, treatment.upscaler))
+    modified = tuple(path.stat().st_mtime_ns for path in treatment.weights_paths)
+    return _cached_stylizer(style_path, upscaler_path, modified, str(resolve_device(setting("VIDSTYLE_DEVICE"))))
 
 
 def job_controls(job: Job) -> Controls:
@@ -371,7 +379,7 @@ def stylize(self: Task, job_id: str) -> str:
     root = storage_root()
     input_path, output_path = resolve_in_storage(job.input, root), resolve_in_storage(job.output, root)
     remove_partials(job, WHOLE_JOB, root)  # of earlier attempts that died
-    find_style(job.style)  # an unknown style fails first, whatever the input
+    job_treatment(job.style, job.factor)  # an unknown style or factor fails first, whatever the input
     spans = _plan(job, input_path, store)
     if len(spans) > 1:
         bounds = [[span.start, span.end, span.frames] for span in spans]
@@ -381,7 +389,7 @@ def stylize(self: Task, job_id: str) -> str:
 
     def work() -> str:
         progress = JobProgress(store, attempt)
-        stylize_file(input_path, output_path, stylizer_for(job.style), batch_size=job.batch_size or None,
+        stylize_file(input_path, output_path, stylizer_for(job.style, job.factor), batch_size=job.batch_size or None,
                      encode=EncodeOptions(codec=job.codec, crf=job.crf, preset=job.preset), force=True,
                      on_progress=progress, partial_token=attempt.partial_token, before_commit=progress.before_commit,
                      temporal_strength=job.temporal_strength, sequence_fps=formats.parse_fps(job.sequence_fps),
@@ -466,7 +474,7 @@ def stylize_segment(self: Task, job_id: str, index: int, start: int | None, end:
 
     def work() -> str:
         progress = JobProgress(store, attempt, segment=index)
-        stylize_file(input_path, segment_path, stylizer_for(job.style), batch_size=job.batch_size or None,
+        stylize_file(input_path, segment_path, stylizer_for(job.style, job.factor), batch_size=job.batch_size or None,
                      encode=EncodeOptions(codec=job.codec, crf=job.crf, preset=job.preset), force=True,
                      on_progress=progress, partial_token=attempt.partial_token, span=Span(start, end, frames),
                      before_commit=progress.before_commit, temporal_strength=job.temporal_strength,

@@ -1,0 +1,137 @@
+"""`vidstyle upscale` and `submit --upscale`: the super-resolution network through the one
+pipeline, checked by decoding what it writes (random weights: sizes, frames, times and
+audio do not depend on trained ones)."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TEST_FACTOR, TEST_STYLE, decode, run_cli
+from test_cli import assert_clean_failure
+from vidstyle.errors import VidstyleError
+from vidstyle.inference import Stylizer, resolve_device
+from vidstyle.model import StyleThenUpscale, TransformerNet, UpscalerNet
+from vidstyle.pipeline import stylize_file
+from vidstyle.sample import make_sample_video
+from vidstyle.styles import find_treatment, find_upscaler, save_style
+from vidstyle.temporal import Motion, scaled
+from vidstyle.tiles import upscale_in_tiles
+
+
+@pytest.fixture(scope="module")
+def upscaler() -> Stylizer:
+    return Stylizer(find_treatment(upscale=str(TEST_FACTOR)).load_network(), resolve_device("cpu"), compile=False)
+
+
+@pytest.mark.parametrize(
+    "clip",
+    [
+        dict(width=33, height=19, frames=7),  # odd: 4 times is even, so 4:2:0 holds it exactly
+        dict(width=32, height=24, frames=9, rotation=90, variable_frame_rate=True),
+    ],
+    ids=["odd-size", "rotated-variable-frame-rate"],
+)
+def test_video_comes_out_factor_times_the_size_with_its_frames_times_and_audio(
+        tmp_path: Path, upscaler: Stylizer, clip: dict) -> None:
+    source = make_sample_video(tmp_path / "in.mp4", **clip)
+    result = stylize_file(source, tmp_path / "out.mp4", upscaler, temporal_strength=0)
+    before, after = decode(source), decode(result)
+    assert after["size"] == (clip["width"] * TEST_FACTOR, clip["height"] * TEST_FACTOR)
+    assert after["frames"] == before["frames"]
+    assert after["times"] == pytest.approx(before["times"], abs=1e-3)
+    assert after["rotation"] == before["rotation"]
+    assert after["audio_codecs"] == before["audio_codecs"]
+    assert after["audio_durations"] == pytest.approx(before["audio_durations"], abs=0.05)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4", "out.mp4"]
+
+
+def test_a_still_keeps_its_transparency_at_the_new_size(tmp_path: Path) -> None:
+    source = tmp_path / "photo.png"
+    alpha = np.zeros((21, 15), np.uint8)
+    alpha[:, 8:] = 255  # left half see-through
+    Image.fromarray(np.dstack([np.full((21, 15, 3), 90, np.uint8), alpha])).save(source)
+    result = run_cli("upscale", source, "--factor", TEST_FACTOR)
+    assert result.returncode == 0, result.stderr
+    with Image.open(tmp_path / f"photo.x{TEST_FACTOR}.png") as out:
+        assert (out.size, out.mode) == ((60, 84), "RGBA")
+        upscaled_alpha = np.asarray(out.getchannel("A"))
+    assert upscaled_alpha[:, :28].max() < 16 and upscaled_alpha[:, 36:].min() > 240
+
+
+def test_a_factor_without_weights_is_refused_in_one_line(tmp_path: Path) -> None:
+    source = make_sample_video(tmp_path / "in.mp4", width=32, height=24, frames=3)
+    result = run_cli("upscale", source, "--factor", "2")
+    assert_clean_failure(result, "no x2 upscaler installed (installed: ", f"x{TEST_FACTOR}")  # (and built-in ones)
+    with pytest.raises(VidstyleError, match="no x3 upscaler installed"):
+        find_treatment(TEST_STYLE, "3")
+    with pytest.raises(VidstyleError, match="must be a whole number or a .pth file, not 'four'"):
+        find_upscaler("four")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
+
+
+def test_an_upscaler_file_without_a_card_takes_its_factor_from_its_weights(tmp_path: Path) -> None:
+    save_style(UpscalerNet(2), tmp_path / "mine.pth", {})
+    (tmp_path / "mine.json").unlink()
+    assert find_upscaler(str(tmp_path / "mine.pth")).factor == 2
+    (tmp_path / "broken.pth").write_bytes(b"not weights")
+    with pytest.raises(VidstyleError, match="not a readable weights file"):
+        find_upscaler(str(tmp_path / "broken.pth"))
+
+
+@pytest.mark.parametrize("factor", [2, 4, 8])
+def test_tiles_equal_the_whole_frame(factor: int) -> None:
+    torch.manual_seed(factor)
+    net = UpscalerNet(factor).eval()
+    x = torch.rand(1, 3, 23, 17) * 255
+    with torch.inference_mode():
+        whole, tiled = net(x), upscale_in_tiles(net, x, side=5)  # 20 tiles of 5x5 and less
+    assert tiled.shape == whole.shape == (1, 3, 23 * factor, 17 * factor)
+    assert torch.allclose(tiled, whole, atol=1e-3)
+
+
+def test_style_then_upscale_in_parts_equals_the_whole_frame() -> None:
+    """A frame too large to run whole: the style in strips, the upscale in tiles; as the CPU
+    rewrites, exact up to rounding."""
+    torch.manual_seed(1)
+    net = StyleThenUpscale(TransformerNet(), UpscalerNet(2))
+    frames = np.random.default_rng(0).integers(0, 256, (2, 19, 13, 3), np.uint8)
+    with torch.inference_mode():
+        reference = net.eval()(torch.from_numpy(frames).permute(0, 3, 1, 2).float())
+    reference = reference.clamp(0, 255).round().permute(0, 2, 3, 1).numpy()
+    for whole_frame_pixels in (None, 1):  # 1: every frame runs in parts
+        stylizer = Stylizer(copy.deepcopy(net), resolve_device("cpu"), compile=False,
+                            precision="fp32", whole_frame_pixels=whole_frame_pixels)
+        out = stylizer(frames).astype(float)
+        assert out.shape == (2, 38, 26, 3)
+        assert np.abs(out - reference).max() <= 1 and np.abs(out - reference).mean() < 0.01
+
+
+def test_the_temporal_blend_of_a_chained_run_follows_the_motion_scaled_to_the_output() -> None:
+    moved_right = Motion(np.full((6, 5, 2), [-2.0, 0.0], np.float32), np.linspace(0, 1, 30, dtype=np.float32).reshape(6, 5))
+    at_output = scaled(moved_right, 24, 20)
+    assert at_output.flow.shape == (24, 20, 2) and np.allclose(at_output.flow, [-8.0, 0.0])
+    assert at_output.weight.shape == (24, 20) and 0 <= at_output.weight.min() < at_output.weight.max() <= 1
+
+
+def test_an_upscaler_compiles_by_its_output_size(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("VIDSTYLE_COMPILE", "auto")
+    monkeypatch.setenv("VIDSTYLE_CACHE_DIR", str(tmp_path))  # nothing compiled yet
+    frames = 100  # of 320x180: pays at 1280x720, not at 320x180
+    assert Stylizer(UpscalerNet(4), resolve_device("cpu")).expect(frames, 180, 320, 1)
+    assert not Stylizer(TransformerNet(), resolve_device("cpu")).expect(frames, 180, 320, 1)
+
+
+def test_submit_with_upscale_stylizes_and_upscales_in_one_pass(tmp_path: Path) -> None:
+    source = make_sample_video(tmp_path / "movie.mp4", width=36, height=20, frames=6)
+    result = run_cli("submit", source, "--style", TEST_STYLE, "--upscale", TEST_FACTOR)
+    assert result.returncode == 0, result.stderr
+    output = tmp_path / f"movie.{TEST_STYLE}.x{TEST_FACTOR}.mp4"
+    assert result.stdout.strip() == str(output)
+    decoded = decode(output)
+    assert decoded["size"] == (36 * TEST_FACTOR, 20 * TEST_FACTOR) and decoded["frames"] == 6
+    assert len(decoded["audio_durations"]) == 1
