@@ -17,7 +17,7 @@ import torchvision
 from click.testing import CliRunner
 from PIL import Image
 
-from trainer.cli import train
+from trainer.cli import train, train_upscaler
 from trainer.evaluate import lbfgs_iterations_to_reach
 from trainer import losses
 from trainer.losses import (
@@ -35,7 +35,9 @@ from trainer.losses import (
     warp,
 )
 from trainer.train import TrainConfig
+from trainer.upscale import UPSCALE_PIXEL_WEIGHT, degrade
 from trainer.vgg import TORCHVISION_CONVENTION, InputNormalization
+from vidstyle.model import UpscalerNet
 from vidstyle.styles import find_style
 
 from conftest import run_cli
@@ -365,3 +367,51 @@ def test_lbfgs_iteration_count() -> None:
     assert lbfgs_iterations_to_reach(objective, start, -1.0, 50) is None
     counts = [lbfgs_iterations_to_reach(objective, start, initial * fraction, 50) for fraction in (0.5, 0.3, 0.2)]
     assert all(count is not None for count in counts) and 0 < counts[0] <= counts[1] <= counts[2]
+
+
+def upscaler_args(inputs: dict[str, Path], run_dir: Path, iterations: int, *extra: str) -> list[str]:
+    return [
+        "--factor", "4", "--dataset", str(inputs["photos"]), "--vgg-weights", str(inputs["vgg"]),
+        "--run-dir", str(run_dir), "--curriculum", f"24:2,32:{iterations - 2}", "--final-lr", "1e-4", "--holdout", "2",
+        "--log-every", "1", "--sample-every", "3", "--checkpoint-every", "100", "--workers", "1", "--threads", "1",
+        *extra,
+    ]
+
+
+def test_resumed_upscaler_run_matches_uninterrupted_run(inputs: dict[str, Path], tmp_path: Path) -> None:
+    def invoke_upscaler(args: list[str]) -> None:
+        result = CliRunner().invoke(train_upscaler, args)
+        assert result.exit_code == 0, result.output + repr(result.exception)
+
+    invoke_upscaler(upscaler_args(inputs, tmp_path / "straight", 5))
+    invoke_upscaler(upscaler_args(inputs, tmp_path / "resumed", 3))
+    invoke_upscaler(upscaler_args(inputs, tmp_path / "resumed", 5, "--resume"))
+
+    straight, resumed = logged_losses(tmp_path / "straight"), logged_losses(tmp_path / "resumed")
+    assert [line["iteration"] for line in resumed] == [1, 2, 3, 4, 5]
+    assert set(resumed[0]) == {"iteration", "feature", "pixel", "tv", "total"}
+    assert resumed == straight
+    weights = [torch.load(run / "x4.pth", weights_only=True) for run in (tmp_path / "straight", tmp_path / "resumed")]
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+    assert all(value.dtype == torch.float16 for value in weights[0].values())
+    UpscalerNet(4).load_state_dict({key: value.float() for key, value in weights[0].items()})
+
+    card = json.loads((tmp_path / "resumed" / "x4.json").read_text())
+    assert card["task"] == "upscale" and card["factor"] == 4 and card["format"] == "vidstyle-upscaler/1"
+    assert card["curriculum"] == [[24, 2], [32, 3]] and card["iterations"] == 5
+    assert card["pixel_weight"] == UPSCALE_PIXEL_WEIGHT and "blur of sigma 1" in card["recipe"]
+    # Rows of (bicubic, network, original) at the sample size, 2 pixels of padding around each.
+    with Image.open(tmp_path / "resumed" / "samples" / "iter_000005.png") as grid:
+        assert grid.size == (3 * 258 + 2, 2 * 258 + 2)
+
+    result = CliRunner().invoke(train_upscaler, upscaler_args(inputs, tmp_path / "odd", 3, "--curriculum", "30:3"))
+    assert result.exit_code == 1 and "multiples of the factor 4 and at least 20: not 30" in result.output
+
+
+def test_degradation_blurs_then_downsamples() -> None:
+    flat = torch.full((1, 3, 16, 24), 77.0)
+    assert torch.equal(degrade(flat, 4), torch.full((1, 3, 4, 6), 77.0))
+    # A one-pixel checkerboard is above the low-resolution Nyquist limit: it must average out, not alias.
+    checkerboard = (torch.arange(32)[:, None] + torch.arange(32)[None]) % 2 * 255.0
+    small = degrade(checkerboard.expand(1, 3, 32, 32), 4)
+    assert small.shape == (1, 3, 8, 8) and (small - 127.5).abs().max() <= 3

@@ -20,6 +20,7 @@ from vidstyle.sample import make_camera_video, make_sample_video
 # Redis answer at once without them.
 LAZY_COMMANDS = {
     "train": "trainer.cli:train",
+    "train-upscaler": "trainer.cli:train_upscaler",
     "eval": "trainer.cli:evaluate",
     "status": "workers.cli:status",
     "watch": "workers.cli:watch",

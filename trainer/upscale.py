@@ -1,0 +1,121 @@
+"""Super-resolution's objective for the shared loop of trainer.train (Johnson et al. 2016,
+section 4.2): UpscalerNet learns to undo a blur and downsampling, judged by VGG-16's
+relu2_2 features, total variation and a small per-pixel term."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torchvision.utils import save_image
+
+from trainer.losses import content_loss, gaussian_blur, total_variation
+from trainer.vgg import CONTENT_LAYER, LossNetwork
+from vidstyle.errors import VidstyleError
+from vidstyle.model import UPSCALE_FACTORS, UpscalerNet
+
+if TYPE_CHECKING:
+    from trainer.train import TrainConfig
+
+UPSCALER_FORMAT = "vidstyle-upscaler/1"
+BLUR_SIGMA_PX = 1.0  # the paper's
+DEGRADATION = (f"Gaussian blur of sigma {BLUR_SIGMA_PX:g} px, then bicubic downsampling by the factor "
+               "(antialiased, torch's interpolate), rounded to 8-bit values")
+UPSCALE_LOSS_UNITS = (
+    "images RGB 0..255; feature: mean squared difference of VGG-16 relu2_2 features of the output and the "
+    "high-resolution crop; pixel: mean squared difference in 0..255 pixel units; tv: sum of absolute differences "
+    "between horizontally and vertically neighbouring pixel values, per image, averaged over the batch; "
+    "terms are unweighted, total = sum of weight * term"
+)
+# Settings of a super-resolution run a resumed run must share with its checkpoint.
+UPSCALE_IDENTITY = ("factor", "content_weight", "pixel_weight", "tv_weight")
+# Default weights, with the feature term's weight 1: see README, Super-resolution.
+UPSCALE_PIXEL_WEIGHT = 30.0
+UPSCALE_TV_WEIGHT = 0.005
+CROPS = "random crops at the photos' own scale"
+
+
+def degrade(images: torch.Tensor, factor: int) -> torch.Tensor:
+    """The low-resolution input of each high-resolution image (N, 3, H, W), H and W multiples of
+    factor: the paper's blur and bicubic downsampling, quantised as a saved 8-bit image would be."""
+    blurred = gaussian_blur(images, torch.full((len(images),), BLUR_SIGMA_PX))
+    small = F.interpolate(blurred, scale_factor=1 / factor, mode="bicubic", align_corners=False, antialias=True)
+    return small.clamp(0, 255).round()
+
+
+def bicubic_upscale(images: torch.Tensor, factor: int) -> torch.Tensor:
+    """The baseline: the bicubic upscale UpscalerNet adds its detail to."""
+    return F.interpolate(images, scale_factor=factor, mode="bicubic", align_corners=False)
+
+
+def feature_distance(loss_net: LossNetwork, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of relu2_2 features: the feature term, and the evaluation's distance."""
+    features = loss_net(torch.cat([images, targets]), num_layers=CONTENT_LAYER + 1)[CONTENT_LAYER]
+    return content_loss(*features.chunk(2))
+
+
+class UpscaleObjective:
+    """Training crops are the high-resolution targets; their degraded copies are the inputs."""
+
+    resize_crops = False  # a crop scaled up is blurred: the network would learn to keep blur
+
+    def __init__(self, config: TrainConfig, loss_net: LossNetwork):
+        if config.factor not in UPSCALE_FACTORS:
+            raise VidstyleError(f"upscale factor must be one of {', '.join(map(str, UPSCALE_FACTORS))}, not {config.factor}")
+        # The network's 9x9 head pads 4 pixels by reflection: inputs need 5 at least.
+        smallest = 5 * config.factor
+        unfit = [size for size, _ in config.stages() if size % config.factor or size < smallest]
+        if unfit:
+            raise VidstyleError(f"crop sizes must be multiples of the factor {config.factor} and at least {smallest}: "
+                                f"not {', '.join(map(str, unfit))}")
+        self.config = config
+        self.factor = config.factor
+        self.loss_net = loss_net
+        self.weights = {"feature": config.content_weight, "pixel": config.pixel_weight, "tv": config.tv_weight}
+        self.identity = {key: getattr(config, key) for key in UPSCALE_IDENTITY}
+
+    def network(self) -> UpscalerNet:
+        return UpscalerNet(self.factor)
+
+    def loss_terms(self, net: UpscalerNet, images: torch.Tensor, autocast: torch.autocast) -> dict[str, torch.Tensor]:
+        """The unweighted terms; the networks run under autocast, the degradation and the terms in float32."""
+        small = degrade(images, self.factor)
+        with autocast:
+            upscaled = net(small).float()
+        with torch.no_grad(), autocast:
+            target = self.loss_net(images, num_layers=CONTENT_LAYER + 1)[CONTENT_LAYER].float()
+        with autocast:
+            features = self.loss_net(upscaled, num_layers=CONTENT_LAYER + 1)[CONTENT_LAYER].float()
+        return {
+            "feature": content_loss(features, target),
+            "pixel": F.mse_loss(upscaled, images),
+            "tv": total_variation(upscaled),
+        }
+
+    def save_samples(self, net: UpscalerNet, photos: torch.Tensor, path: Path) -> None:
+        small = degrade(photos, self.factor)
+        with torch.no_grad():
+            upscaled = net(small).clamp(0, 255)
+        # Rows of (bicubic, network, original).
+        rows = torch.stack([bicubic_upscale(small, self.factor).clamp(0, 255), upscaled, photos], dim=1)
+        save_image(rows.flatten(0, 1) / 255, path, nrow=3)
+
+    def card(self) -> dict:
+        config = self.config
+        return {
+            "format": UPSCALER_FORMAT,
+            "task": "upscale",
+            "name": config.name,
+            "factor": self.factor,
+            "degradation": DEGRADATION,
+            "feature_weight": config.content_weight,
+            "pixel_weight": config.pixel_weight,
+            "tv_weight": config.tv_weight,
+            "loss_units": UPSCALE_LOSS_UNITS,
+        }
+
+    def recipe(self, precision: str) -> str:
+        return (f"Johnson et al. (2016) perceptual-loss super-resolution x{self.factor} of vidstyle's UpscalerNet: "
+                f"{self.config.describe_schedule(CROPS)}; inputs made by {DEGRADATION}; "
+                f"losses: VGG-16 relu2_2 features, per-pixel squared error, total variation; networks in {precision}.")
