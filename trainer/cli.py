@@ -218,3 +218,45 @@ def flicker(video: Path, style_name: str, frames: int | None, size: str | None, 
     if strip is not None:
         click.echo(str(strip))
 
+
+
+@evaluate.command()
+@click.option("--factor", required=True, type=click.Choice([str(f) for f in UPSCALE_FACTORS]), help="Upscale factor.")
+@click.option("--weights", type=click.Path(path_type=Path),
+              help="UpscalerNet weights (.pth, or a training checkpoint.pt).  [default: the built-in xFACTOR]")
+@click.option("--set", "sets", required=True, multiple=True, type=click.Path(path_type=Path),
+              help="A folder of NAME_HR.png test images, with the published NAME_LR.png inputs where there are; repeatable.")
+@click.option("--vgg-weights", type=click.Path(path_type=Path), help="The loss network weights for the feature distance.")
+@click.option("--sheet", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a PNG of the first set's images: bicubic | network | original, and zoomed crops of each.")
+@click.option("--record", is_flag=True, help="Add the figures to the model card beside --weights, as its evaluation.")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for torch.")
+def upscale(factor: str, weights: Path | None, sets: tuple[Path, ...], vgg_weights: Path | None, sheet: Path | None,
+            record: bool, threads: int | None) -> None:
+    """PSNR and SSIM (luma) and VGG relu2_2 feature distance of an upscaler and of bicubic upscaling.
+
+    Each --set is measured with its published low-resolution inputs (where
+    their size fits FACTOR) and with the blur and bicubic downsampling the
+    network was trained on; see README, Super-resolution, for the protocol.
+    """
+    import shlex
+    import sys
+
+    from trainer.upscale_eval import BUILTIN_UPSCALERS, evaluate_upscaler, load_upscaler, record_in_card
+    from trainer.vgg import load_loss_network
+
+    if threads:
+        torch.set_num_threads(threads)
+    weights = weights or BUILTIN_UPSCALERS / f"x{factor}.pth"
+    net = load_upscaler(weights, int(factor))
+    results = evaluate_upscaler(net, list(sets), load_loss_network(vgg_weights), sheet)
+    bicubic = {(r.set, r.inputs): r.feature for r in results if r.method == "bicubic"}
+    click.echo(f"{'set':<10} {'inputs':<13} {'images':>6} {'method':<8} {'PSNR':>7} {'SSIM':>7} {'feature':>10} {'/bicubic':>9}")
+    for r in results:
+        click.echo(f"{r.set:<10} {r.inputs:<13} {r.images:>6} {r.method:<8} {r.psnr:>7.2f} {r.ssim:>7.4f} "
+                   f"{r.feature:>10.4g} {r.feature / bicubic[r.set, r.inputs]:>9.3f}")
+    if sheet is not None:
+        click.echo(str(sheet))
+    if record:
+        command = shlex.join(["vidstyle", *sys.argv[1:]])
+        click.echo(str(record_in_card(weights, results, command)))

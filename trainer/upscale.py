@@ -49,10 +49,9 @@ def bicubic_upscale(images: torch.Tensor, factor: int) -> torch.Tensor:
     return F.interpolate(images, scale_factor=factor, mode="bicubic", align_corners=False)
 
 
-def feature_distance(loss_net: LossNetwork, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean squared difference of relu2_2 features: the feature term, and the evaluation's distance."""
-    features = loss_net(torch.cat([images, targets]), num_layers=CONTENT_LAYER + 1)[CONTENT_LAYER]
-    return content_loss(*features.chunk(2))
+def relu2_2(loss_net: LossNetwork, images: torch.Tensor) -> torch.Tensor:
+    """The features the feature term (and the evaluation's feature distance) compares."""
+    return loss_net(images, num_layers=CONTENT_LAYER + 1)[CONTENT_LAYER]
 
 
 class UpscaleObjective:
@@ -84,9 +83,9 @@ class UpscaleObjective:
         with autocast:
             upscaled = net(small).float()
         with torch.no_grad(), autocast:
-            target = self.loss_net(images, num_layers=CONTENT_LAYER + 1)[CONTENT_LAYER].float()
+            target = relu2_2(self.loss_net, images).float()
         with autocast:
-            features = self.loss_net(upscaled, num_layers=CONTENT_LAYER + 1)[CONTENT_LAYER].float()
+            features = relu2_2(self.loss_net, upscaled).float()
         return {
             "feature": content_loss(features, target),
             "pixel": F.mse_loss(upscaled, images),
