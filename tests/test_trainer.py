@@ -36,8 +36,10 @@ from trainer.losses import (
 )
 from trainer.train import TrainConfig
 from trainer.upscale import UPSCALE_PIXEL_WEIGHT, degrade
+from trainer.upscale_eval import psnr, ssim
 from trainer.vgg import TORCHVISION_CONVENTION, InputNormalization
 from vidstyle.model import UpscalerNet
+from vidstyle.preview import GAP
 from vidstyle.styles import find_style
 
 from conftest import run_cli
@@ -415,3 +417,60 @@ def test_degradation_blurs_then_downsamples() -> None:
     checkerboard = (torch.arange(32)[:, None] + torch.arange(32)[None]) % 2 * 255.0
     small = degrade(checkerboard.expand(1, 3, 32, 32), 4)
     assert small.shape == (1, 3, 8, 8) and (small - 127.5).abs().max() <= 3
+
+
+@pytest.fixture(scope="module")
+def test_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two smooth HR images, the first with a published x4 input that fits, the second with one that does not."""
+    folder = tmp_path_factory.mktemp("sets") / "Set2"
+    folder.mkdir()
+    ys, xs = np.mgrid[0:44, 0:52].astype(np.float32)
+    for index, (period, lr_size) in enumerate([(5, (13, 11)), (9, (10, 10))], start=1):
+        hr = np.stack([128 + 100 * np.sin(xs / period), 128 + 90 * np.cos(ys / period), 128 + 60 * np.sin((xs + ys) / 7)], -1)
+        image = Image.fromarray(hr.clip(0, 255).astype(np.uint8))
+        image.save(folder / f"img_{index}_HR.png")
+        image.resize(lr_size, Image.Resampling.BICUBIC).save(folder / f"img_{index}_LR.png")
+    return folder
+
+
+def test_upscale_eval_compares_with_bicubic(inputs: dict[str, Path], test_set: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    weights = tmp_path / "x4.pth"
+    torch.save({key: value.half() for key, value in UpscalerNet(4).state_dict().items()}, weights)
+    (tmp_path / "x4.json").write_text(json.dumps({"task": "upscale", "factor": 4}))
+    sheet = tmp_path / "sheet.png"
+    result = run_cli("eval", "upscale", "--factor", "4", "--weights", weights, "--set", test_set,
+                     "--vgg-weights", inputs["vgg"], "--sheet", sheet, "--record", "--threads", "1")
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines()[1:5]]
+    # The published input of the second image does not fit x4: only the first is measured with it.
+    assert [row[:4] for row in rows] == [["Set2", "published", "1", "bicubic"], ["Set2", "published", "1", "network"],
+                                         ["Set2", "blur+bicubic", "2", "bicubic"], ["Set2", "blur+bicubic", "2", "network"]]
+    assert rows[0][-1] == rows[2][-1] == "1.000"
+    assert float(rows[1][-1]) != 1.0 and float(rows[1][4]) != float(rows[0][4])  # random weights add visible detail
+    for row in rows:
+        assert 5 < float(row[4]) < 60 and 0 < float(row[5]) <= 1 and float(row[6]) > 0
+
+    card = json.loads((tmp_path / "x4.json").read_text())
+    assert card["task"] == "upscale" and card["evaluation"]["command"].startswith("vidstyle eval upscale --factor 4")
+    scores = card["evaluation"]["scores"]
+    assert [(s["inputs"], s["method"]) for s in scores] == [tuple(row[1:4:2]) for row in rows]
+    assert scores[1]["psnr"] == pytest.approx(float(rows[1][4]), abs=0.005)
+    # One row per image: bicubic, network, original, then the three zoomed crops.
+    with Image.open(sheet) as image:
+        assert image.format == "PNG" and image.height == 2 * (192 + GAP) + GAP
+
+    result = run_cli("eval", "upscale", "--factor", "4", "--weights", weights, "--set", tmp_path / "nowhere")
+    assert result.returncode == 1 and result.stderr.startswith("vidstyle: error:") and "no *_HR.png" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_psnr_and_ssim() -> None:
+    torch.manual_seed(0)
+    ys, xs = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    image = (128 + 50 * torch.sin(xs / 5) * torch.cos(ys / 7))[None, None]
+    assert ssim(image, image) == pytest.approx(1.0) and psnr(image + 1, image) == pytest.approx(48.13, abs=0.01)
+    noisy = image + torch.randn(image.shape) * 20
+    assert 0 < ssim(noisy, image) < ssim(image + torch.randn(image.shape) * 5, image) < 1
+    # SSIM compares structure, not only the error: a uniform offset costs little of it, noise of the same MSE much.
+    assert ssim(image + 20, image) > 0.9 > ssim(noisy, image)

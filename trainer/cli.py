@@ -242,14 +242,15 @@ def upscale(factor: str, weights: Path | None, sets: tuple[Path, ...], vgg_weigh
     import shlex
     import sys
 
-    from trainer.upscale_eval import BUILTIN_UPSCALERS, evaluate_upscaler, load_upscaler, record_in_card
+    from trainer.upscale_eval import BUILTIN_UPSCALERS, evaluate_upscaler, load_upscaler, read_test_set, record_in_card
     from trainer.vgg import load_loss_network
 
     if threads:
         torch.set_num_threads(threads)
     weights = weights or BUILTIN_UPSCALERS / f"x{factor}.pth"
     net = load_upscaler(weights, int(factor))
-    results = evaluate_upscaler(net, list(sets), load_loss_network(vgg_weights), sheet)
+    test_sets = {folder.name: read_test_set(folder, int(factor)) for folder in sets}
+    results = evaluate_upscaler(net, test_sets, load_loss_network(vgg_weights), sheet)
     bicubic = {(r.set, r.inputs): r.feature for r in results if r.method == "bicubic"}
     click.echo(f"{'set':<10} {'inputs':<13} {'images':>6} {'method':<8} {'PSNR':>7} {'SSIM':>7} {'feature':>10} {'/bicubic':>9}")
     for r in results:

@@ -41,6 +41,10 @@ SSIM_WINDOW, SSIM_SIGMA = 11, 1.5  # Wang et al. (2004)
 ZOOM = 4  # the contact sheet's crops are this much smaller than the image, shown at its height
 
 
+# (name, HR image, published low-resolution input or None), images (1, 3, H, W) RGB 0..255.
+TestImage = tuple[str, torch.Tensor, "torch.Tensor | None"]
+
+
 @dataclass
 class UpscaleScores:
     """The mean over a set's images of one method on one kind of input."""
@@ -98,7 +102,7 @@ def load_upscaler(weights: Path, factor: int) -> UpscalerNet:
     return net.eval()
 
 
-def read_test_set(folder: Path, factor: int) -> list[tuple[str, torch.Tensor, torch.Tensor | None]]:
+def read_test_set(folder: Path, factor: int) -> list[TestImage]:
     """(name, HR image, published LR input or None) per NAME_HR.png; HR cropped to multiples of factor."""
     paths = sorted(Path(folder).glob("*_HR.png")) if Path(folder).is_dir() else []
     if not paths:
@@ -126,17 +130,16 @@ def _scores(
 
 
 def evaluate_upscaler(
-    net: UpscalerNet, sets: list[Path], loss_net: LossNetwork, sheet: Path | None = None
+    net: UpscalerNet, sets: dict[str, list[TestImage]], loss_net: LossNetwork, sheet: Path | None = None
 ) -> list[UpscaleScores]:
-    """Scores per set, kind of input and method (bicubic, network); with sheet, a PNG of the
-    first set's images (from the published inputs where there are): bicubic | network | original,
-    then the same zoomed into a crop."""
+    """Scores per set (name: read_test_set's images), kind of input and method (bicubic, network);
+    with sheet, a PNG of the first set's images (from the published inputs where there are):
+    bicubic | network | original, then the same zoomed into a crop."""
     factor = net.factor
     results, sheet_rows = [], []
-    for folder in sets:
-        images = read_test_set(folder, factor)
+    for set_index, (set_name, images) in enumerate(sets.items()):
         per_input: dict[str, dict[str, list[tuple[float, float, float]]]] = {}
-        for name, hr, published in tqdm(images, unit="image", desc=f"x{factor} {Path(folder).name}"):
+        for name, hr, published in tqdm(images, unit="image", desc=f"x{factor} {set_name}"):
             inputs = {PUBLISHED: published, OURS: degrade(hr, factor)} if published is not None else {OURS: degrade(hr, factor)}
             with torch.no_grad():
                 hr_features = relu2_2(loss_net, hr)
@@ -145,12 +148,11 @@ def evaluate_upscaler(
                     for method, output in outputs.items():
                         scores = _scores(output, hr, hr_features, factor, loss_net)
                         per_input.setdefault(kind, {}).setdefault(method, []).append(scores)
-                    if sheet is not None and folder == sets[0] and kind == next(iter(inputs)):
+                    if sheet is not None and set_index == 0 and kind == next(iter(inputs)):
                         sheet_rows.append((name, _sheet_row([outputs["bicubic"], outputs["network"], hr])))
         for kind, methods in per_input.items():
             for method, scores in methods.items():
-                results.append(UpscaleScores(Path(folder).name, kind, method, len(scores),
-                                             *(fmean(column) for column in zip(*scores))))
+                results.append(UpscaleScores(set_name, kind, method, len(scores), *(fmean(column) for column in zip(*scores))))
     if sheet is not None:
         with partial_file(sheet) as partial:
             contact_sheet(sheet_rows, thumb_height=192).save(partial, format="PNG")
