@@ -94,8 +94,9 @@ def find_style(name_or_path: str) -> Style:
     raise VidstyleError(f"unknown style '{name_or_path}' (available: {names})")
 
 
-def save_style(net: TransformerNet, weights_path: Path, card: dict) -> None:
-    """Write NAME.pth (fp16, which is plenty for inference) and NAME.json atomically."""
+def save_style(net: torch.nn.Module, weights_path: Path, card: dict) -> None:
+    """Write NAME.pth (fp16, which is plenty for inference) and NAME.json atomically: a style's,
+    or another network's with its model card (the trainer saves upscalers so too)."""
     weights_path = Path(weights_path)
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = weights_path.with_name(weights_path.name + ".part")
