@@ -39,7 +39,7 @@ from trainer.upscale import UPSCALE_PIXEL_WEIGHT, degrade
 from trainer.upscale_eval import psnr, ssim
 from trainer.vgg import TORCHVISION_CONVENTION, InputNormalization
 from vidstyle.model import UpscalerNet
-from vidstyle.preview import GAP
+from vidstyle.preview import GAP, LABEL_WIDTH
 from vidstyle.styles import find_style
 
 from conftest import run_cli
@@ -456,9 +456,11 @@ def test_upscale_eval_compares_with_bicubic(inputs: dict[str, Path], test_set: P
     scores = card["evaluation"]["scores"]
     assert [(s["inputs"], s["method"]) for s in scores] == [tuple(row[1:4:2]) for row in rows]
     assert scores[1]["psnr"] == pytest.approx(float(rows[1][4]), abs=0.005)
-    # One row per image: bicubic, network, original, then the three zoomed crops.
+    # One row per image: the zoomed crops of bicubic, network and original.
     with Image.open(sheet) as image:
-        assert image.format == "PNG" and image.height == 2 * (192 + GAP) + GAP
+        assert image.format == "PNG" and image.size == (LABEL_WIDTH + 3 * (192 + GAP), 2 * (192 + GAP) + GAP)
+        crops = np.asarray(image.convert("RGB"))[GAP : GAP + 192, LABEL_WIDTH:].reshape(192, 3, 192 + GAP, 3)[:, :, :192]
+        assert np.abs(crops[:, 0].astype(int) - crops[:, 2]).mean() > 1  # bicubic is not the original
 
     result = run_cli("eval", "upscale", "--factor", "4", "--weights", weights, "--set", tmp_path / "nowhere")
     assert result.returncode == 1 and result.stderr.startswith("vidstyle: error:") and "no *_HR.png" in result.stderr

@@ -38,7 +38,8 @@ from vidstyle.preview import contact_sheet
 BUILTIN_UPSCALERS = Path(vidstyle.__file__).with_name("upscalers")
 PUBLISHED, OURS = "published", "blur+bicubic"
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5  # Wang et al. (2004)
-ZOOM = 4  # the contact sheet's crops are this much smaller than the image, shown at its height
+ZOOM = 4  # the contact sheet's crops are this much smaller than the image's short side
+SHEET_HEIGHT = 192
 
 
 # (name, HR image, published low-resolution input or None), images (1, 3, H, W) RGB 0..255.
@@ -134,7 +135,7 @@ def evaluate_upscaler(
 ) -> list[UpscaleScores]:
     """Scores per set (name: read_test_set's images), kind of input and method (bicubic, network);
     with sheet, a PNG of the first set's images (from the published inputs where there are):
-    bicubic | network | original, then the same zoomed into a crop."""
+    the same zoomed crop of bicubic | network | original."""
     factor = net.factor
     results, sheet_rows = [], []
     for set_index, (set_name, images) in enumerate(sets.items()):
@@ -155,24 +156,24 @@ def evaluate_upscaler(
                 results.append(UpscaleScores(set_name, kind, method, len(scores), *(fmean(column) for column in zip(*scores))))
     if sheet is not None:
         with partial_file(sheet) as partial:
-            contact_sheet(sheet_rows, thumb_height=192).save(partial, format="PNG")
+            contact_sheet(sheet_rows, thumb_height=SHEET_HEIGHT).save(partial, format="PNG")
     return results
 
 
 def _sheet_row(images: list[torch.Tensor]) -> list[np.ndarray]:
-    """The images whole, then the same crop of each enlarged without smoothing: where the
-    original (the last) has the most detail, a ZOOM-th of its size."""
+    """The same square crop of each image, where the original (the last) has the most detail,
+    a ZOOM-th of its short side, enlarged to the sheet's height without smoothing: whole images
+    at thumbnail size would all look alike."""
     arrays = [image[0].clamp(0, 255).round().byte().permute(1, 2, 0).numpy() for image in images]
-    height, width = arrays[-1].shape[:2]
-    size = max(8, min(height, width) // ZOOM)
-    detail = luma(images[-1]).squeeze()
-    detail = (detail[1:, 1:] - detail[:-1, 1:]).abs() + (detail[1:, 1:] - detail[1:, :-1]).abs()
-    energy = F.avg_pool2d(detail[None, None], size, stride=max(1, size // 4))[0, 0]
+    size = max(8, min(arrays[-1].shape[:2]) // ZOOM)
+    stride = max(1, size // 4)
+    y = luma(images[-1])[0, 0]
+    detail = (y[1:, 1:] - y[:-1, 1:]).abs() + (y[1:, 1:] - y[1:, :-1]).abs()
+    energy = F.avg_pool2d(detail[None, None], size, stride=stride)[0, 0]
     row, column = divmod(int(energy.argmax()), energy.shape[1])
-    top, left = row * max(1, size // 4), column * max(1, size // 4)
-    crops = [np.asarray(Image.fromarray(a[top : top + size, left : left + size]).resize(
-        (height, height), Image.Resampling.NEAREST)) for a in arrays]
-    return arrays + crops
+    top, left = row * stride, column * stride
+    return [np.asarray(Image.fromarray(a[top : top + size, left : left + size]).resize(
+        (SHEET_HEIGHT, SHEET_HEIGHT), Image.Resampling.NEAREST)) for a in arrays]
 
 
 def record_in_card(weights: Path, results: list[UpscaleScores], command: str) -> Path:
