@@ -127,7 +127,7 @@ def train_upscaler(factor: str, name: str | None, **options: object) -> None:
 
 @click.group("eval")
 def evaluate() -> None:
-    """Measure a style: quality against direct optimisation, and flicker on video."""
+    """Measure a style (quality against direct optimisation, flicker on video) or an upscaler."""
 
 
 @evaluate.command()
