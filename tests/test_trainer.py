@@ -406,6 +406,15 @@ def test_resumed_upscaler_run_matches_uninterrupted_run(inputs: dict[str, Path],
     with Image.open(tmp_path / "resumed" / "samples" / "iter_000005.png") as grid:
         assert grid.size == (3 * 258 + 2, 2 * 258 + 2)
 
+    # Fine-tuning: an lr too small to move fp16 weights, so the child must come out as its parent.
+    invoke_upscaler(upscaler_args(inputs, tmp_path / "child", 3, "--init-from", str(tmp_path / "straight" / "x4.pth"),
+                                  "--lr", "1e-30", "--final-lr", "0", "--pixel-weight", "10"))
+    child = torch.load(tmp_path / "child" / "x4.pth", weights_only=True)
+    assert all(torch.equal(weights[0][key], child[key]) for key in child)
+    child_card = json.loads((tmp_path / "child" / "x4.json").read_text())
+    assert child_card["initialized_from"]["file"] == "x4.pth" and child_card["initialized_from"]["iterations"] == 5
+    assert child_card["recipe"].startswith("Started from the weights x4.pth (5 iterations: ") and child_card["pixel_weight"] == 10
+
     result = CliRunner().invoke(train_upscaler, upscaler_args(inputs, tmp_path / "odd", 3, "--curriculum", "30:3"))
     assert result.exit_code == 1 and "multiples of the factor 4 and at least 20: not 30" in result.output
 

@@ -115,6 +115,8 @@ def train(style_image: Path, name: str | None, **options: object) -> None:
 @click.option("--pixel-weight", default=UPSCALE_PIXEL_WEIGHT, show_default=True,
               help="Weight of the per-pixel squared error term.")
 @click.option("--tv-weight", default=UPSCALE_TV_WEIGHT, show_default=True)
+@click.option("--init-from", type=click.Path(exists=True, dir_okay=False),
+              help="Start from a trained upscaler's weights (.pth) of the same factor instead of random ones: fine-tune it.")
 def train_upscaler(factor: str, name: str | None, **options: object) -> None:
     """Train a super-resolution network (Johnson et al. 2016, section 4.2) on a folder of photos.
 
@@ -242,7 +244,8 @@ def upscale(factor: str, weights: Path | None, sets: tuple[Path, ...], vgg_weigh
     import shlex
     import sys
 
-    from trainer.upscale_eval import BUILTIN_UPSCALERS, evaluate_upscaler, load_upscaler, read_test_set, record_in_card
+    from trainer.upscale import load_upscaler
+    from trainer.upscale_eval import BUILTIN_UPSCALERS, evaluate_upscaler, read_test_set, record_in_card
     from trainer.vgg import load_loss_network
 
     if threads:

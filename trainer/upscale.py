@@ -3,6 +3,7 @@ section 4.2): UpscalerNet learns to undo a blur and downsampling, judged by VGG-
 relu2_2 features, total variation and a small per-pixel term."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -10,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.utils import save_image
 
+from trainer.data import sha256_file
 from trainer.losses import content_loss, gaussian_blur, total_variation
 from trainer.vgg import CONTENT_LAYER, LossNetwork
 from vidstyle.errors import VidstyleError
@@ -36,6 +38,14 @@ UPSCALE_TV_WEIGHT = 0.005
 CROPS = "random crops at the photos' own scale"
 
 
+def _card_of(weights: Path) -> dict:
+    card_path = weights.with_suffix(".json")
+    try:
+        return json.loads(card_path.read_text()) if card_path.is_file() else {}
+    except (OSError, ValueError) as exc:
+        raise VidstyleError(f"model card {card_path} is not valid JSON: {exc}") from exc
+
+
 def degrade(images: torch.Tensor, factor: int) -> torch.Tensor:
     """The low-resolution input of each high-resolution image (N, 3, H, W), H and W multiples of
     factor: the paper's blur and bicubic downsampling, quantised as a saved 8-bit image would be."""
@@ -52,6 +62,21 @@ def bicubic_upscale(images: torch.Tensor, factor: int) -> torch.Tensor:
 def relu2_2(loss_net: LossNetwork, images: torch.Tensor) -> torch.Tensor:
     """The features the feature term (and the evaluation's feature distance) compares."""
     return loss_net(images, num_layers=CONTENT_LAYER + 1)[CONTENT_LAYER]
+
+
+def load_upscaler(weights: Path, factor: int) -> UpscalerNet:
+    """An UpscalerNet in fp32, eval mode, from a state dict file (fp16 or fp32) or a training
+    checkpoint, so that a run can be measured while it trains."""
+    if not Path(weights).is_file():
+        raise VidstyleError(f"upscaler weights not found: {weights}")
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        state = state.get("model", state)
+        net = UpscalerNet(factor)
+        net.load_state_dict({key: value.float() for key, value in state.items()})
+    except Exception as exc:  # torch.load and load_state_dict fail in many ways on a file that is not these weights
+        raise VidstyleError(f"{weights} are not x{factor} UpscalerNet weights: {str(exc).strip().splitlines()[0]}") from exc
+    return net.eval()
 
 
 class UpscaleObjective:
@@ -72,10 +97,14 @@ class UpscaleObjective:
         self.factor = config.factor
         self.loss_net = loss_net
         self.weights = {"feature": config.content_weight, "pixel": config.pixel_weight, "tv": config.tv_weight}
-        self.identity = {key: getattr(config, key) for key in UPSCALE_IDENTITY}
+        # Fine-tuning: a trained upscaler's weights (.pth, its card beside it) to start from.
+        self.parent = Path(config.init_from) if config.init_from else None
+        self.parent_card = _card_of(self.parent) if self.parent else {}
+        self.identity = {key: getattr(config, key) for key in UPSCALE_IDENTITY} | {
+            "init_from": self.parent and sha256_file(self.parent)}
 
     def network(self) -> UpscalerNet:
-        return UpscalerNet(self.factor)
+        return load_upscaler(self.parent, self.factor).train() if self.parent else UpscalerNet(self.factor)
 
     def loss_terms(self, net: UpscalerNet, images: torch.Tensor, autocast: torch.autocast) -> dict[str, torch.Tensor]:
         """The unweighted terms; the networks run under autocast, the degradation and the terms in float32."""
@@ -112,9 +141,15 @@ class UpscaleObjective:
             "pixel_weight": config.pixel_weight,
             "tv_weight": config.tv_weight,
             "loss_units": UPSCALE_LOSS_UNITS,
+            "initialized_from": self.parent and {
+                "file": self.parent.name, "weights_sha256": self.identity["init_from"],
+                "iterations": self.parent_card.get("iterations"),
+            },  # the parent's recipe is already the start of this card's "recipe"
         }
 
     def recipe(self, precision: str) -> str:
-        return (f"Johnson et al. (2016) perceptual-loss super-resolution x{self.factor} of vidstyle's UpscalerNet: "
+        start = (f"Started from the weights {self.parent.name} ({self.parent_card.get('iterations', 'unknown')} iterations: "
+                 f"{self.parent_card.get('recipe', 'no recipe in its card')}) " if self.parent else "")
+        return (f"{start}Johnson et al. (2016) perceptual-loss super-resolution x{self.factor} of vidstyle's UpscalerNet: "
                 f"{self.config.describe_schedule(CROPS)}; inputs made by {DEGRADATION}; "
                 f"losses: VGG-16 relu2_2 features, per-pixel squared error, total variation; networks in {precision}.")

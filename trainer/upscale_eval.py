@@ -88,21 +88,6 @@ def ssim(image: torch.Tensor, reference: torch.Tensor) -> float:
     return ssim_map.mean().item()
 
 
-def load_upscaler(weights: Path, factor: int) -> UpscalerNet:
-    """An UpscalerNet in fp32, eval mode, from a state dict file (fp16 or fp32) or a training
-    checkpoint, so that a run can be measured while it trains."""
-    if not Path(weights).is_file():
-        raise VidstyleError(f"upscaler weights not found: {weights}")
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        state = state.get("model", state)
-        net = UpscalerNet(factor)
-        net.load_state_dict({key: value.float() for key, value in state.items()})
-    except Exception as exc:  # torch.load and load_state_dict fail in many ways on a file that is not these weights
-        raise VidstyleError(f"{weights} are not x{factor} UpscalerNet weights: {str(exc).strip().splitlines()[0]}") from exc
-    return net.eval()
-
-
 def read_test_set(folder: Path, factor: int) -> list[TestImage]:
     """(name, HR image, published LR input or None) per NAME_HR.png; HR cropped to multiples of factor."""
     paths = sorted(Path(folder).glob("*_HR.png")) if Path(folder).is_dir() else []
