@@ -17,7 +17,7 @@ import torchvision
 from click.testing import CliRunner
 from PIL import Image
 
-from trainer.cli import train
+from trainer.cli import train, train_upscaler
 from trainer.evaluate import lbfgs_iterations_to_reach
 from trainer import losses
 from trainer.losses import (
@@ -35,7 +35,11 @@ from trainer.losses import (
     warp,
 )
 from trainer.train import TrainConfig
+from trainer.upscale import UPSCALE_PIXEL_WEIGHT, degrade
+from trainer.upscale_eval import psnr, ssim
 from trainer.vgg import TORCHVISION_CONVENTION, InputNormalization
+from vidstyle.model import UpscalerNet
+from vidstyle.preview import GAP, LABEL_WIDTH
 from vidstyle.styles import find_style
 
 from conftest import run_cli
@@ -365,3 +369,119 @@ def test_lbfgs_iteration_count() -> None:
     assert lbfgs_iterations_to_reach(objective, start, -1.0, 50) is None
     counts = [lbfgs_iterations_to_reach(objective, start, initial * fraction, 50) for fraction in (0.5, 0.3, 0.2)]
     assert all(count is not None for count in counts) and 0 < counts[0] <= counts[1] <= counts[2]
+
+
+def upscaler_args(inputs: dict[str, Path], run_dir: Path, iterations: int, *extra: str) -> list[str]:
+    return [
+        "--factor", "4", "--dataset", str(inputs["photos"]), "--vgg-weights", str(inputs["vgg"]),
+        "--run-dir", str(run_dir), "--curriculum", f"24:2,32:{iterations - 2}", "--final-lr", "1e-4", "--holdout", "2",
+        "--log-every", "1", "--sample-every", "3", "--checkpoint-every", "100", "--workers", "1", "--threads", "1",
+        *extra,
+    ]
+
+
+def test_resumed_upscaler_run_matches_uninterrupted_run(inputs: dict[str, Path], tmp_path: Path) -> None:
+    def invoke_upscaler(args: list[str]) -> None:
+        result = CliRunner().invoke(train_upscaler, args)
+        assert result.exit_code == 0, result.output + repr(result.exception)
+
+    invoke_upscaler(upscaler_args(inputs, tmp_path / "straight", 5))
+    invoke_upscaler(upscaler_args(inputs, tmp_path / "resumed", 3))
+    invoke_upscaler(upscaler_args(inputs, tmp_path / "resumed", 5, "--resume"))
+
+    straight, resumed = logged_losses(tmp_path / "straight"), logged_losses(tmp_path / "resumed")
+    assert [line["iteration"] for line in resumed] == [1, 2, 3, 4, 5]
+    assert set(resumed[0]) == {"iteration", "feature", "pixel", "tv", "total"}
+    assert resumed == straight
+    weights = [torch.load(run / "x4.pth", weights_only=True) for run in (tmp_path / "straight", tmp_path / "resumed")]
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+    assert all(value.dtype == torch.float16 for value in weights[0].values())
+    UpscalerNet(4).load_state_dict({key: value.float() for key, value in weights[0].items()})
+
+    card = json.loads((tmp_path / "resumed" / "x4.json").read_text())
+    assert card["task"] == "upscale" and card["factor"] == 4 and card["format"] == "vidstyle-upscaler/1"
+    assert card["curriculum"] == [[24, 2], [32, 3]] and card["iterations"] == 5
+    assert card["pixel_weight"] == UPSCALE_PIXEL_WEIGHT and "blur of sigma 1" in card["recipe"]
+    # Rows of (bicubic, network, original) at the sample size, 2 pixels of padding around each.
+    with Image.open(tmp_path / "resumed" / "samples" / "iter_000005.png") as grid:
+        assert grid.size == (3 * 258 + 2, 2 * 258 + 2)
+
+    # Fine-tuning: an lr too small to move fp16 weights, so the child must come out as its parent.
+    invoke_upscaler(upscaler_args(inputs, tmp_path / "child", 3, "--init-from", str(tmp_path / "straight" / "x4.pth"),
+                                  "--lr", "1e-30", "--final-lr", "0", "--pixel-weight", "10"))
+    child = torch.load(tmp_path / "child" / "x4.pth", weights_only=True)
+    assert all(torch.equal(weights[0][key], child[key]) for key in child)
+    child_card = json.loads((tmp_path / "child" / "x4.json").read_text())
+    assert child_card["initialized_from"]["file"] == "x4.pth" and child_card["initialized_from"]["iterations"] == 5
+    assert child_card["recipe"].startswith("Started from the weights x4.pth (5 iterations: ") and child_card["pixel_weight"] == 10
+
+    result = CliRunner().invoke(train_upscaler, upscaler_args(inputs, tmp_path / "odd", 3, "--curriculum", "30:3"))
+    assert result.exit_code == 1 and "multiples of the factor 4 and at least 20: not 30" in result.output
+
+
+def test_degradation_blurs_then_downsamples() -> None:
+    flat = torch.full((1, 3, 16, 24), 77.0)
+    assert torch.equal(degrade(flat, 4), torch.full((1, 3, 4, 6), 77.0))
+    # A one-pixel checkerboard is above the low-resolution Nyquist limit: it must average out, not alias.
+    checkerboard = (torch.arange(32)[:, None] + torch.arange(32)[None]) % 2 * 255.0
+    small = degrade(checkerboard.expand(1, 3, 32, 32), 4)
+    assert small.shape == (1, 3, 8, 8) and (small - 127.5).abs().max() <= 3
+
+
+@pytest.fixture(scope="module")
+def test_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two smooth HR images, the first with a published x4 input that fits, the second with one that does not."""
+    folder = tmp_path_factory.mktemp("sets") / "Set2"
+    folder.mkdir()
+    ys, xs = np.mgrid[0:44, 0:52].astype(np.float32)
+    for index, (period, lr_size) in enumerate([(5, (13, 11)), (9, (10, 10))], start=1):
+        hr = np.stack([128 + 100 * np.sin(xs / period), 128 + 90 * np.cos(ys / period), 128 + 60 * np.sin((xs + ys) / 7)], -1)
+        image = Image.fromarray(hr.clip(0, 255).astype(np.uint8))
+        image.save(folder / f"img_{index}_HR.png")
+        image.resize(lr_size, Image.Resampling.BICUBIC).save(folder / f"img_{index}_LR.png")
+    return folder
+
+
+def test_upscale_eval_compares_with_bicubic(inputs: dict[str, Path], test_set: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    weights = tmp_path / "x4.pth"
+    torch.save({key: value.half() for key, value in UpscalerNet(4).state_dict().items()}, weights)
+    (tmp_path / "x4.json").write_text(json.dumps({"task": "upscale", "factor": 4}))
+    sheet = tmp_path / "sheet.png"
+    result = run_cli("eval", "upscale", "--factor", "4", "--weights", weights, "--set", test_set,
+                     "--vgg-weights", inputs["vgg"], "--sheet", sheet, "--record", "--threads", "1")
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines()[1:5]]
+    # The published input of the second image does not fit x4: only the first is measured with it.
+    assert [row[:4] for row in rows] == [["Set2", "published", "1", "bicubic"], ["Set2", "published", "1", "network"],
+                                         ["Set2", "blur+bicubic", "2", "bicubic"], ["Set2", "blur+bicubic", "2", "network"]]
+    assert rows[0][-1] == rows[2][-1] == "1.000"
+    assert float(rows[1][-1]) != 1.0 and float(rows[1][4]) != float(rows[0][4])  # random weights add visible detail
+    for row in rows:
+        assert 5 < float(row[4]) < 60 and 0 < float(row[5]) <= 1 and float(row[6]) > 0
+
+    card = json.loads((tmp_path / "x4.json").read_text())
+    assert card["task"] == "upscale" and card["evaluation"]["command"].startswith("vidstyle eval upscale --factor 4")
+    scores = card["evaluation"]["scores"]
+    assert [(s["inputs"], s["method"]) for s in scores] == [tuple(row[1:4:2]) for row in rows]
+    assert scores[1]["psnr"] == pytest.approx(float(rows[1][4]), abs=0.005)
+    # One row per image: the zoomed crops of bicubic, network and original.
+    with Image.open(sheet) as image:
+        assert image.format == "PNG" and image.size == (LABEL_WIDTH + 3 * (192 + GAP), 2 * (192 + GAP) + GAP)
+        crops = np.asarray(image.convert("RGB"))[GAP : GAP + 192, LABEL_WIDTH:].reshape(192, 3, 192 + GAP, 3)[:, :, :192]
+        assert np.abs(crops[:, 0].astype(int) - crops[:, 2]).mean() > 1  # bicubic is not the original
+
+    result = run_cli("eval", "upscale", "--factor", "4", "--weights", weights, "--set", tmp_path / "nowhere")
+    assert result.returncode == 1 and result.stderr.startswith("vidstyle: error:") and "no *_HR.png" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_psnr_and_ssim() -> None:
+    torch.manual_seed(0)
+    ys, xs = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    image = (128 + 50 * torch.sin(xs / 5) * torch.cos(ys / 7))[None, None]
+    assert ssim(image, image) == pytest.approx(1.0) and psnr(image + 1, image) == pytest.approx(48.13, abs=0.01)
+    noisy = image + torch.randn(image.shape) * 20
+    assert 0 < ssim(noisy, image) < ssim(image + torch.randn(image.shape) * 5, image) < 1
+    # SSIM compares structure, not only the error: a uniform offset costs little of it, noise of the same MSE much.
+    assert ssim(image + 20, image) > 0.9 > ssim(noisy, image)

@@ -1,8 +1,10 @@
-"""`vidstyle train` (also `python -m trainer`): train a style network on a folder of photos."""
+"""`vidstyle train` (also `python -m trainer`), `vidstyle train-upscaler` and `vidstyle eval`:
+train a style or super-resolution network on a folder of photos, and measure it."""
 from __future__ import annotations
 
 from pathlib import Path
 from statistics import median
+from typing import Callable
 
 import click
 import torch
@@ -10,8 +12,10 @@ import torch
 from trainer.losses import STABILITY_MOTIONS
 from trainer.train import TrainConfig
 from trainer.train import train as run_training
+from trainer.upscale import UPSCALE_PIXEL_WEIGHT, UPSCALE_TV_WEIGHT
 from vidstyle.cli import parse_size
 from vidstyle.errors import VidstyleError
+from vidstyle.model import UPSCALE_FACTORS
 
 
 def parse_curriculum(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[tuple[int, int], ...] | None:
@@ -27,26 +31,61 @@ def parse_curriculum(ctx: click.Context, param: click.Parameter, value: str | No
     return stages
 
 
+def shared_options(command: Callable) -> Callable:
+    """The options of every training command: data, schedule, run directory, checkpoints, device."""
+    options = [
+        click.option("--dataset", required=True, type=click.Path(path_type=Path), help="Folder of training photos, searched recursively."),
+        click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
+                     help="Checkpoint, log.jsonl and samples/.  [default: runs/NAME]"),
+        click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Trained weights NAME.pth; the model card goes beside it.  [default: RUN_DIR/NAME.pth]"),
+        click.option("--vgg-weights", type=click.Path(path_type=Path),
+                     help="State dict of vgg16().features with a JSON sidecar of its input convention. "
+                          "[default: torchvision's IMAGENET1K_V1, downloaded]"),
+        click.option("--image-size", default=TrainConfig.image_size, type=click.IntRange(min=1), show_default=True, help="Training crop size in pixels."),
+        click.option("--iterations", default=TrainConfig.iterations, type=click.IntRange(min=1), show_default=True),
+        click.option("--curriculum", callback=parse_curriculum,
+                     help="Crop size stages SIZE:ITERATIONS,... (e.g. 128:2000,256:300) instead of --image-size and --iterations."),
+        click.option("--batch-size", default=TrainConfig.batch_size, type=click.IntRange(min=1), show_default=True),
+        click.option("--lr", default=TrainConfig.lr, show_default=True),
+        click.option("--final-lr", type=click.FloatRange(min=0),
+                     help="Decay the learning rate to this along a half cosine over the last stage.  [default: constant --lr]"),
+        click.option("--holdout", default=TrainConfig.holdout, type=click.IntRange(min=0), show_default=True,
+                     help="Leave the last N photos (sorted by path) out of training; sample grids show the first of them."),
+        click.option("--log-every", default=TrainConfig.log_every, type=click.IntRange(min=1), show_default=True),
+        click.option("--sample-every", default=TrainConfig.sample_every, type=click.IntRange(min=1), show_default=True),
+        click.option("--checkpoint-every", default=TrainConfig.checkpoint_every, type=click.IntRange(min=1), show_default=True),
+        click.option("--seed", default=TrainConfig.seed, show_default=True),
+        click.option("--resume", is_flag=True, help="Continue the run in --run-dir from its checkpoint."),
+        click.option("--threads", type=click.IntRange(min=1), help="CPU threads for torch.  [default: torch's choice]"),
+        click.option("--workers", default=TrainConfig.workers, type=click.IntRange(min=0), show_default=True, help="DataLoader worker processes decoding photos."),
+        click.option("--device", help="torch device.  [default: cuda if available, else cpu]"),
+        click.option("--precision", type=click.Choice(["bf16", "fp32"]),
+                     help="Run the networks in bfloat16 (autocast; losses stay float32) or float32.  "
+                          "[default: bf16 where the device has it natively]"),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def run_training_command(name: str, run_dir: Path | None, output: Path | None, **settings: object) -> None:
+    """Train with the shared loop; a bad input is a one-line error, a signal the exit status 128 + N."""
+    run_dir = run_dir or Path("runs") / name
+    config = TrainConfig(name=name, run_dir=run_dir, output=output or run_dir / f"{name}.pth", **settings)
+    try:
+        stopped_by = run_training(config)
+    except VidstyleError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if stopped_by is not None:
+        raise SystemExit(128 + stopped_by)  # the shell's convention for "ended by signal N"
+
+
 @click.command()
 @click.argument("style_image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--dataset", required=True, type=click.Path(path_type=Path), help="Folder of training photos, searched recursively.")
 @click.option("--name", help="Style name.  [default: STYLE_IMAGE's file name without extension]")
-@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Checkpoint, log.jsonl and samples/.  [default: runs/NAME]")
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="Trained style weights NAME.pth; the model card goes beside it.  [default: RUN_DIR/NAME.pth]")
-@click.option("--vgg-weights", type=click.Path(path_type=Path),
-              help="State dict of vgg16().features with a JSON sidecar of its input convention. "
-                   "[default: torchvision's IMAGENET1K_V1, downloaded]")
-@click.option("--image-size", default=TrainConfig.image_size, type=click.IntRange(min=1), show_default=True, help="Training crop size in pixels.")
+@shared_options
 @click.option("--style-size", type=click.IntRange(min=1), help="Resize the style image's long side to this.  [default: 2 * image size]")
-@click.option("--iterations", default=TrainConfig.iterations, type=click.IntRange(min=1), show_default=True)
-@click.option("--curriculum", callback=parse_curriculum,
-              help="Crop size stages SIZE:ITERATIONS,... (e.g. 128:2000,256:300) instead of --image-size and --iterations.")
-@click.option("--batch-size", default=TrainConfig.batch_size, type=click.IntRange(min=1), show_default=True)
-@click.option("--lr", default=TrainConfig.lr, show_default=True)
-@click.option("--final-lr", type=click.FloatRange(min=0),
-              help="Decay the learning rate to this along a half cosine over the last stage.  [default: constant --lr]")
 @click.option("--init-from", metavar="STYLE",
               help="Start from a trained style's weights (name or .pth) instead of random ones: fine-tune it.")
 @click.option("--content-weight", default=TrainConfig.content_weight, show_default=True)
@@ -58,40 +97,39 @@ def parse_curriculum(ctx: click.Context, param: click.Parameter, value: str | No
               show_default=True,
               help="The stability term's motion: a camera move over a still scene (affine), or also parts of "
                    "the scene moving on their own, light changes, blur and compression (nonrigid).")
-@click.option("--holdout", default=TrainConfig.holdout, type=click.IntRange(min=0), show_default=True,
-              help="Leave the last N photos (sorted by path) out of training; sample grids show the first of them.")
-@click.option("--log-every", default=TrainConfig.log_every, type=click.IntRange(min=1), show_default=True)
-@click.option("--sample-every", default=TrainConfig.sample_every, type=click.IntRange(min=1), show_default=True)
-@click.option("--checkpoint-every", default=TrainConfig.checkpoint_every, type=click.IntRange(min=1), show_default=True)
-@click.option("--seed", default=TrainConfig.seed, show_default=True)
-@click.option("--resume", is_flag=True, help="Continue the run in --run-dir from its checkpoint.")
-@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for torch.  [default: torch's choice]")
-@click.option("--workers", default=TrainConfig.workers, type=click.IntRange(min=0), show_default=True, help="DataLoader worker processes decoding photos.")
-@click.option("--device", help="torch device.  [default: cuda if available, else cpu]")
-@click.option("--precision", type=click.Choice(["bf16", "fp32"]),
-              help="Run the networks in bfloat16 (autocast; losses stay float32) or float32.  "
-                   "[default: bf16 where the device has it natively]")
-def train(style_image: Path, name: str | None, run_dir: Path | None, output: Path | None, **options: object) -> None:
+def train(style_image: Path, name: str | None, **options: object) -> None:
     """Train a fast style transfer network for STYLE_IMAGE (Johnson et al. 2016).
 
     Ctrl-C or SIGTERM finishes the current iteration, saves a checkpoint and
     exits; --resume continues exactly where it stopped.
     """
-    name = name or style_image.stem
-    run_dir = run_dir or Path("runs") / name
-    config = TrainConfig(style_image=style_image, name=name, run_dir=run_dir,
-                         output=output or run_dir / f"{name}.pth", **options)
-    try:
-        stopped_by = run_training(config)
-    except VidstyleError as exc:
-        raise click.ClickException(str(exc)) from exc
-    if stopped_by is not None:
-        raise SystemExit(128 + stopped_by)  # the shell's convention for "ended by signal N"
+    run_training_command(name or style_image.stem, style_image=style_image, **options)
+
+
+@click.command("train-upscaler")
+@click.option("--factor", required=True, type=click.Choice([str(f) for f in UPSCALE_FACTORS]), help="Upscale factor.")
+@click.option("--name", help="Upscaler name.  [default: xFACTOR]")
+@shared_options
+@click.option("--feature-weight", "content_weight", default=1.0, show_default=True,
+              help="Weight of the relu2_2 feature reconstruction term.")
+@click.option("--pixel-weight", default=UPSCALE_PIXEL_WEIGHT, show_default=True,
+              help="Weight of the per-pixel squared error term.")
+@click.option("--tv-weight", default=UPSCALE_TV_WEIGHT, show_default=True)
+@click.option("--init-from", type=click.Path(exists=True, dir_okay=False),
+              help="Start from a trained upscaler's weights (.pth) of the same factor instead of random ones: fine-tune it.")
+def train_upscaler(factor: str, name: str | None, **options: object) -> None:
+    """Train a super-resolution network (Johnson et al. 2016, section 4.2) on a folder of photos.
+
+    Inputs are the training crops blurred and downsampled by FACTOR; the
+    network learns to restore them. Checkpoints, --resume, the log, sample
+    grids (bicubic | network | original) and Ctrl-C work as for `vidstyle train`.
+    """
+    run_training_command(name or f"x{factor}", factor=int(factor), **options)
 
 
 @click.group("eval")
 def evaluate() -> None:
-    """Measure a style: quality against direct optimisation, and flicker on video."""
+    """Measure a style (quality against direct optimisation, flicker on video) or an upscaler."""
 
 
 @evaluate.command()
@@ -182,3 +220,48 @@ def flicker(video: Path, style_name: str, frames: int | None, size: str | None, 
     if strip is not None:
         click.echo(str(strip))
 
+
+
+@evaluate.command()
+@click.option("--factor", required=True, type=click.Choice([str(f) for f in UPSCALE_FACTORS]), help="Upscale factor.")
+@click.option("--weights", type=click.Path(path_type=Path),
+              help="UpscalerNet weights (.pth, or a training checkpoint.pt).  [default: the built-in xFACTOR]")
+@click.option("--set", "sets", required=True, multiple=True, type=click.Path(path_type=Path),
+              help="A folder of NAME_HR.png test images, with the published NAME_LR.png inputs where there are; repeatable.")
+@click.option("--vgg-weights", type=click.Path(path_type=Path), help="The loss network weights for the feature distance.")
+@click.option("--sheet", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a PNG of the first set's images: bicubic | network | original, and zoomed crops of each.")
+@click.option("--record", is_flag=True, help="Add the figures to the model card beside --weights, as its evaluation.")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for torch.")
+def upscale(factor: str, weights: Path | None, sets: tuple[Path, ...], vgg_weights: Path | None, sheet: Path | None,
+            record: bool, threads: int | None) -> None:
+    """PSNR and SSIM (luma) and VGG relu2_2 feature distance of an upscaler and of bicubic upscaling.
+
+    Each --set is measured with its published low-resolution inputs (where
+    their size fits FACTOR) and with the blur and bicubic downsampling the
+    network was trained on; see README, Super-resolution, for the protocol.
+    """
+    import shlex
+    import sys
+
+    from trainer.upscale import load_upscaler
+    from trainer.upscale_eval import evaluate_upscaler, read_test_set, record_in_card
+    from vidstyle.styles import BUILTIN_UPSCALERS_DIR
+    from trainer.vgg import load_loss_network
+
+    if threads:
+        torch.set_num_threads(threads)
+    weights = weights or BUILTIN_UPSCALERS_DIR / f"x{factor}.pth"
+    net = load_upscaler(weights, int(factor))
+    test_sets = {folder.name: read_test_set(folder, int(factor)) for folder in sets}
+    results = evaluate_upscaler(net, test_sets, load_loss_network(vgg_weights), sheet)
+    bicubic = {(r.set, r.inputs): r.feature for r in results if r.method == "bicubic"}
+    click.echo(f"{'set':<10} {'inputs':<13} {'images':>6} {'method':<8} {'PSNR':>7} {'SSIM':>7} {'feature':>10} {'/bicubic':>9}")
+    for r in results:
+        click.echo(f"{r.set:<10} {r.inputs:<13} {r.images:>6} {r.method:<8} {r.psnr:>7.2f} {r.ssim:>7.4f} "
+                   f"{r.feature:>10.4g} {r.feature / bicubic[r.set, r.inputs]:>9.3f}")
+    if sheet is not None:
+        click.echo(str(sheet))
+    if record:
+        command = shlex.join(["vidstyle", *sys.argv[1:]])
+        click.echo(str(record_in_card(weights, results, command)))

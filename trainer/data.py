@@ -75,11 +75,14 @@ def sha256_file(path: Path) -> str:
 
 
 class RandomCrops(Dataset):
-    """Indexed by (image index, crop seed); returns a random-resized square crop as (3, size, size)."""
+    """Indexed by (image index, crop seed); returns a random square crop as (3, size, size):
+    random-resized, or with resize=False at the photo's own scale (a photo with a shorter
+    side is scaled up to size first)."""
 
-    def __init__(self, paths: list[Path], size: int):
+    def __init__(self, paths: list[Path], size: int, resize: bool = True):
         self.paths = paths
         self.size = size
+        self.resize = resize
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -91,6 +94,11 @@ class RandomCrops(Dataset):
         # a function of crop_seed alone and leaves the caller's state untouched.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(crop_seed)
+            if not self.resize:
+                if min(image.size) < self.size:
+                    image = TF.resize(image, self.size, antialias=True)
+                top, left, height, width = transforms.RandomCrop.get_params(image, (self.size, self.size))
+                return to_tensor(TF.crop(image, top, left, height, width))
             top, left, height, width = transforms.RandomResizedCrop.get_params(image, CROP_SCALE, [3 / 4, 4 / 3])
         crop = TF.resized_crop(image, top, left, height, width, [self.size, self.size], antialias=True)
         return to_tensor(crop)
@@ -120,11 +128,13 @@ def _mix(*numbers: int) -> int:
 
 
 def training_batches(
-    paths: list[Path], image_size: int, batch_size: int, seed: int, start_item: int, workers: int, pin_memory: bool
+    paths: list[Path], image_size: int, batch_size: int, seed: int, start_item: int, workers: int, pin_memory: bool,
+    resize: bool = True,
 ) -> DataLoader:
-    """Endless batches of (batch_size, 3, image_size, image_size) crops, decoded in worker processes."""
+    """Endless batches of (batch_size, 3, image_size, image_size) crops, decoded in worker processes;
+    resize=False crops at the photos' own scale."""
     return DataLoader(
-        RandomCrops(paths, image_size),
+        RandomCrops(paths, image_size, resize),
         batch_size=batch_size,
         sampler=SeededStream(len(paths), seed, start_item),
         num_workers=workers,

@@ -1,8 +1,12 @@
 """The training loop: Adam on the weighted loss terms, with a log, sample grids and resumable checkpoints.
 
+One loop for every kind of network: an objective (trainer.style for styles,
+trainer.upscale for super-resolution) brings the network, the loss terms of
+a batch, the sample grids and its part of the model card.
+
 A run directory holds checkpoint.pt (the latest, written atomically),
 log.jsonl (one JSON object per --log-every iterations) and samples/ (grids of
-held-out photos, originals left, stylized right). A resumed run reproduces the
+held-out photos, as the objective draws them). A resumed run reproduces the
 losses of an uninterrupted one exactly: the checkpoint holds the model, the
 optimizer, every random generator and the data stream position.
 """
@@ -20,30 +24,21 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 import torch
-from torchvision.utils import save_image
+from torch import nn
 from tqdm import tqdm
 
-from trainer.data import find_images, load_sample_photos, load_style_image, sha256_file, training_batches
-from trainer.losses import (
-    content_loss,
-    describe_motion,
-    gram_matrix,
-    loss_units,
-    stability_loss,
-    style_loss,
-    total_variation,
-)
-from trainer.vgg import CONTENT_LAYER, LossNetwork, load_loss_network
+from trainer.data import find_images, load_sample_photos, training_batches
+from trainer.style import StyleObjective
+from trainer.upscale import UpscaleObjective
+from trainer.vgg import LossNetwork, load_loss_network
 from vidstyle.errors import VidstyleError
 from vidstyle.inference import has_native_bf16
-from vidstyle.model import TransformerNet
-from vidstyle.styles import Style, find_style, save_style
+from vidstyle.styles import save_style
 
-STYLE_FORMAT = "vidstyle-style/1"
 SAMPLE_COUNT = 4
 # Sample grids are shown at one size whatever the training size, so runs compare.
 SAMPLE_SIZE = 256
@@ -53,11 +48,12 @@ FINAL_LOSS_WINDOW = 50
 
 @dataclass
 class TrainConfig:
-    style_image: Path
     dataset: Path
     run_dir: Path
     output: Path
     name: str
+    style_image: Path | None = None  # style training; None with a factor
+    factor: int | None = None  # super-resolution training: the upscale factor of vidstyle.model.UpscalerNet
     vgg_weights: Path | None = None
     image_size: int = 256
     style_size: int | None = None  # long side of the style image; None means 2 * the first crop size
@@ -78,6 +74,9 @@ class TrainConfig:
     stability_weight: float = 0.0
     # The stability term's motion, one of trainer.losses.STABILITY_MOTIONS.
     stability_motion: str = "affine"  # nonrigid showed no gain on real footage (README)
+    # Super-resolution: content_weight weighs the relu2_2 feature term (as for styles), and a
+    # per-pixel term keeps colours and PSNR honest.
+    pixel_weight: float = 0.0
     holdout: int = 50
     seed: int = 0
     log_every: int = 10
@@ -108,13 +107,19 @@ class TrainConfig:
         progress = (iteration - 1 - last_start) / max(1, last_end - last_start - 1)
         return self.final_lr + (self.lr - self.final_lr) * (1 + math.cos(math.pi * progress)) / 2
 
+    def describe_schedule(self, crops: str) -> str:
+        """The optimiser, data and stages in words, for a model card's recipe."""
+        stages = [f"{iterations} iterations at {size} px" for size, iterations in self.stages()]
+        lr = f"lr {self.lr}" + ("" if self.final_lr is None else
+                                f" (cosine decay to {self.final_lr} over the last {self.stages()[-1][1]} iterations)")
+        return (f"Adam {lr}, batch {self.batch_size}, {crops} from {Path(self.dataset).resolve().name} "
+                f"({self.holdout} photos held out): {', then '.join(stages)}")
+
 
 # Settings a resumed run must share with the checkpoint, or it would not continue the same run.
 # (The crop size schedule must agree up to the checkpoint; later stages may change.)
-RUN_IDENTITY = (
-    "batch_size", "lr", "content_weight", "style_weight", "tv_weight", "stability_weight", "stability_motion", "holdout",
-    "seed",
-)
+# The objective adds its own (trainer.style.STYLE_IDENTITY, trainer.upscale.UPSCALE_IDENTITY).
+RUN_IDENTITY = ("batch_size", "lr", "holdout", "seed")
 # What a checkpoint written before a setting existed trained with.
 IDENTITY_BEFORE = {"stability_motion": "affine"}
 
@@ -139,8 +144,38 @@ class StopOnSignal:
             signal.signal(signum, handler)
 
 
+class Objective(Protocol):
+    """What one kind of training brings to the shared loop: trainer.style.StyleObjective,
+    trainer.upscale.UpscaleObjective."""
+
+    weights: dict[str, float]  # the weight of each loss term in the total
+    identity: dict  # its settings a resumed run must share with the checkpoint
+    resize_crops: bool  # random resized crops, or crops at the photos' own scale
+
+    def network(self) -> nn.Module:
+        """The network to train, initialised from the global generator."""
+
+    def loss_terms(self, net: nn.Module, images: torch.Tensor, autocast: torch.autocast) -> dict[str, torch.Tensor]:
+        """The unweighted loss terms of a batch of training crops."""
+
+    def save_samples(self, net: nn.Module, photos: torch.Tensor, path: Path) -> None:
+        """A PNG grid of what the network makes of the held-out photos."""
+
+    def card(self) -> dict:
+        """The model card's entries of its own."""
+
+    def recipe(self, precision: str) -> str:
+        """The model card's recipe: the training in one paragraph."""
+
+
+def make_objective(config: TrainConfig, loss_net: LossNetwork, device: torch.device) -> Objective:
+    if config.factor is not None:
+        return UpscaleObjective(config, loss_net)
+    return StyleObjective(config, loss_net, device)
+
+
 def train(config: TrainConfig) -> int | None:
-    """Train and save the style; returns None, or the number of the signal that
+    """Train and save the network; returns None, or the number of the signal that
     stopped training early after saving a checkpoint."""
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -148,7 +183,6 @@ def train(config: TrainConfig) -> int | None:
     precision = config.precision or ("bf16" if has_native_bf16(device) else "fp32")
     schedule = config.schedule()
     iterations = schedule[-1][1]
-    style_size = config.style_size or 2 * schedule[0][0]
 
     photos = find_images(config.dataset)
     if config.holdout >= len(photos):
@@ -158,24 +192,18 @@ def train(config: TrainConfig) -> int | None:
     # Spread over the pool: neighbours by name are often alike (ImageNet's classes come sorted).
     sample_photos = load_sample_photos(pool[:: max(1, len(pool) // SAMPLE_COUNT)][:SAMPLE_COUNT], SAMPLE_SIZE).to(device)
 
-    parent = _parent_style(config.init_from)
     loss_net = load_loss_network(config.vgg_weights).to(device)
-    style = load_style_image(config.style_image, style_size).to(device)
-    with torch.no_grad():
-        style_grams = [gram_matrix(features) for features in loss_net(style)]
-    identity = {key: getattr(config, key) for key in RUN_IDENTITY} | {
-        "style_size": style_size,
-        "style_image_sha256": sha256_file(config.style_image),
+    objective = make_objective(config, loss_net, device)
+    identity = {key: getattr(config, key) for key in RUN_IDENTITY} | objective.identity | {
         "training_images": len(train_paths),
         "vgg_weights": loss_net.description,
         "precision": precision,
-        "init_from": parent and sha256_file(parent.weights_path),
     }
 
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
-    net = (parent.load_network().train() if parent else TransformerNet()).to(device)
+    net = objective.network().to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
     recent: deque[dict[str, float]] = deque(maxlen=FINAL_LOSS_WINDOW)
     iteration, images_consumed, elapsed_s = 0, 0, 0.0
@@ -195,17 +223,15 @@ def train(config: TrainConfig) -> int | None:
         raise VidstyleError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --run-dir")
     _truncate_log(log_path, iteration)
 
-    weights = {"content": config.content_weight, "style": config.style_weight, "tv": config.tv_weight,
-               "stability": config.stability_weight}
-    batches = _scheduled_batches(schedule, iteration, train_paths, config, pin_memory=device.type == "cuda")
+    batches = _scheduled_batches(schedule, iteration, train_paths, config, objective.resize_crops,
+                                 pin_memory=device.type == "cuda")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     progress = tqdm(total=iterations, initial=iteration, unit="it", desc=config.name)
     with open(log_path, "a") as log, StopOnSignal() as stop:
         started = time.monotonic() - elapsed_s
         for iteration, images in batches:
-            terms = _loss_terms(net, loss_net, style_grams, images.to(device),
-                                config.stability_motion if config.stability_weight > 0 else None, autocast)
-            total = sum(weights[name] * value for name, value in terms.items())
+            terms = objective.loss_terms(net, images.to(device), autocast)
+            total = sum(objective.weights[name] * value for name, value in terms.items())
             for group in optimizer.param_groups:
                 group["lr"] = config.lr_at(iteration)
             optimizer.zero_grad(set_to_none=True)
@@ -223,7 +249,7 @@ def train(config: TrainConfig) -> int | None:
                 log.flush()
             finished = iteration == iterations
             if iteration % config.sample_every == 0 or finished:
-                _save_samples(net, sample_photos, run_dir / "samples" / f"iter_{iteration:06d}.png")
+                objective.save_samples(net, sample_photos, run_dir / "samples" / f"iter_{iteration:06d}.png")
             if iteration % config.checkpoint_every == 0 or finished or stop.signum:
                 _save_checkpoint(checkpoint_path, {
                     "iteration": iteration,
@@ -243,12 +269,7 @@ def train(config: TrainConfig) -> int | None:
                 return stop.signum
     progress.close()
 
-    card = {
-        "format": STYLE_FORMAT,
-        "name": config.name,
-        "style_image": Path(config.style_image).name,
-        "style_image_sha256": identity["style_image_sha256"],
-        "style_size": style_size,
+    card = objective.card() | {
         "dataset": {"name": Path(config.dataset).resolve().name, "images": len(train_paths), "held_out": len(held_out)},
         "image_size": schedule[-1][0],
         "curriculum": [list(stage) for stage in config.stages()],
@@ -257,62 +278,20 @@ def train(config: TrainConfig) -> int | None:
         "batch_size": config.batch_size,
         "lr": config.lr,
         "final_lr": config.final_lr,
-        "initialized_from": parent and {
-            "name": parent.name, "weights_sha256": identity["init_from"],
-            "iterations": parent.card.get("iterations"),
-        },  # the parent's recipe is already the start of this card's "recipe"
-        "content_weight": config.content_weight,
-        "style_weight": config.style_weight,
-        "tv_weight": config.tv_weight,
-        "stability_weight": config.stability_weight,
-        "stability_motion": config.stability_motion if config.stability_weight > 0 else None,
-        "loss_units": loss_units(config.stability_motion),
         "final_losses": {name: fmean(losses[name] for losses in recent) for name in recent[-1]} if recent else {},
         "vgg_weights": loss_net.description,
         "wall_time_s": round(elapsed_s, 1),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
         "seed": config.seed,
-        "recipe": _recipe(config, style_size, precision, parent),
+        "recipe": objective.recipe(precision),
     }
     save_style(net, config.output, card)
-    print(f"saved style {config.name}: {config.output}", file=sys.stderr)
+    print(f"saved {config.name}: {config.output}", file=sys.stderr)
     return None
 
 
-def _loss_terms(
-    net: TransformerNet, loss_net: LossNetwork, style_grams: list[torch.Tensor], images: torch.Tensor,
-    stability_motion: str | None, autocast: torch.autocast,
-) -> dict[str, torch.Tensor]:
-    """The unweighted loss terms, in the units of trainer.losses; the stability
-    term with the given motion, or none.
-
-    Only the networks run under autocast: the loss terms (Grams above all,
-    sums over 10^4..10^5 products) are computed in float32.
-    """
-    def stylize(x: torch.Tensor) -> torch.Tensor:
-        with autocast:
-            return net(x).float()
-
-    def loss_features(x: torch.Tensor, num_layers: int = len(style_grams)) -> list[torch.Tensor]:
-        with autocast:
-            return [f.float() for f in loss_net(x, num_layers=num_layers)]
-
-    stylized = stylize(images)
-    with torch.no_grad():
-        content_target = loss_features(images, CONTENT_LAYER + 1)[CONTENT_LAYER]
-    features = loss_features(stylized)
-    terms = {
-        "content": content_loss(features[CONTENT_LAYER], content_target),
-        "style": style_loss(features, style_grams),
-        "tv": total_variation(stylized),
-    }
-    if stability_motion:
-        terms["stability"] = stability_loss(stylize, images, stylized, stability_motion)
-    return terms
-
-
 def _scheduled_batches(
-    schedule: list[tuple[int, int]], done: int, paths: list[Path], config: TrainConfig, pin_memory: bool
+    schedule: list[tuple[int, int]], done: int, paths: list[Path], config: TrainConfig, resize: bool, pin_memory: bool
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """(iteration, batch) from iteration done + 1 to the end of the schedule, each stage at its crop size.
 
@@ -323,26 +302,9 @@ def _scheduled_batches(
         if done >= end:
             continue
         batches = training_batches(paths, size, config.batch_size, config.seed, done * config.batch_size,
-                                   config.workers, pin_memory)
+                                   config.workers, pin_memory, resize)
         yield from zip(range(done + 1, end + 1), batches)
         done = end
-
-
-def _save_samples(net: TransformerNet, photos: torch.Tensor, path: Path) -> None:
-    with torch.no_grad():
-        stylized = net(photos).clamp(0, 255)
-    # Rows of (original, stylized).
-    save_image(torch.stack([photos, stylized], dim=1).flatten(0, 1) / 255, path, nrow=2)
-
-
-def _parent_style(init_from: str | None) -> Style | None:
-    """The trained style a fine-tuning run starts from."""
-    if init_from is None:
-        return None
-    parent = find_style(init_from)
-    if parent.card.get("format", STYLE_FORMAT) != STYLE_FORMAT:
-        raise VidstyleError(f"--init-from {init_from}: model card format {parent.card['format']!r} is not {STYLE_FORMAT}")
-    return parent
 
 
 def _rng_states() -> dict:
@@ -416,20 +378,3 @@ def _truncate_log(path: Path, last_iteration: int) -> None:
             except (ValueError, KeyError):
                 pass  # a line cut short by a crash
     path.write_text("".join(kept))
-
-
-def _recipe(config: TrainConfig, style_size: int, precision: str, parent: Style | None) -> str:
-    stages = [f"{iterations} iterations at {size} px" for size, iterations in config.stages()]
-    lr = f"lr {config.lr}" + ("" if config.final_lr is None else
-                              f" (cosine decay to {config.final_lr} over the last {config.stages()[-1][1]} iterations)")
-    start = (f"Started from the weights of style {parent.name} "
-             f"({parent.card.get('iterations', 'unknown')} iterations: {parent.card.get('recipe', 'no recipe in its card')}) "
-             if parent else "")
-    text = (f"{start}Johnson et al. (2016) perceptual-loss training of vidstyle's TransformerNet: Adam {lr}, "
-            f"batch {config.batch_size}, random resized crops from {Path(config.dataset).resolve().name} "
-            f"({config.holdout} photos held out): {', then '.join(stages)}; "
-            f"style image long side {style_size} px, VGG-16 losses, networks in {precision}.")
-    if config.stability_weight > 0:
-        text += f" Temporal stability term: {describe_motion(config.stability_motion)}."
-    return text
-

@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # torch loads only with the commands that run a network
 # Redis answer at once without them.
 LAZY_COMMANDS = {
     "train": "trainer.cli:train",
+    "train-upscaler": "trainer.cli:train_upscaler",
     "eval": "trainer.cli:evaluate",
     "status": "workers.cli:status",
     "watch": "workers.cli:watch",

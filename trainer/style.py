@@ -1,0 +1,134 @@
+"""Style training's objective for the shared loop of trainer.train: TransformerNet against
+content, Gram-matrix style, total variation and optionally temporal stability losses."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torchvision.utils import save_image
+
+from trainer.data import load_style_image, sha256_file
+from trainer.losses import (
+    content_loss,
+    describe_motion,
+    gram_matrix,
+    loss_units,
+    stability_loss,
+    style_loss,
+    total_variation,
+)
+from trainer.vgg import CONTENT_LAYER, LossNetwork
+from vidstyle.errors import VidstyleError
+from vidstyle.model import TransformerNet
+from vidstyle.styles import Style, find_style
+
+if TYPE_CHECKING:
+    from trainer.train import TrainConfig
+
+STYLE_FORMAT = "vidstyle-style/1"
+# Settings of a style run a resumed run must share with its checkpoint.
+STYLE_IDENTITY = ("content_weight", "style_weight", "tv_weight", "stability_weight", "stability_motion")
+
+
+class StyleObjective:
+    """The style image's Grams, the loss terms of a batch of photos, samples and the card's style entries."""
+
+    resize_crops = True
+
+    def __init__(self, config: TrainConfig, loss_net: LossNetwork, device: torch.device):
+        if config.style_image is None:
+            raise VidstyleError("style training needs a style image")
+        self.config = config
+        self.loss_net = loss_net
+        self.style_size = config.style_size or 2 * config.schedule()[0][0]
+        self.parent = _parent_style(config.init_from)
+        style = load_style_image(config.style_image, self.style_size).to(device)
+        with torch.no_grad():
+            self.style_grams = [gram_matrix(features) for features in loss_net(style)]
+        self.weights = {"content": config.content_weight, "style": config.style_weight, "tv": config.tv_weight,
+                        "stability": config.stability_weight}
+        self.identity = {key: getattr(config, key) for key in STYLE_IDENTITY} | {
+            "style_size": self.style_size,
+            "style_image_sha256": sha256_file(config.style_image),
+            "init_from": self.parent and sha256_file(self.parent.weights_path),
+        }
+
+    def network(self) -> TransformerNet:
+        return self.parent.load_network().train() if self.parent else TransformerNet()
+
+    def loss_terms(self, net: TransformerNet, images: torch.Tensor, autocast: torch.autocast) -> dict[str, torch.Tensor]:
+        """The unweighted loss terms, in the units of trainer.losses; the stability
+        term only when it has a weight.
+
+        Only the networks run under autocast: the loss terms (Grams above all,
+        sums over 10^4..10^5 products) are computed in float32.
+        """
+        def stylize(x: torch.Tensor) -> torch.Tensor:
+            with autocast:
+                return net(x).float()
+
+        def loss_features(x: torch.Tensor, num_layers: int = len(self.style_grams)) -> list[torch.Tensor]:
+            with autocast:
+                return [f.float() for f in self.loss_net(x, num_layers=num_layers)]
+
+        stylized = stylize(images)
+        with torch.no_grad():
+            content_target = loss_features(images, CONTENT_LAYER + 1)[CONTENT_LAYER]
+        features = loss_features(stylized)
+        terms = {
+            "content": content_loss(features[CONTENT_LAYER], content_target),
+            "style": style_loss(features, self.style_grams),
+            "tv": total_variation(stylized),
+        }
+        if self.config.stability_weight > 0:
+            terms["stability"] = stability_loss(stylize, images, stylized, self.config.stability_motion)
+        return terms
+
+    def save_samples(self, net: TransformerNet, photos: torch.Tensor, path: Path) -> None:
+        with torch.no_grad():
+            stylized = net(photos).clamp(0, 255)
+        # Rows of (original, stylized).
+        save_image(torch.stack([photos, stylized], dim=1).flatten(0, 1) / 255, path, nrow=2)
+
+    def card(self) -> dict:
+        config = self.config
+        return {
+            "format": STYLE_FORMAT,
+            "name": config.name,
+            "style_image": Path(config.style_image).name,
+            "style_image_sha256": self.identity["style_image_sha256"],
+            "style_size": self.style_size,
+            "initialized_from": self.parent and {
+                "name": self.parent.name, "weights_sha256": self.identity["init_from"],
+                "iterations": self.parent.card.get("iterations"),
+            },  # the parent's recipe is already the start of this card's "recipe"
+            "content_weight": config.content_weight,
+            "style_weight": config.style_weight,
+            "tv_weight": config.tv_weight,
+            "stability_weight": config.stability_weight,
+            "stability_motion": config.stability_motion if config.stability_weight > 0 else None,
+            "loss_units": loss_units(config.stability_motion),
+        }
+
+    def recipe(self, precision: str) -> str:
+        config, parent = self.config, self.parent
+        start = (f"Started from the weights of style {parent.name} "
+                 f"({parent.card.get('iterations', 'unknown')} iterations: {parent.card.get('recipe', 'no recipe in its card')}) "
+                 if parent else "")
+        text = (f"{start}Johnson et al. (2016) perceptual-loss training of vidstyle's TransformerNet: "
+                f"{config.describe_schedule('random resized crops')}; "
+                f"style image long side {self.style_size} px, VGG-16 losses, networks in {precision}.")
+        if config.stability_weight > 0:
+            text += f" Temporal stability term: {describe_motion(config.stability_motion)}."
+        return text
+
+
+def _parent_style(init_from: str | None) -> Style | None:
+    """The trained style a fine-tuning run starts from."""
+    if init_from is None:
+        return None
+    parent = find_style(init_from)
+    if parent.card.get("format", STYLE_FORMAT) != STYLE_FORMAT:
+        raise VidstyleError(f"--init-from {init_from}: model card format {parent.card['format']!r} is not {STYLE_FORMAT}")
+    return parent
