@@ -18,9 +18,9 @@ import numpy as np
 # a frame below it is dimmer than nearly every photo the network learnt from.
 HIGHLIGHT_LEVEL = 200.0
 HIGHLIGHT_PERCENTILE = 99
-# Beyond this the lifted frame is mostly quantisation steps; the first frames of a
-# fade are dark enough that what the network makes of them hardly shows once dimmed.
-MAX_GAIN = 8.0
+# Beyond this the lifted frame is mostly quantisation steps (highlights below 13 of 255);
+# what the network makes of such a frame shows at a sixteenth of its brightness or less.
+MAX_GAIN = 16.0
 BT601_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
