@@ -85,8 +85,8 @@ def main() -> None:
             card = json.loads(card_path.read_text())
             # Figures not measured in this run (--skip-quality, clips not in --clips) stay as they were.
             earlier = card.get("evaluation", {})
-            clips = {name: figures for name, figures in earlier.get("flicker_clips", {}).items()
-                     if isinstance(figures, dict)} | row["clips"]
+            measured = {name: figures for name, figures in earlier.get("flicker_clips", {}).items()
+                        if isinstance(figures, dict)} | row["clips"]
             card["evaluation"] = {
                 **earlier,
                 "command": "python benchmarks/style_quality.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in (
@@ -97,9 +97,9 @@ def main() -> None:
                     "median_lbfgs_iterations_from_noise": row["noise"],
                     "median_lbfgs_iterations_from_photo": row["content"]} if "objective" in row else {}),
                 # Real footage, frame by frame and with the temporal stage (vidstyle eval flicker).
-                "flicker_clips": clips,
-                "mean_flicker_ratio": round(fmean(c["temporal"] for c in clips.values()), 2),
-                "mean_flicker_ratio_per_frame": round(fmean(c["per_frame"] for c in clips.values()), 2),
+                "flicker_clips": measured,
+                "mean_flicker_ratio": round(fmean(c["temporal"] for c in measured.values()), 2),
+                "mean_flicker_ratio_per_frame": round(fmean(c["per_frame"] for c in measured.values()), 2),
             }
             card_path.write_text(json.dumps(card, indent=2) + "\n")
     print()
