@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from vidstyle.inference import BT601_LUMA as BT601_LUMA_WEIGHTS
+
 # Highlights (the 99th percentile of luma) of 88% of the training photos reach this level (median 243):
 # a frame below it is dimmer than nearly every photo the network learnt from.
 HIGHLIGHT_LEVEL = 200.0
@@ -21,7 +23,7 @@ HIGHLIGHT_PERCENTILE = 99
 # Beyond this the lifted frame is mostly quantisation steps (highlights below 13 of 255);
 # what the network makes of such a frame shows at a sixteenth of its brightness or less.
 MAX_GAIN = 16.0
-BT601_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+BT601_LUMA = np.array(BT601_LUMA_WEIGHTS, dtype=np.float32)
 
 
 def exposure_gains(frames: np.ndarray) -> np.ndarray:

@@ -59,14 +59,14 @@ class Upscaler:
     def load_network(self) -> UpscalerNet:
         """Build an UpscalerNet in fp32 with these weights, in eval mode; a training checkpoint
         (its "model" entry) loads too, so that a run can be measured while it trains."""
-        if not self.weights_path.is_file():
-            raise VidstyleError(f"upscaler weights not found: {self.weights_path}")
         state = load_state(self.weights_path, "upscaler")
         return _load_into(UpscalerNet(self.factor), state.get("model", state), self.weights_path, "upscaler")
 
 
 def load_state(weights_path: Path, what: str) -> dict:
     """A state dict read with weights_only=True; one-line errors for anything else."""
+    if not Path(weights_path).is_file():
+        raise VidstyleError(f"{what} weights not found: {weights_path}")
     try:
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as exc:
