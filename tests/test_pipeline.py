@@ -157,11 +157,12 @@ class IdentityStylizer:
 
     device = torch.device("cpu")
     factor = 1
+    has_features = False  # no encoder, as an upscaler: the temporal stage blends its output
 
     def expect(self, frames: int, height: int, width: int, batch_size: int) -> bool:
         return False
 
-    def __call__(self, frames: np.ndarray, controls: object = None) -> np.ndarray:
+    def __call__(self, frames: np.ndarray, controls: object = None, between: object = None) -> np.ndarray:
         return frames
 
 

@@ -13,7 +13,9 @@ from test_pipeline import IdentityStylizer
 from trainer.evaluate import WarpingError
 from vidstyle.pipeline import stylize_file
 from vidstyle.segments import join_segments, plan_spans
-from vidstyle.temporal import MotionTracker, TemporalBlend, blur, blur_on_device, warp, warp_on_device
+from vidstyle.inference import Stylizer
+from vidstyle.styles import find_style
+from vidstyle.temporal import FeatureBlend, Motion, MotionTracker, TemporalBlend, blur, blur_on_device, warp, warp_on_device
 
 
 def texture(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -84,11 +86,42 @@ def test_blend_carries_the_previous_output_where_trusted() -> None:
     assert np.abs(second.astype(int) - 120).max() <= 1  # 200 + 0.8 * (100 - 200)
 
 
+def test_feature_blend_follows_the_motion_at_a_quarter_of_the_frame() -> None:
+    blend = FeatureBlend(strength=0.8)
+    pattern = torch.from_numpy(texture(12, 16).astype(np.float32)).permute(2, 0, 1)[None]  # (1, 3, 12, 16)
+    assert torch.equal(blend(pattern, [None]), pattern)  # no history yet
+    # The frame (48x64, four times the features) moved 8 pixels right: the features 2.
+    flow = np.zeros((48, 64, 2), np.float32)
+    flow[..., 0] = -8.0  # each pixel was 8 pixels further left in the previous frame
+    moved = torch.roll(pattern, 2, dims=3)
+    fresh = torch.zeros_like(moved)
+    out = blend(fresh, [Motion(flow, np.ones((48, 64), np.float32))])
+    # Where the flow stays inside the features, 80% of the moved pattern and 20% of the fresh frame.
+    assert (out[..., 2:] - 0.8 * moved[..., 2:]).abs().max() < 1e-3
+    untrusted = blend(fresh, [Motion(flow, np.zeros((48, 64), np.float32))])
+    assert torch.equal(untrusted, fresh)
+
+
+def test_a_style_network_is_steadied_through_its_features(tmp_path: Path) -> None:
+    """A real style network: the temporal stage blends its encoder features, not its output,
+    and the grainy background's flicker drops."""
+    stylizer = Stylizer(find_style("udnie").load_network(), torch.device("cpu"), compile=False)
+    assert stylizer.has_features
+    seen = []
+    run = stylizer._run
+    stylizer._run = lambda net, x, between: seen.append(between) or run(net, x, between)
+    source = grainy_clip(tmp_path / "grain.mp4", frames=12)
+    steady = stylize_file(source, tmp_path / "steady.mp4", stylizer)
+    assert seen and all(between is not None for between in seen)
+    plain = stylize_file(source, tmp_path / "plain.mp4", stylizer, temporal_strength=0)
+    assert np.mean(pair_errors(source, steady)) < 0.5 * np.mean(pair_errors(source, plain))
+
+
 class GrainAmplifier(IdentityStylizer):
     """Stands in for a style network in what makes it flicker: small changes of the
     input (grain) come out several times larger."""
 
-    def __call__(self, frames: np.ndarray, controls: object = None) -> np.ndarray:
+    def __call__(self, frames: np.ndarray, controls: object = None, between: object = None) -> np.ndarray:
         return (128 + 4 * (frames.astype(np.float32) - 128)).clip(0, 255).astype(np.uint8)
 
 

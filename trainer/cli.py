@@ -115,6 +115,9 @@ def train(style_image: Path, name: str | None, **options: object) -> None:
 @click.option("--pixel-weight", default=UPSCALE_PIXEL_WEIGHT, show_default=True,
               help="Weight of the per-pixel squared error term.")
 @click.option("--tv-weight", default=UPSCALE_TV_WEIGHT, show_default=True)
+@click.option("--max-blur", type=click.FloatRange(min=0), default=None,
+              help="Blur each training input by a Gaussian of a random sigma in 0..MAX_BLUR px before downsampling, "
+                   "so the network restores plain bicubic downscales too.  [default: the paper's sigma of 1 px for all]")
 @click.option("--init-from", type=click.Path(exists=True, dir_okay=False),
               help="Start from a trained upscaler's weights (.pth) of the same factor instead of random ones: fine-tune it.")
 def train_upscaler(factor: str, name: str | None, **options: object) -> None:

@@ -241,7 +241,7 @@ def evaluate_flicker(
     the warping error of each, their losses (with an objective, every loss_every-th
     frame) and, with strip, a PNG of a few consecutive frames and their changes."""
     device = getattr(stylizer, "device", torch.device("cpu"))
-    temporal = TemporalConsistency(device, temporal_strength)
+    temporal = TemporalConsistency(device, temporal_strength, getattr(stylizer, "has_features", False))
     error = WarpingError(("input", "per frame", "temporal"))
     ratios: dict[str, list[float]] = {"content": [], "style": []}  # temporal / per frame, per measured frame
     shown: collections.deque = collections.deque(maxlen=STRIP_FRAMES + 1)
@@ -252,8 +252,10 @@ def evaluate_flicker(
         nonlocal previous, frames
         lifted, gains = exposure.lift(np.stack(batch))  # as the pipeline does, with or without the temporal stage
         network_input, motions = temporal.prepare(lifted)
+        blend = temporal.feature_blend(motions)  # a Stylizer of a style network takes it between its halves
+        stylized = stylizer(network_input) if blend is None else stylizer(network_input, between=blend)
         outputs = zip(batch, exposure.restore(stylizer(lifted), gains),
-                      exposure.restore(temporal.finish(stylizer(network_input), motions), gains))
+                      exposure.restore(temporal.finish(stylized, motions), gains))
         for frame, plain, steady in outputs:
             current = {"input": frame, "per frame": plain, "temporal": steady}
             if previous is not None:

@@ -77,6 +77,9 @@ class TrainConfig:
     # Super-resolution: content_weight weighs the relu2_2 feature term (as for styles), and a
     # per-pixel term keeps colours and PSNR honest.
     pixel_weight: float = 0.0
+    # Super-resolution: None blurs every training input by the paper's sigma; a value blurs each
+    # by a sigma drawn from 0..max_blur, so the network also restores unblurred bicubic inputs.
+    max_blur: float | None = None
     holdout: int = 50
     seed: int = 0
     log_every: int = 10

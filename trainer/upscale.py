@@ -23,8 +23,15 @@ if TYPE_CHECKING:
 
 UPSCALER_FORMAT = "vidstyle-upscaler/1"
 BLUR_SIGMA_PX = 1.0  # the paper's
-DEGRADATION = (f"Gaussian blur of sigma {BLUR_SIGMA_PX:g} px, then bicubic downsampling by the factor "
-               "(antialiased, torch's interpolate), rounded to 8-bit values")
+DOWNSAMPLING = "then bicubic downsampling by the factor (antialiased, torch's interpolate), rounded to 8-bit values"
+DEGRADATION = f"Gaussian blur of sigma {BLUR_SIGMA_PX:g} px, {DOWNSAMPLING}"
+
+
+def degradation(max_blur: float | None) -> str:
+    """The card's words for a run's training inputs (TrainConfig.max_blur)."""
+    if max_blur is None:
+        return DEGRADATION
+    return f"Gaussian blur of a sigma drawn uniformly from 0..{max_blur:g} px per crop, {DOWNSAMPLING}"
 UPSCALE_LOSS_UNITS = (
     "images RGB 0..255; feature: mean squared difference of VGG-16 relu2_2 features of the output and the "
     "high-resolution crop; pixel: mean squared difference in 0..255 pixel units; tv: sum of absolute differences "
@@ -32,7 +39,7 @@ UPSCALE_LOSS_UNITS = (
     "terms are unweighted, total = sum of weight * term"
 )
 # Settings of a super-resolution run a resumed run must share with its checkpoint.
-UPSCALE_IDENTITY = ("factor", "content_weight", "pixel_weight", "tv_weight")
+UPSCALE_IDENTITY = ("factor", "content_weight", "pixel_weight", "tv_weight", "max_blur")
 # Default weights, with the feature term's weight 1: see README, Super-resolution.
 UPSCALE_PIXEL_WEIGHT = 30.0
 UPSCALE_TV_WEIGHT = 0.005
@@ -47,10 +54,11 @@ def _card_of(weights: Path) -> dict:
         raise VidstyleError(f"model card {card_path} is not valid JSON: {exc}") from exc
 
 
-def degrade(images: torch.Tensor, factor: int) -> torch.Tensor:
+def degrade(images: torch.Tensor, factor: int, sigmas: torch.Tensor | None = None) -> torch.Tensor:
     """The low-resolution input of each high-resolution image (N, 3, H, W), H and W multiples of
-    factor: the paper's blur and bicubic downsampling, quantised as a saved 8-bit image would be."""
-    blurred = gaussian_blur(images, torch.full((len(images),), BLUR_SIGMA_PX))
+    factor: a blur (the paper's sigma, or each image's of sigmas (N,)) and bicubic downsampling,
+    quantised as a saved 8-bit image would be."""
+    blurred = gaussian_blur(images, torch.full((len(images),), BLUR_SIGMA_PX) if sigmas is None else sigmas)
     small = F.interpolate(blurred, scale_factor=1 / factor, mode="bicubic", align_corners=False, antialias=True)
     return small.clamp(0, 255).round()
 
@@ -99,7 +107,8 @@ class UpscaleObjective:
 
     def loss_terms(self, net: UpscalerNet, images: torch.Tensor, autocast: torch.autocast) -> dict[str, torch.Tensor]:
         """The unweighted terms; the networks run under autocast, the degradation and the terms in float32."""
-        small = degrade(images, self.factor)
+        sigmas = None if self.config.max_blur is None else torch.rand(len(images)) * self.config.max_blur
+        small = degrade(images, self.factor, sigmas)
         with autocast:
             upscaled = net(small).float()
         with torch.no_grad(), autocast:
@@ -127,7 +136,7 @@ class UpscaleObjective:
             "task": "upscale",
             "name": config.name,
             "factor": self.factor,
-            "degradation": DEGRADATION,
+            "degradation": degradation(config.max_blur),
             "feature_weight": config.content_weight,
             "pixel_weight": config.pixel_weight,
             "tv_weight": config.tv_weight,
@@ -142,5 +151,5 @@ class UpscaleObjective:
         start = (f"Started from the weights {self.parent.name} ({self.parent_card.get('iterations', 'unknown')} iterations: "
                  f"{self.parent_card.get('recipe', 'no recipe in its card')}) " if self.parent else "")
         return (f"{start}Johnson et al. (2016) perceptual-loss super-resolution x{self.factor} of vidstyle's UpscalerNet: "
-                f"{self.config.describe_schedule(CROPS)}; inputs made by {DEGRADATION}; "
+                f"{self.config.describe_schedule(CROPS)}; inputs made by {degradation(self.config.max_blur)}; "
                 f"losses: VGG-16 relu2_2 features, per-pixel squared error, total variation; networks in {precision}.")

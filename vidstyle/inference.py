@@ -13,6 +13,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -288,6 +289,9 @@ class Stylizer:
         self.whole_frame_pixels = whole_frame_pixels
         self.eager_net = prepare_network(net, device)
         self.compiled_net: nn.Module | None = None  # made on the first compiled batch
+        # A style network (alone or chained) runs in two halves, so that the temporal stage
+        # can blend the features between them (vidstyle.temporal.FeatureBlend).
+        self.has_features = hasattr(net, "encode")
         self.forced_compile = compile if compile is not None else compile_setting()
         # (batch size, height, width) of the run `expect` chose to compile: its short last batch
         # is padded to the batch size, so that one graph serves the whole run.
@@ -326,7 +330,8 @@ class Stylizer:
         name = f"torch-{torch.__version__}-{self.device.type}-{dtype}-" + "x".join(map(str, shape))
         return cache_dir() / "compiled" / name
 
-    def _compiled(self) -> nn.Module:
+    def _compiled(self) -> nn.Module | tuple[Callable, Callable]:
+        """The compiled network: for a style network, its two halves (encode, render)."""
         if self.compiled_net is None:
             import torch._inductor.config as inductor_config
 
@@ -335,12 +340,19 @@ class Stylizer:
             # Inductor looks for a CUDA toolkit even on CPU-only hosts and warns on every run when
             # it finds one without a GPU: noise for the user, not a problem.
             logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-            self.compiled_net = torch.compile(self.eager_net, dynamic=False)
+            if self.has_features:
+                self.compiled_net = tuple(torch.compile(half, dynamic=False)
+                                          for half in (self.eager_net.encode, self.eager_net.render))
+            else:
+                self.compiled_net = torch.compile(self.eager_net, dynamic=False)
         return self.compiled_net
 
     @torch.inference_mode()
-    def __call__(self, frames: np.ndarray, controls: Controls = Controls()) -> np.ndarray:
-        """(N, H, W, 3) uint8 RGB in, (N, factor x H, factor x W, 3) uint8 RGB out, with the artist's `controls`."""
+    def __call__(self, frames: np.ndarray, controls: Controls = Controls(),
+                 between: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
+        """(N, H, W, 3) uint8 RGB in, (N, factor x H, factor x W, 3) uint8 RGB out, with the artist's `controls`.
+        `between` takes a style network's encoder features of the batch and returns them changed
+        (the temporal stage's blend); a network without features ignores it."""
         count, height, width = frames.shape[:3]
         compiled = self.compiles(height, width)
         if compiled and self.compiled_run and count < self.compiled_run[0]:
@@ -356,12 +368,12 @@ class Stylizer:
             limit = self.whole_frame_pixels
             # (The limit counts output pixels: an upscaler's memory grows with them.)
             if x[0, 0].numel() * len(x) * self.factor ** 2 > (limit if limit is not None else whole_frame_pixel_limit(self.device)):
-                y = torch.cat([run_in_parts(self.plain_net, frame[None].contiguous()) for frame in x])
-            elif compiled:
-                y = self._compiled()(x)
-                self._remember_compiled(tuple(x.shape[:1]) + tuple(x.shape[2:]))
+                y = torch.cat([run_in_parts(self.plain_net, frame[None].contiguous(), between) for frame in x])
             else:
-                y = self.eager_net(x)
+                net = self._compiled() if compiled else self.eager_net
+                y = self._run(net, x, between)
+                if compiled:
+                    self._remember_compiled(tuple(x.shape[:1]) + tuple(x.shape[2:]))
         y = y[:count, :, :height * self.factor, :width * self.factor].float()
         if not controls.plain:
             content = x[:count, :, :height, :width]
@@ -369,6 +381,18 @@ class Stylizer:
                 content = F.interpolate(content, scale_factor=self.factor, mode="bicubic")
             y = apply_controls(content, y, controls)
         return y.clamp_(0, 255).round_().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+    def _run(self, net: nn.Module | tuple[Callable, Callable], x: torch.Tensor,
+             between: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
+        if not self.has_features:
+            return net(x)
+        encode, render = net if isinstance(net, tuple) else (net.encode, net.render)
+        features = encode(x)
+        if between is not None:
+            features = between(features)
+        if isinstance(self.eager_net, StyleThenUpscale):
+            return render(features, *x.shape[-2:])
+        return render(features)
 
     def _remember_compiled(self, shape: tuple[int, ...]) -> None:
         if shape not in self.compiled_shapes:
@@ -381,15 +405,17 @@ class Stylizer:
                 pass
 
 
-def run_in_parts(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def run_in_parts(net: nn.Module, x: torch.Tensor,
+                 between: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """net(x) for a frame too large to run whole: a style network in strips (exact, its
-    instance norms see the whole frame), an upscaler in tiles (exact, it is local), both chained."""
+    instance norms see the whole frame), an upscaler in tiles (exact, it is local), both chained;
+    `between` as in Stylizer."""
     if isinstance(net, UpscalerNet):
         return upscale_in_tiles(net, x)
     if isinstance(net, StyleThenUpscale):
-        styled = stylize_in_strips(net.style, pad_to_multiple(x, TransformerNet.size_multiple))
-        return upscale_in_tiles(net.upscaler, net.stylized(styled, x))
-    return stylize_in_strips(net, x)
+        styled = stylize_in_strips(net.style, pad_to_multiple(x, TransformerNet.size_multiple), between=between)
+        return upscale_in_tiles(net.upscaler, net.stylized(styled, *x.shape[-2:]))
+    return stylize_in_strips(net, x, between=between)
 
 
 # Rough peak working memory of the network per output pixel: a few live

@@ -67,6 +67,7 @@ class UpsampleConvNormReLU(nn.Sequential):
 class TransformerNet(nn.Module):
     factor = 1  # output size over input size, as UpscalerNet's
     size_multiple = 4  # two stride-2 convolutions, two x2 upsamplings: other sizes come back larger
+    feature_stride = 4  # the encoder's features are a quarter of the input's height and width
 
     def __init__(self):
         super().__init__()
@@ -83,7 +84,15 @@ class TransformerNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.residuals(self.encoder(x)))
+        return self.render(self.encode(x))
+
+    # The two halves, for the temporal stage: it blends the encoder's features (at a quarter
+    # of the frame's size) with the previous frame's, and the rest paints crisp strokes from them.
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def render(self, features: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.residuals(features))
 
 
 UPSCALE_FACTORS = (2, 4, 8)
@@ -151,10 +160,17 @@ class StyleThenUpscale(nn.Module):
         self.factor = upscaler.factor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.upscaler(self.stylized(self.style(pad_to_multiple(x, TransformerNet.size_multiple)), x))
+        return self.render(self.encode(x), *x.shape[-2:])
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.style.encode(pad_to_multiple(x, TransformerNet.size_multiple))
+
+    def render(self, features: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """The upscaled output of an input of height x width from its style network's features."""
+        return self.upscaler(self.stylized(self.style.render(features), height, width))
 
     @staticmethod
-    def stylized(styled: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """The style network's output cropped to x's size and clamped to pixel values, as the
+    def stylized(styled: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """The style network's output cropped to the input's size and clamped to pixel values, as the
         upscaler saw its training images."""
-        return styled[..., :x.shape[-2], :x.shape[-1]].clamp(0, 255)
+        return styled[..., :height, :width].clamp(0, 255)

@@ -15,7 +15,7 @@ network's up to float rounding.
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -27,9 +27,14 @@ from vidstyle.model import ConvLayer, ResidualBlock, TransformerNet
 STRIP_PIXELS = 1 << 18
 
 
-def stylize_in_strips(net: TransformerNet, x: torch.Tensor, strip_pixels: int = STRIP_PIXELS) -> torch.Tensor:
-    """net(x) for (N, 3, H, W) x, with the working memory of a strip of strip_pixels output pixels per layer."""
-    return _run(_layers([net.encoder, net.residuals, net.decoder]), x, strip_pixels)
+def stylize_in_strips(net: TransformerNet, x: torch.Tensor, strip_pixels: int = STRIP_PIXELS,
+                      between: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """net(x) for (N, 3, H, W) x, with the working memory of a strip of strip_pixels output pixels per layer;
+    `between` (the temporal stage's feature blend) takes the encoder's features, as in Stylizer."""
+    features = _run(_layers([net.encoder]), x, strip_pixels)
+    if between is not None:
+        features = between(features)
+    return _run(_layers([net.residuals, net.decoder]), features, strip_pixels)
 
 
 def _layers(modules: Iterable[nn.Module]) -> Iterator[nn.Module]:
