@@ -6,11 +6,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from trainer.evaluate import evaluate_flicker
+from vidstyle.inference import Stylizer
 from vidstyle.preview import GAP, LABEL_WIDTH, sample_frames
 from vidstyle.sample import make_camera_video, make_sample_video
+from vidstyle.styles import find_style
 
 from conftest import TEST_STYLE, decode, run_cli
 
@@ -33,22 +36,28 @@ def test_camera_clip_moves_over_the_photo(camera_clip: Path) -> None:
 
 
 def test_flicker_ratio_is_one_for_the_input_and_grows_with_flicker(camera_clip: Path) -> None:
-    unchanged = evaluate_flicker(camera_clip, lambda frames: frames).per_frame
+    unchanged = evaluate_flicker(camera_clip, lambda frames, between=None: frames).per_frame
     assert unchanged.frames == 12 and unchanged.input_error > 0
     assert unchanged.ratio == pytest.approx(1.0)
 
     rng = np.random.default_rng(0)
 
-    def flickering(frames: np.ndarray) -> np.ndarray:
+    def flickering(frames: np.ndarray, between: object = None) -> np.ndarray:
         """Patches pulsing in brightness from frame to frame, as a style network's output does."""
         pulses = np.stack([cv2.GaussianBlur(rng.normal(0, 1, frame.shape).astype(np.float32), (0, 0), 8)
                            for frame in frames])
         return (frames + pulses * (30 / pulses.std())).clip(0, 255).astype(np.uint8)
 
-    report = evaluate_flicker(camera_clip, flickering)
-    assert report.per_frame.ratio > 3
-    # The temporal stage carries the previous output along the motion: most of the pulsing is gone.
-    assert report.temporal.ratio < report.per_frame.ratio / 2
+    assert evaluate_flicker(camera_clip, flickering).per_frame.ratio > 3
+
+
+def test_the_temporal_stage_steadies_a_style_network(camera_clip: Path) -> None:
+    """Measured both ways on a real style: its features carried along the motion calm the strokes."""
+    stylizer = Stylizer(find_style("udnie").load_network(), torch.device("cpu"), compile=False)
+    report = evaluate_flicker(camera_clip, stylizer)
+    # (On this camera pan over a photo the gain is small; on grain over a still background,
+    # test_temporal, the stage halves the error.)
+    assert report.temporal.ratio < report.per_frame.ratio
 
 
 def test_flicker_cli_reports_both_ways_and_writes_a_strip(camera_clip: Path, tmp_path: Path) -> None:

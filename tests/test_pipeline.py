@@ -157,7 +157,7 @@ class IdentityStylizer:
 
     device = torch.device("cpu")
     factor = 1
-    has_features = False  # no encoder, as an upscaler: the temporal stage blends its output
+    has_features = False  # no encoder, as an upscaler: the temporal stage only steadies its input
 
     def expect(self, frames: int, height: int, width: int, batch_size: int) -> bool:
         return False

@@ -19,7 +19,6 @@ from vidstyle.model import StyleThenUpscale, TransformerNet, UpscalerNet
 from vidstyle.pipeline import stylize_file
 from vidstyle.sample import make_sample_video
 from vidstyle.styles import find_treatment, find_upscaler, save_style
-from vidstyle.temporal import Motion, scaled
 from vidstyle.tiles import upscale_in_tiles
 
 
@@ -109,13 +108,6 @@ def test_style_then_upscale_in_parts_equals_the_whole_frame() -> None:
         out = stylizer(frames).astype(float)
         assert out.shape == (2, 38, 26, 3)
         assert np.abs(out - reference).max() <= 1 and np.abs(out - reference).mean() < 0.01
-
-
-def test_the_temporal_blend_of_a_chained_run_follows_the_motion_scaled_to_the_output() -> None:
-    moved_right = Motion(np.full((6, 5, 2), [-2.0, 0.0], np.float32), np.linspace(0, 1, 30, dtype=np.float32).reshape(6, 5))
-    at_output = scaled(moved_right, 24, 20)
-    assert at_output.flow.shape == (24, 20, 2) and np.allclose(at_output.flow, [-8.0, 0.0])
-    assert at_output.weight.shape == (24, 20) and 0 <= at_output.weight.min() < at_output.weight.max() <= 1
 
 
 def test_an_upscaler_compiles_by_its_output_size(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -233,15 +233,15 @@ STRIP_START = 12  # frames in: past the first, which the temporal stage has no h
 
 
 def evaluate_flicker(
-    video: Path, stylizer: Callable[[np.ndarray], np.ndarray], *, temporal_strength: float = DEFAULT_STRENGTH,
+    video: Path, stylizer: Callable[..., np.ndarray], *, temporal_strength: float = DEFAULT_STRENGTH,
     batch_size: int = 4, limit: int | None = None, size: tuple[int, int] | None = None,
     objective: PerceptualObjective | None = None, loss_every: int = 8, strip: Path | None = None,
 ) -> FlickerReport:
-    """The video stylized frame by frame and through the pipeline's temporal stage;
+    """The video stylized frame by frame and through the pipeline's temporal stage
+    (stylizer: a Stylizer, or a stand-in called as stylizer(frames, between=...));
     the warping error of each, their losses (with an objective, every loss_every-th
     frame) and, with strip, a PNG of a few consecutive frames and their changes."""
-    device = getattr(stylizer, "device", torch.device("cpu"))
-    temporal = TemporalConsistency(device, temporal_strength, getattr(stylizer, "has_features", False))
+    temporal = TemporalConsistency(temporal_strength)
     error = WarpingError(("input", "per frame", "temporal"))
     ratios: dict[str, list[float]] = {"content": [], "style": []}  # temporal / per frame, per measured frame
     shown: collections.deque = collections.deque(maxlen=STRIP_FRAMES + 1)
@@ -252,10 +252,8 @@ def evaluate_flicker(
         nonlocal previous, frames
         lifted, gains = exposure.lift(np.stack(batch))  # as the pipeline does, with or without the temporal stage
         network_input, motions = temporal.prepare(lifted)
-        blend = temporal.feature_blend(motions)  # a Stylizer of a style network takes it between its halves
-        stylized = stylizer(network_input) if blend is None else stylizer(network_input, between=blend)
-        outputs = zip(batch, exposure.restore(stylizer(lifted), gains),
-                      exposure.restore(temporal.finish(stylized, motions), gains))
+        steady = stylizer(network_input, between=temporal.feature_blend(motions))
+        outputs = zip(batch, exposure.restore(stylizer(lifted), gains), exposure.restore(steady, gains))
         for frame, plain, steady in outputs:
             current = {"input": frame, "per frame": plain, "temporal": steady}
             if previous is not None:

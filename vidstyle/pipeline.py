@@ -441,8 +441,7 @@ def _stylize_video(
 ) -> None:
     info = probe_video(input_path, sequence_fps)
     controls = replace(controls, luma=luma_weights(info.colour.get("colorspace")))
-    temporal = TemporalConsistency(stylizer.device, temporal_strength, stylizer.has_features) \
-        if temporal_strength > 0 else None
+    temporal = TemporalConsistency(temporal_strength) if temporal_strength > 0 else None
     expected = span.frames if span else info.frames
     batch_size = batch_size or default_batch_size(stylizer.device, info.height * stylizer.factor,
                                                   info.width * stylizer.factor)
@@ -475,8 +474,6 @@ def _stylize_video(
         while (item := stage.get(stage.decoded)) is not END:
             if isinstance(item, _FrameBatch):
                 item.pixels = stylizer(item.pixels, controls, temporal and temporal.feature_blend(item.motions))
-                if temporal is not None:
-                    item.pixels = temporal.finish(item.pixels, item.motions)
                 item.pixels = exposure.restore(item.pixels, item.gains)
                 if item.warmup:
                     continue

@@ -19,10 +19,7 @@ Reimann et al. 2023):
                 rest of the network then paints one set of crisp strokes from them.
                 Blending the output instead averages two frames' strokes into a
                 softer picture (style loss up to 1.4 times the per-frame output's
-                on the real clips; README, Temporal consistency);
-    output   -- for a network without an encoder (an upscaler), its output
-                blended with the previous output, its coarse shading fully, its
-                fine detail lightly.
+                on the real clips; README, Temporal consistency).
 
 Where an object moves fast, appears or is uncovered, the weight falls to zero
 and the fresh frame shows; so there is no ghosting behind motion, and the share
@@ -46,11 +43,6 @@ from vidstyle.model import TransformerNet
 FEATURE_STRIDE = TransformerNet.feature_stride
 
 DEFAULT_STRENGTH = 0.9
-# How the strength applies to steadying the network's input, to blending a style
-# network's features, and to blending the coarse shading and the fine detail of an
-# upscaler's output (see TemporalBlend).
-INPUT_SHARE, FEATURE_SHARE, OUTPUT_SHARE, OUTPUT_DETAIL_SHARE = 1.0, 1.0, 1.0, 0.3
-BASE_SIGMA = 6.0
 MIN_TRACKED_SIDE = 16
 FLOW_LONG_SIDE = 480  # flow resolution: finer costs time and changes little in the weight
 # The previous input frame, warped, may differ from the current one by grain and
@@ -163,82 +155,47 @@ def photometric_match(predicted: np.ndarray, actual: np.ndarray) -> np.ndarray:
 
 
 class TemporalConsistency:
-    """The temporal stage for one run of consecutive frames, in three parts: `prepare`
-    in the decoding thread (motion, and the network's input steadied along it);
-    `feature_blend`, which the Stylizer applies to a style network's encoder features;
-    and `finish` after the network (an upscaler's output blended with the previous output).
+    """The temporal stage for one run of consecutive frames of a style network, in two
+    parts: `prepare` in the decoding thread (motion, and the network's input steadied
+    along it), and `feature_blend`, which the Stylizer applies between the network's halves."""
 
-    `features`: whether the network has features to blend (Stylizer.has_features);
-    without, the output is blended instead."""
-
-    def __init__(self, device: torch.device, strength: float = DEFAULT_STRENGTH, features: bool = True):
+    def __init__(self, strength: float = DEFAULT_STRENGTH):
         if not 0 <= strength <= 1:
             raise VidstyleError(f"temporal strength must be within 0..1, not {strength:g}")
         self.motion = MotionTracker()
-        self.steady_input = TemporalBlend(torch.device("cpu"), strength * INPUT_SHARE)
-        self.steady_features = FeatureBlend(strength * FEATURE_SHARE) if features else None
-        self.steady_output = None if features else \
-            TemporalBlend(device, strength * OUTPUT_SHARE, strength * OUTPUT_DETAIL_SHARE)
+        self.steady_input = TemporalBlend(strength)
+        self.steady_features = FeatureBlend(strength)
 
     def prepare(self, frames: np.ndarray) -> tuple[np.ndarray, list[Motion | None]]:
         """(N, H, W, 3) uint8 frames in order: the batch for the network, and each one's motion."""
         motions = [self.motion(frame) for frame in frames]
         return self.steady_input(frames, motions), motions
 
-    def feature_blend(self, motions: list[Motion | None]) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    def feature_blend(self, motions: list[Motion | None]) -> Callable[[torch.Tensor], torch.Tensor]:
         """For a batch's frames, the function that blends their features (Stylizer's `between`)."""
-        if self.steady_features is None:
-            return None
         return functools.partial(self.steady_features, motions=motions)
-
-    def finish(self, stylized: np.ndarray, motions: list[Motion | None]) -> np.ndarray:
-        """The network's (N, H', W', 3) output, blended when its features were not; an output larger
-        than its input (an upscale) takes the motion scaled to its size."""
-        if self.steady_output is None:
-            return stylized
-        size = stylized.shape[1:3]
-        return self.steady_output(stylized, [scaled(m, *size) if m is not None else None for m in motions])
-
-
-def scaled(motion: Motion, height: int, width: int) -> Motion:
-    """The motion at height x width (an upscaled output's): the flow resized and its vectors lengthened."""
-    if motion.weight.shape == (height, width):
-        return motion
-    factor = width / motion.weight.shape[1]
-    return Motion(cv2.resize(motion.flow, (width, height), interpolation=cv2.INTER_LINEAR) * factor,
-                  cv2.resize(motion.weight, (width, height), interpolation=cv2.INTER_LINEAR))
 
 
 class TemporalBlend:
-    """Blends each frame with the previous output, warped along the motion, in two
-    bands: the coarse shading (a Gaussian blur of BASE_SIGMA) by `strength` x trust,
-    the fine detail (the rest) by `detail_strength` x trust. Mixing the fine
-    detail of two different frames averages their strokes away; the coarse band
-    carries most of what a viewer sees as flicker (patches pulsing in brightness
-    and colour).
+    """Blends each frame with the previous blended frame, warped along the motion, by
+    `strength` x trust (CPU, OpenCV).
 
     Stateful: feed it the frames of one run of consecutive frames in order;
     a frame without motion (the first, or after a seek) starts afresh."""
 
-    def __init__(self, device: torch.device, strength: float, detail_strength: float | None = None):
-        self.device, self.strength = device, strength
-        self.detail_strength = strength if detail_strength is None else detail_strength
-        self.previous: torch.Tensor | None = None  # (H, W, 3) float32 on device: the last output
+    def __init__(self, strength: float):
+        self.strength = strength
+        self.previous: torch.Tensor | None = None  # (H, W, 3) float32: the last blended frame
 
     def __call__(self, frames: np.ndarray, motions: list[Motion | None]) -> np.ndarray:
         """(N, H, W, 3) uint8 frames and each one's motion from the frame before; the blended frames."""
-        blended = torch.from_numpy(frames).to(self.device).float()
+        blended = torch.from_numpy(frames).float()
         for index, motion in enumerate(motions):
             if motion is not None and self.previous is not None and self.strength > 0:
-                trust = torch.from_numpy(motion.weight).to(self.device)[..., None]
-                change = warp(self.previous, motion.flow) - blended[index]
-                if self.detail_strength == self.strength:  # one band: no blur needed
-                    blended[index] += trust * self.strength * change
-                else:
-                    base = blur(change)
-                    blended[index] += trust * (self.strength * base + self.detail_strength * (change - base))
+                trust = torch.from_numpy(motion.weight)[..., None]
+                blended[index] += trust * self.strength * (warp(self.previous, motion.flow) - blended[index])
             self.previous = blended[index]
-        return blended.clamp_(0, 255).round_().to(torch.uint8).cpu().numpy()
+        return blended.clamp_(0, 255).round_().to(torch.uint8).numpy()
 
 
 class FeatureBlend:
@@ -247,7 +204,7 @@ class FeatureBlend:
     network's residual blocks and decoder then paint one set of strokes that
     follows the scene, where blending two painted frames would average their strokes away.
 
-    Stateful, like TemporalBlend; called with a batch's features and each frame's
+    Stateful, like TemporalBlend, on the network's device; called with a batch's features and each frame's
     motion. Features beyond the motions given (a compiled run's short last batch,
     padded with repeats) pass unchanged and leave no history."""
 
@@ -283,45 +240,14 @@ def _at_feature_size(motion: Motion, height: int, width: int) -> tuple[np.ndarra
     return np.pad(flow, pad + ((0, 0),), mode="edge"), np.pad(weight, pad, mode="edge")
 
 
-def blur(image: torch.Tensor) -> torch.Tensor:
-    """A Gaussian blur of BASE_SIGMA pixels of an (H, W, C) float32 image."""
-    if image.device.type == "cpu":
-        blurred = cv2.GaussianBlur(image.numpy(), (0, 0), BASE_SIGMA, borderType=cv2.BORDER_REPLICATE)
-        return torch.from_numpy(blurred.reshape(image.shape))
-    return blur_on_device(image)
-
-
-def blur_on_device(image: torch.Tensor) -> torch.Tensor:
-    """blur() in tensor operations, for GPUs (OpenCV's is faster on a CPU)."""
-    radius = int(3 * BASE_SIGMA)
-    taps = torch.exp(-torch.arange(-radius, radius + 1, device=image.device, dtype=torch.float32) ** 2
-                     / (2 * BASE_SIGMA ** 2))
-    taps /= taps.sum()
-    channels = image.permute(2, 0, 1)[:, None]  # (C, 1, H, W): one separable pass per axis
-    channels = F.conv2d(F.pad(channels, (radius, radius, 0, 0), mode="replicate"), taps.view(1, 1, 1, -1))
-    channels = F.conv2d(F.pad(channels, (0, 0, radius, radius), mode="replicate"), taps.view(1, 1, -1, 1))
-    return channels[:, 0].permute(1, 2, 0)
-
-
 def warp(image: torch.Tensor, flow: np.ndarray) -> torch.Tensor:
-    """image (H, W, C) float32 sampled at each pixel + flow (H, W, 2), bicubic: sharper than
-    bilinear, which blurs a little more every time a frame is carried forward."""
+    """image (H, W, C) float32 on the CPU sampled at each pixel + flow (H, W, 2), bicubic: sharper
+    than bilinear, which blurs a little more every time a frame is carried forward."""
     height, width = image.shape[:2]
-    if image.device.type == "cpu":  # OpenCV's remap: three times faster than grid_sample on a CPU
-        grid_x, grid_y = _pixel_grid(height, width)
-        warped = cv2.remap(image.numpy(), grid_x + flow[..., 0], grid_y + flow[..., 1], cv2.INTER_CUBIC,
-                           borderMode=cv2.BORDER_REPLICATE)
-        return torch.from_numpy(warped.reshape(image.shape)).clamp_(0, 255)
-    return warp_on_device(image, flow)
-
-
-def warp_on_device(image: torch.Tensor, flow: np.ndarray) -> torch.Tensor:
-    """warp() with grid_sample, for GPUs."""
-    height, width = image.shape[:2]
-    grid = sampling_grid(torch.from_numpy(flow).to(image.device), height, width)
-    warped = F.grid_sample(image.permute(2, 0, 1)[None], grid[None], mode="bicubic", padding_mode="border",
-                           align_corners=True)
-    return warped[0].permute(1, 2, 0).clamp_(0, 255)
+    grid_x, grid_y = _pixel_grid(height, width)
+    warped = cv2.remap(image.numpy(), grid_x + flow[..., 0], grid_y + flow[..., 1], cv2.INTER_CUBIC,
+                       borderMode=cv2.BORDER_REPLICATE)
+    return torch.from_numpy(warped.reshape(image.shape)).clamp_(0, 255)
 
 
 def sampling_grid(offsets: torch.Tensor, height: int, width: int) -> torch.Tensor:
