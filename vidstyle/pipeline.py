@@ -123,8 +123,9 @@ def stylize_file(
     replaces the dead one's partial file instead of leaving a second one.
     With `span`, only those frames, and no audio: one segment of a job split
     over several workers, joined later by vidstyle.segments.
-    `temporal_strength` (0..1; 0 turns it off) is how much of each video frame
-    comes from the previous output carried along the motion (vidstyle.temporal).
+    `temporal_strength` (0..1; 0 turns it off) is how much of each video frame's
+    network input and features comes from the previous frame's, carried along the
+    motion (vidstyle.temporal).
     `before_commit` is called just before the rename; raising from it (a worker
     whose job was handed to another, say) discards the output instead.
     An image sequence (`shot/frame_%04d.png`, in or out) plays at `sequence_fps`.

@@ -58,7 +58,7 @@ class Motion:
     """How a frame relates to the previous one, at full resolution."""
 
     flow: np.ndarray  # (H, W, 2) float32: where each pixel was in the previous frame, in pixels
-    weight: np.ndarray  # (H, W) float32 in 0..1: how far the previous output can be trusted there
+    weight: np.ndarray  # (H, W) float32 in 0..1: how far what the previous frame carries can be trusted there
 
 
 class MotionTracker:
@@ -104,7 +104,8 @@ class MotionTracker:
 def reliable_motion(
     before: np.ndarray, now: np.ndarray, backward: np.ndarray, forward: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The backward flow to use, and per pixel of `now` (0..1) whether it can carry the previous output.
+    """The backward flow to use, and per pixel of `now` (0..1) whether it can carry the previous frame's
+    steadied input and features.
 
     Where the estimated flow fails its checks but the pixel has not changed at
     all, the flow is taken to be zero: flat areas (sky, walls) give optical flow
