@@ -97,12 +97,25 @@ def test_feature_blend_follows_the_motion_at_a_quarter_of_the_frame() -> None:
     flow = np.zeros((48, 64, 2), np.float32)
     flow[..., 0] = -8.0  # each pixel was 8 pixels further left in the previous frame
     moved = torch.roll(pattern, 2, dims=3)
-    fresh = torch.zeros_like(moved)
-    out = blend(fresh, [Motion(flow, np.ones((48, 64), np.float32))])
+    fresh = 0.9 * moved  # a little darker: a change of the size flicker makes
+    out = blend(fresh.clone(), [Motion(flow, np.ones((48, 64), np.float32))])
     # Where the flow stays inside the features, 80% of the moved pattern and 20% of the fresh frame.
-    assert (out[..., 2:] - 0.8 * moved[..., 2:]).abs().max() < 1e-3
+    assert (out[..., 2:] - (0.2 * fresh + 0.8 * moved)[..., 2:]).abs().max() < 0.2
     untrusted = blend(fresh, [Motion(flow, np.zeros((48, 64), np.float32))])
     assert torch.equal(untrusted, fresh)
+
+
+def test_feature_blend_lets_new_content_through_where_the_motion_trusted_the_past() -> None:
+    """Something that appears on a flat area, which the motion's trust missed: its features
+    differ from the carried ones by far more than flicker, and show at once instead of fading in."""
+    blend = FeatureBlend(strength=0.8)
+    flat = torch.zeros(1, 8, 16, 16)
+    blend(flat, [None])
+    appeared = flat.clone()
+    appeared[..., 4:8, 4:8] = 10.0
+    out = blend(appeared, [Motion(np.zeros((64, 64, 2), np.float32), np.ones((64, 64), np.float32))])
+    assert out[..., 4:8, 4:8].min() > 8.0  # the plain blend: 10 - 0.8 * 10 = 2
+    assert torch.equal(out[..., 8:, 8:], flat[..., 8:, 8:])
 
 
 def test_a_style_network_is_steadied_through_its_features(tmp_path: Path) -> None:
