@@ -227,7 +227,7 @@ class FeatureBlend:
         self.previous: torch.Tensor | None = None  # (1, C, h, w): the last frame's blended features
 
     def __call__(self, features: torch.Tensor, motions: list[Motion | None]) -> torch.Tensor:
-        blended = features.float()
+        blended = features.to(torch.float32, copy=True)  # blended in a copy: the caller keeps its features
         for index, motion in enumerate(motions):
             current = blended[index:index + 1]
             if motion is not None and self.previous is not None and self.previous.shape == current.shape:
