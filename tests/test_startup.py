@@ -1,5 +1,5 @@
 """Compile only where it pays, and keep what was compiled: the decision, the settings
-and the cache folder (no test compiles: conftest sets VIDSTYLE_COMPILE=0)."""
+and the cache folder (one test compiles; conftest sets VIDSTYLE_COMPILE=0 for the rest)."""
 from __future__ import annotations
 
 import os
@@ -13,9 +13,10 @@ from test_pipeline import IdentityStylizer
 from vidstyle import inference
 from vidstyle.errors import VidstyleError
 from vidstyle.inference import Stylizer, should_compile
-from vidstyle.model import TransformerNet
+from vidstyle.model import TransformerNet, UpscalerNet
 from vidstyle.pipeline import stylize_file
 from vidstyle.sample import make_sample_video
+from vidstyle.styles import find_style
 
 CPU = torch.device("cpu")
 
@@ -65,9 +66,10 @@ def test_cache_dir_setting_is_honoured(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine" / "inductor")
 
 
-def test_compiled_batches_keep_one_shape_and_are_remembered_in_the_cache(monkeypatch: pytest.MonkeyPatch,
-                                                                         tmp_path: Path) -> None:
+def test_compiled_batches_keep_one_shape_and_are_remembered_in_the_process_and_the_cache(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("VIDSTYLE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(inference, "COMPILED_IN_PROCESS", set())
     torch.manual_seed(0)
     stylizer = Stylizer(TransformerNet(), CPU, compile=True, precision="fp32")
     stylizer.compiled_net = stylizer.eager_net  # stands in for torch.compile's wrapper: same shapes in, same out
@@ -75,19 +77,49 @@ def test_compiled_batches_keep_one_shape_and_are_remembered_in_the_cache(monkeyp
     frames = np.random.default_rng(0).integers(0, 256, (3, 18, 22, 3), dtype=np.uint8)  # a short last batch
     got = stylizer(frames)
     assert got.shape == frames.shape
-    assert stylizer.compiled_shapes == {(4, 20, 24)}  # padded to the batch size and a multiple of 4
+    # Padded to the batch size and a multiple of 4.
+    assert inference.COMPILED_IN_PROCESS == {stylizer._compiled_key((4, 20, 24))}
     eager = Stylizer(TransformerNet(), CPU, compile=False, precision="fp32")
     eager.eager_net = stylizer.eager_net
     assert np.abs(got.astype(int) - eager(frames).astype(int)).max() <= 1
     assert len(list((tmp_path / "compiled").iterdir())) == 1
-    # A later process finds the shape in the cache: compiling it then pays sooner.
     monkeypatch.setenv("VIDSTYLE_COMPILE", "auto")
     later = Stylizer(TransformerNet(), CPU, precision="fp32")
     assert later.expect(between_break_evens(), 360, 640, 4) is False
     later._remember_compiled((4, 360, 640))
+    # Another style's network in this process: its kind's graph is compiled already, so even a few frames use it.
+    assert Stylizer(TransformerNet(), CPU, precision="fp32").expect(10, 360, 640, 4)
+    # A later process finds the shape in the on-disk cache: compiling it then pays sooner.
+    inference.COMPILED_IN_PROCESS.clear()
+    assert not Stylizer(TransformerNet(), CPU, precision="fp32").expect(10, 360, 640, 4)
     again = Stylizer(TransformerNet(), CPU, precision="fp32")
     assert again.expect(between_break_evens(), 360, 640, 4)
     assert again.compiles(360, 640) and not again.compiles(600, 400)  # a still after the clip runs eager
+    # An upscaler is a graph of its own.
+    assert Stylizer(UpscalerNet(4), CPU, precision="fp32")._compiled_key((4, 360, 640)) != again._compiled_key(
+        (4, 360, 640))
+
+
+def test_one_compiled_graph_serves_every_style(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The one test that really compiles (tens of seconds): a second style's network runs in the
+    first one's compiled graph, with its own weights, and compiles nothing."""
+    monkeypatch.setenv("VIDSTYLE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(inference, "COMPILED_IN_PROCESS", set())
+    torch._dynamo.reset()
+    frames = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    first, second = (Stylizer(find_style(name).load_network(), CPU, compile=True, precision="fp32")
+                     for name in ("udnie", "the-scream"))
+    first.expect(2, 16, 16, 2)
+    first(frames)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert graphs >= 2  # the two halves, compiled
+    second.expect(2, 16, 16, 2)
+    got = second(frames)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+    eager = Stylizer(TransformerNet(), CPU, compile=False, precision="fp32")
+    eager.eager_net = second.eager_net
+    assert np.abs(got.astype(int) - eager(frames).astype(int)).max() <= 1
+    assert np.abs(got.astype(int) - first(frames).astype(int)).max() > 10  # its weights, not the first's
 
 
 class RecordingStylizer(IdentityStylizer):

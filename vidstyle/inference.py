@@ -200,18 +200,24 @@ def compile_setting() -> bool | None:
 # AVX512-BF16, bfloat16, batches of 4 at 640x360, the machine idle: eager
 # 0.25 s a frame, compiled 0.123 (8.11 frames/s, benchmarks/pipeline.py), so
 # each frame saves 0.127 s, 0.55 s per megapixel; compiling a new frame size
-# takes about 35 s with an empty cache, and about a third of that (12 s) when
-# Inductor's on-disk cache holds the size's kernels (measured on the loaded
-# machine: 24 against 97 s, and 15 s more than eager's first batch at 72 frames). Both scale alike with load, so the break-even
-# counts hold: about 280 frames at 640x360 cold, 95 cached (benchmarks/startup.py).
+# takes about 42 s with an empty cache, and about 3 s more than an eager first
+# batch when Inductor's on-disk caches hold the graph (the weights are not frozen
+# into it, so its FX graph and AOTAutograd entries load whole; measured against
+# frozen weights on the loaded machine: 59 against 49 s cold, 4.3 against 19 s
+# cached). Both scale alike with load, so the break-even counts hold: about 330
+# frames at 640x360 cold, 25 cached (benchmarks/startup.py).
 # CUDA: estimates, no GPU was at hand. Triton compiles for longer (about a
 # minute cold), and a frame takes milliseconds either way (about 5 ms saved per
 # 1080p frame): in absolute time a GPU frame saves far less than a CPU frame, so
 # on CUDA compiling pays only after thousands of frames (about 1,900 at 1080p
 # cached, 14,000 cold), not fewer frames than on the CPU.
-COMPILE_SECONDS = {"cpu": 35.0, "cuda": 60.0}
-CACHED_COMPILE_SECONDS = {"cpu": 12.0, "cuda": 8.0}
+COMPILE_SECONDS = {"cpu": 42.0, "cuda": 60.0}
+CACHED_COMPILE_SECONDS = {"cpu": 3.0, "cuda": 8.0}
 GAIN_SECONDS_PER_MEGAPIXEL = {"cpu": 0.55, "cuda": 0.002}
+# The graphs compiled in this process (Stylizer._compiled_key): running one again costs
+# nothing, whichever network of its kind it is for.
+COMPILED_IN_PROCESS: set[str] = set()
+COMPILED_SIZES_PER_PROCESS = 64  # torch's limit of graphs per function (default 8); past it, new sizes run eager
 
 
 def should_compile(frames: int, height: int, width: int, device: torch.device,
@@ -296,18 +302,19 @@ class Stylizer:
         # (batch size, height, width) of the run `expect` chose to compile: its short last batch
         # is padded to the batch size, so that one graph serves the whole run.
         self.compiled_run: tuple[int, int, int] | None = None
-        self.compiled_shapes: set[tuple[int, ...]] = set()
         self.autocast_dtype = autocast_dtype(device, precision)
+        # What a compiled graph depends on besides the input's shape: the network's kind, not its weights.
+        self.kind = f"{type(net).__name__}{net.factor}"
 
     def expect(self, frames: int, height: int, width: int, batch_size: int) -> bool:
         """Decide whether the coming `frames` frames (0: unknown) of height x width,
         in batches of `batch_size`, run compiled (see should_compile); returns the choice."""
         batch_size = max(1, min(batch_size, frames or batch_size))
-        shape = self._network_shape(batch_size, height, width)
-        if shape in self.compiled_shapes and self.forced_compile is not False:
-            compiling = True  # compiled in this process already: free
+        key = self._compiled_key(self._network_shape(batch_size, height, width))
+        if key in COMPILED_IN_PROCESS and self.forced_compile is not False:
+            compiling = True  # compiled in this process already, for this network or another of its kind: free
         else:
-            cached = self._compiled_marker(shape).exists()
+            cached = (cache_dir() / "compiled" / key).exists()
             # By the output's size: an upscaler's work, and what compiling saves, grows with it
             # (x4 from 320x180: 2.7x faster compiled, 1.5 s a frame; README, Super-resolution).
             compiling = should_compile(frames, height * self.factor, width * self.factor, self.device,
@@ -323,20 +330,24 @@ class Stylizer:
     def _network_shape(self, batch: int, height: int, width: int) -> tuple[int, ...]:
         return (batch, *(max(MIN_SIDE, side + -side % self.size_multiple) for side in (height, width)))
 
-    def _compiled_marker(self, shape: tuple[int, ...]) -> Path:
-        """A file that says this shape was compiled into the on-disk cache (which torch keys
-        by graph hashes that cannot be asked cheaply beforehand)."""
+    def _compiled_key(self, shape: tuple[int, ...]) -> str:
+        """Names a compiled graph: the key of COMPILED_IN_PROCESS, and the name of a file under
+        cache_dir()/compiled that says the on-disk cache holds it (torch keys that cache by graph
+        hashes that cannot be asked cheaply beforehand)."""
         dtype = str(self.autocast_dtype or torch.float32).removeprefix("torch.")
-        name = f"torch-{torch.__version__}-{self.device.type}-{dtype}-" + "x".join(map(str, shape))
-        return cache_dir() / "compiled" / name
+        return f"torch-{torch.__version__}-{self.device.type}-{dtype}-{self.kind}-" + "x".join(map(str, shape))
 
     def _compiled(self) -> nn.Module | tuple[Callable, Callable]:
         """The compiled network: for a style network, its two halves (encode, render)."""
         if self.compiled_net is None:
-            import torch._inductor.config as inductor_config
-
             use_cache_dir()
-            inductor_config.freezing = True  # constant-fold the weights into oneDNN's packed layout
+            # The weights stay graph inputs (Inductor's default; its `freezing` would fold them in
+            # as constants): so one compiled graph serves every network of its kind, and the on-disk
+            # FX graph cache can hold it. Measured (README, Start-up): a second style in the same
+            # process runs compiled at once, a new process loads a cached size in a third of a
+            # frozen graph's time, and frames run no slower.
+            # A long-lived worker meets many frame sizes, each a graph of its own.
+            torch._dynamo.config.recompile_limit = COMPILED_SIZES_PER_PROCESS
             # Inductor looks for a CUDA toolkit even on CPU-only hosts and warns on every run when
             # it finds one without a GPU: noise for the user, not a problem.
             logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
@@ -395,9 +406,10 @@ class Stylizer:
         return render(features)
 
     def _remember_compiled(self, shape: tuple[int, ...]) -> None:
-        if shape not in self.compiled_shapes:
-            self.compiled_shapes.add(shape)
-            marker = self._compiled_marker(shape)
+        key = self._compiled_key(shape)
+        if key not in COMPILED_IN_PROCESS:
+            COMPILED_IN_PROCESS.add(key)
+            marker = cache_dir() / "compiled" / key
             try:
                 marker.parent.mkdir(parents=True, exist_ok=True)
                 marker.touch()
@@ -471,19 +483,24 @@ def warm_sizes() -> list[tuple[int, int]]:
     return sizes
 
 
-def warm_compile_cache(sizes: list[tuple[int, int]], device_name: str | None = None) -> None:
-    """Compile the network for each (width, height) into the on-disk cache, at the
-    batch size a job of that size runs in, so that a job of one of these sizes
-    finds it compiled. The compiled code does not depend on the weights: any
-    style's network is a TransformerNet, so random weights stand in for all."""
+def compile_warm_sizes(sizes: list[tuple[int, int]], device_name: str | None = None,
+                       only_uncached: bool = False) -> None:
+    """Compile the style network for each (width, height), at the batch size a job of that size
+    runs in, into this process and the on-disk cache (loading it from there when it holds it), so
+    that a job of one of these sizes finds it compiled. The compiled graph does not depend on the
+    weights: random ones stand in for every style's. `only_uncached` skips the sizes the on-disk
+    cache holds already (a process that only fills the cache for others)."""
     if compile_setting() is False:
         return
     device = resolve_device(device_name)
     stylizer = Stylizer(TransformerNet(), device, compile=True)
     for width, height in sizes:
         batch_size = default_batch_size(device, height, width)
-        if stylizer._compiled_marker(stylizer._network_shape(batch_size, height, width)).exists():
+        key = stylizer._compiled_key(stylizer._network_shape(batch_size, height, width))
+        cached = (cache_dir() / "compiled" / key).exists()
+        if key in COMPILED_IN_PROCESS or only_uncached and cached:
             continue
-        logging.getLogger(__name__).warning(f"compiling the network for {width}x{height} frames (VIDSTYLE_WARM_SIZES)")
+        doing = "loading the compiled network" if cached else "compiling the network"
+        logging.getLogger(__name__).warning(f"{doing} for {width}x{height} frames (VIDSTYLE_WARM_SIZES)")
         stylizer.expect(batch_size, height, width, batch_size)
         stylizer(np.zeros((batch_size, height, width, 3), np.uint8))

@@ -15,6 +15,7 @@ Why each matters for long GPU jobs on a Redis broker:
 """
 from __future__ import annotations
 
+from vidstyle.inference import warm_sizes
 from vidstyle.jobs import DEFAULT_QUEUE, seconds_setting
 from vidstyle.jobs import broker_url as configured_broker_url
 from vidstyle.jobs import job_store_url
@@ -37,6 +38,11 @@ task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
 worker_concurrency = 1  # a job at a time: one network fills a GPU (`vidstyle worker -c N` for more)
+# A pool process compiles the warm sizes before it reports up (workers.tasks): seconds each from the
+# cache `vidstyle worker` fills first, about a minute each without it (Triton's longer); Celery's
+# default 4 s would kill it as failed to start.
+WARM_SECONDS_PER_SIZE = 600.0
+worker_proc_alive_timeout = 4.0 + WARM_SECONDS_PER_SIZE * len(warm_sizes())
 # A job whose broker connection drops runs on: the copy of its message that Redis hands out again
 # finds it running on a live worker and is dropped (workers.tasks). Celery's alternative, killing
 # the job, would also record its segment as revoked and so fail the chord of a split job.

@@ -227,8 +227,9 @@ def workers(as_json: bool) -> None:
 
 def warm_compile_cache() -> None:
     """Compile the network for the common frame sizes (VIDSTYLE_WARM_SIZES) into the
-    on-disk cache before taking jobs, so that no job waits for it. In a child process:
-    the pool forks from this one, which must not have started torch's threads."""
+    on-disk cache before taking jobs, once, for every pool process to load in seconds
+    (workers.tasks). In a child process: the pool forks from this one, which must not
+    have started torch's threads."""
     import multiprocessing
 
     from vidstyle import inference
@@ -237,7 +238,7 @@ def warm_compile_cache() -> None:
     sizes = inference.warm_sizes()
     if sizes:
         child = multiprocessing.get_context("spawn").Process(
-            target=inference.warm_compile_cache, args=(sizes, setting("VIDSTYLE_DEVICE")))
+            target=inference.compile_warm_sizes, args=(sizes, setting("VIDSTYLE_DEVICE"), True))
         child.start()
         child.join()
 

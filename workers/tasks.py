@@ -32,13 +32,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import redis
-from celery import Task, chord
+from celery import Task, chord, signals
 from celery.exceptions import Ignore, SoftTimeLimitExceeded, TimeLimitExceeded
 from kombu.exceptions import OperationalError
 
 from vidstyle import formats
 from vidstyle.config import setting
 from vidstyle.errors import VidstyleError
+from vidstyle import inference
 from vidstyle.inference import Controls, Stylizer, resolve_device
 from vidstyle.jobs import (AUTO, CANCELLED, FAILED, JOIN, PREEMPTED, QUEUED, RUNNING, SUCCEEDED, WHOLE_JOB, Attempt,
                            Job, JobStore, parse_member, segment_unit, worker_lapse_seconds)
@@ -152,6 +153,17 @@ class JobProgress:
         """The job ran to its end: the frames done are the total (which MKV or WebM do not state before)."""
         fps = self.done / max(time.monotonic() - self.started, 1e-6)
         self.store.report_progress(self.attempt, self.done, self.done, fps, 0.0)
+
+
+@signals.worker_process_init.connect
+def compile_warm_sizes_here(**_: object) -> None:
+    """Before its first job, a pool process compiles the warm sizes (VIDSTYLE_WARM_SIZES), loading them
+    from the cache `vidstyle worker` filled: a job of one of these sizes then runs compiled at once,
+    whatever its style (one compiled graph serves every style's network)."""
+    try:
+        inference.compile_warm_sizes(inference.warm_sizes(), setting("VIDSTYLE_DEVICE"))
+    except Exception as exc:  # jobs still run (compiling when it pays): the process must start
+        logging.getLogger(__name__).warning(f"warm sizes not compiled: {exc}")
 
 
 @functools.lru_cache(maxsize=STYLIZER_CACHE_SIZE)
