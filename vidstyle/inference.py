@@ -243,6 +243,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vidstyle"
 
 
+def compiled_marker(key: str) -> Path:
+    """A file that says the on-disk cache holds the compiled graph `key` (Stylizer._compiled_key):
+    torch keys that cache by graph hashes that cannot be asked cheaply beforehand."""
+    return cache_dir() / "compiled" / key
+
+
 def use_cache_dir() -> Path:
     """Point torch's on-disk compile caches (Inductor's FX graph cache, AOTAutograd's)
     at cache_dir(): they key compiled code by graph, shapes, torch version and
@@ -314,7 +320,7 @@ class Stylizer:
         if key in COMPILED_IN_PROCESS and self.forced_compile is not False:
             compiling = True  # compiled in this process already, for this network or another of its kind: free
         else:
-            cached = (cache_dir() / "compiled" / key).exists()
+            cached = compiled_marker(key).exists()
             # By the output's size: an upscaler's work, and what compiling saves, grows with it
             # (x4 from 320x180: 2.7x faster compiled, 1.5 s a frame; README, Super-resolution).
             compiling = should_compile(frames, height * self.factor, width * self.factor, self.device,
@@ -331,9 +337,7 @@ class Stylizer:
         return (batch, *(max(MIN_SIDE, side + -side % self.size_multiple) for side in (height, width)))
 
     def _compiled_key(self, shape: tuple[int, ...]) -> str:
-        """Names a compiled graph: the key of COMPILED_IN_PROCESS, and the name of a file under
-        cache_dir()/compiled that says the on-disk cache holds it (torch keys that cache by graph
-        hashes that cannot be asked cheaply beforehand)."""
+        """Names a compiled graph: in COMPILED_IN_PROCESS, and by its compiled_marker."""
         dtype = str(self.autocast_dtype or torch.float32).removeprefix("torch.")
         return f"torch-{torch.__version__}-{self.device.type}-{dtype}-{self.kind}-" + "x".join(map(str, shape))
 
@@ -409,7 +413,7 @@ class Stylizer:
         key = self._compiled_key(shape)
         if key not in COMPILED_IN_PROCESS:
             COMPILED_IN_PROCESS.add(key)
-            marker = cache_dir() / "compiled" / key
+            marker = compiled_marker(key)
             try:
                 marker.parent.mkdir(parents=True, exist_ok=True)
                 marker.touch()
@@ -497,7 +501,7 @@ def compile_warm_sizes(sizes: list[tuple[int, int]], device_name: str | None = N
     for width, height in sizes:
         batch_size = default_batch_size(device, height, width)
         key = stylizer._compiled_key(stylizer._network_shape(batch_size, height, width))
-        cached = (cache_dir() / "compiled" / key).exists()
+        cached = compiled_marker(key).exists()
         if key in COMPILED_IN_PROCESS or only_uncached and cached:
             continue
         doing = "loading the compiled network" if cached else "compiling the network"
