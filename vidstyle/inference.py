@@ -200,12 +200,12 @@ def compile_setting() -> bool | None:
 # AVX512-BF16, bfloat16, batches of 4 at 640x360, the machine idle: eager
 # 0.25 s a frame, compiled 0.123 (8.11 frames/s, benchmarks/pipeline.py), so
 # each frame saves 0.127 s, 0.55 s per megapixel; compiling a new frame size
-# takes about 42 s with an empty cache, and about 3 s more than an eager first
-# batch when Inductor's on-disk caches hold the graph (the weights are not frozen
-# into it, so its FX graph and AOTAutograd entries load whole; measured against
-# frozen weights on the loaded machine: 59 against 49 s cold, 4.3 against 19 s
-# cached). Both scale alike with load, so the break-even counts hold: about 330
-# frames at 640x360 cold, 25 cached (benchmarks/startup.py).
+# takes about 42 s with an empty cache (38 s more than eager's first batch in
+# benchmarks/startup.py, loaded), and about 3 s more than an eager first batch
+# when Inductor's on-disk caches hold the graph (the weights are not frozen into
+# it, so its FX graph and AOTAutograd entries load whole; benchmarks/compile_modes.py,
+# one thread, loaded: 4.1 s more, frozen weights 22.5 s). Both scale alike with
+# load, so the break-even counts hold: about 330 frames at 640x360 cold, 25 cached.
 # CUDA: estimates, no GPU was at hand. Triton compiles for longer (about a
 # minute cold), and a frame takes milliseconds either way (about 5 ms saved per
 # 1080p frame): in absolute time a GPU frame saves far less than a CPU frame, so
@@ -349,7 +349,7 @@ class Stylizer:
             # as constants): so one compiled graph serves every network of its kind, and the on-disk
             # FX graph cache can hold it. Measured (README, Start-up): a second style in the same
             # process runs compiled at once, a new process loads a cached size in a third of a
-            # frozen graph's time, and frames run no slower.
+            # frozen graph's time, and frames run about as fast.
             # A long-lived worker meets many frame sizes, each a graph of its own.
             torch._dynamo.config.recompile_limit = COMPILED_SIZES_PER_PROCESS
             # Inductor looks for a CUDA toolkit even on CPU-only hosts and warns on every run when
