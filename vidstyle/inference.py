@@ -494,7 +494,7 @@ def compile_warm_sizes(sizes: list[tuple[int, int]], device_name: str | None = N
     that a job of one of these sizes finds it compiled. The compiled graph does not depend on the
     weights: random ones stand in for every style's. `only_uncached` skips the sizes the on-disk
     cache holds already (a process that only fills the cache for others)."""
-    if compile_setting() is False:
+    if not sizes or compile_setting() is False:
         return
     device = resolve_device(device_name)
     stylizer = Stylizer(TransformerNet(), device, compile=True)
