@@ -39,8 +39,7 @@ from kombu.exceptions import OperationalError
 from vidstyle import formats
 from vidstyle.config import setting
 from vidstyle.errors import VidstyleError
-from vidstyle import inference
-from vidstyle.inference import Controls, Stylizer, resolve_device
+from vidstyle.inference import Controls, Stylizer, compile_warm_sizes, resolve_device, warm_sizes
 from vidstyle.jobs import (AUTO, CANCELLED, FAILED, JOIN, PREEMPTED, QUEUED, RUNNING, SUCCEEDED, WHOLE_JOB, Attempt,
                            Job, JobStore, parse_member, segment_unit, worker_lapse_seconds)
 from vidstyle.pipeline import (EncodeOptions, Span, is_image, partial_file, partial_path, probe_video,
@@ -161,7 +160,7 @@ def compile_warm_sizes_here(**_: object) -> None:
     from the cache `vidstyle worker` filled: a job of one of these sizes then runs compiled at once,
     whatever its style (one compiled graph serves every style's network)."""
     try:
-        inference.compile_warm_sizes(inference.warm_sizes(), setting("VIDSTYLE_DEVICE"))
+        compile_warm_sizes(warm_sizes(), setting("VIDSTYLE_DEVICE"))
     except Exception as exc:  # jobs still run (compiling when it pays): the process must start
         logging.getLogger(__name__).warning(f"warm sizes not compiled: {exc}")
 
