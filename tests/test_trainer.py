@@ -35,7 +35,7 @@ from trainer.losses import (
     warp,
 )
 from trainer.train import TrainConfig
-from trainer.upscale import UPSCALE_PIXEL_WEIGHT, degrade
+from trainer.upscale import UPSCALE_PIXEL_WEIGHT, degrade, load_upscaler
 from trainer.upscale_eval import psnr, ssim
 from trainer.vgg import TORCHVISION_CONVENTION, InputNormalization
 from vidstyle.model import UpscalerNet
@@ -414,6 +414,18 @@ def test_resumed_upscaler_run_matches_uninterrupted_run(inputs: dict[str, Path],
     child_card = json.loads((tmp_path / "child" / "x4.json").read_text())
     assert child_card["initialized_from"]["file"] == "x4.pth" and child_card["initialized_from"]["iterations"] == 5
     assert child_card["recipe"].startswith("Started from the weights x4.pth (5 iterations: ") and child_card["pixel_weight"] == 10
+
+    # Deepened: the parent's weights and new residual blocks that start as the identity.
+    invoke_upscaler(upscaler_args(inputs, tmp_path / "deeper", 3, "--init-from", str(tmp_path / "straight" / "x4.pth"),
+                                  "--lr", "1e-30", "--final-lr", "0", "--blocks", "6"))
+    deeper = torch.load(tmp_path / "deeper" / "x4.pth", weights_only=True)
+    assert all(torch.equal(weights[0][key], deeper[key]) for key in weights[0])
+    assert not deeper["residuals.5.body.1.conv.weight"].any() and UpscalerNet.blocks_in(deeper) == 6
+    assert json.loads((tmp_path / "deeper" / "x4.json").read_text())["residual_blocks"] == 6
+    assert len(load_upscaler(tmp_path / "deeper" / "x4.pth", 4).residuals) == 6
+    result = CliRunner().invoke(train_upscaler, upscaler_args(inputs, tmp_path / "shallower", 3, "--init-from",
+                                                              str(tmp_path / "deeper" / "x4.pth"), "--blocks", "4"))
+    assert result.exit_code == 1 and "x4.pth has 6 residual blocks already" in result.output
 
     result = CliRunner().invoke(train_upscaler, upscaler_args(inputs, tmp_path / "odd", 3, "--curriculum", "30:3"))
     assert result.exit_code == 1 and "multiples of the factor 4 and at least 20: not 30" in result.output

@@ -82,6 +82,20 @@ def test_an_upscaler_file_without_a_card_takes_its_factor_from_its_weights(tmp_p
         find_upscaler(str(tmp_path / "broken.pth"))
 
 
+def test_a_deepened_upscaler_starts_where_its_parent_is(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    parent = UpscalerNet(4).eval()
+    deeper = parent.deepened(7).eval()
+    x = torch.rand(1, 3, 9, 11) * 255
+    with torch.inference_mode():
+        assert torch.equal(parent(x), deeper(x))
+    assert deeper.receptive_radius() == parent.receptive_radius() + 6
+    save_style(deeper, tmp_path / "deep.pth", {"task": "upscale", "factor": 4})
+    assert len(find_upscaler(str(tmp_path / "deep.pth")).load_network().residuals) == 7
+    with pytest.raises(ValueError, match="cannot deepen 7 residual blocks to 5"):
+        deeper.deepened(5)
+
+
 @pytest.mark.parametrize("factor", [2, 4, 8])
 def test_tiles_equal_the_whole_frame(factor: int) -> None:
     torch.manual_seed(factor)

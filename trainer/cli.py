@@ -120,6 +120,9 @@ def train(style_image: Path, name: str | None, **options: object) -> None:
                    "so the network restores plain bicubic downscales too.  [default: the paper's sigma of 1 px for all]")
 @click.option("--init-from", type=click.Path(exists=True, dir_okay=False),
               help="Start from a trained upscaler's weights (.pth) of the same factor instead of random ones: fine-tune it.")
+@click.option("--blocks", type=click.IntRange(min=1),
+              help="Residual blocks at the low resolution. With --init-from, more than it has adds blocks that start "
+                   "as the identity.  [default: 4, or --init-from's]")
 def train_upscaler(factor: str, name: str | None, **options: object) -> None:
     """Train a super-resolution network (Johnson et al. 2016, section 4.2) on a folder of photos.
 

@@ -80,6 +80,8 @@ class TrainConfig:
     # Super-resolution: None blurs every training input by the paper's sigma; a value blurs each
     # by a sigma drawn from 0..max_blur, so the network also restores unblurred bicubic inputs.
     max_blur: float | None = None
+    # Super-resolution: residual blocks of UpscalerNet; None: the paper's 4, or --init-from's own.
+    blocks: int | None = None
     holdout: int = 50
     seed: int = 0
     log_every: int = 10

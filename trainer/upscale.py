@@ -39,7 +39,7 @@ UPSCALE_LOSS_UNITS = (
     "terms are unweighted, total = sum of weight * term"
 )
 # Settings of a super-resolution run a resumed run must share with its checkpoint.
-UPSCALE_IDENTITY = ("factor", "content_weight", "pixel_weight", "tv_weight", "max_blur")
+UPSCALE_IDENTITY = ("factor", "content_weight", "pixel_weight", "tv_weight", "max_blur", "blocks")
 # Default weights, with the feature term's weight 1: see README, Super-resolution.
 UPSCALE_PIXEL_WEIGHT = 30.0
 UPSCALE_TV_WEIGHT = 0.005
@@ -99,11 +99,18 @@ class UpscaleObjective:
         # Fine-tuning: a trained upscaler's weights (.pth, its card beside it) to start from.
         self.parent = Path(config.init_from) if config.init_from else None
         self.parent_card = _card_of(self.parent) if self.parent else {}
+        parent_blocks = len(load_upscaler(self.parent, self.factor).residuals) if self.parent else None
+        self.blocks = config.blocks or parent_blocks or 4
+        if parent_blocks and self.blocks < parent_blocks:
+            raise VidstyleError(f"--blocks {self.blocks}: {self.parent.name} has {parent_blocks} residual blocks "
+                                f"already; a fine-tune can add blocks, not remove them")
         self.identity = {key: getattr(config, key) for key in UPSCALE_IDENTITY} | {
             "init_from": self.parent and sha256_file(self.parent)}
 
     def network(self) -> UpscalerNet:
-        return load_upscaler(self.parent, self.factor).train() if self.parent else UpscalerNet(self.factor)
+        if not self.parent:
+            return UpscalerNet(self.factor, blocks=self.blocks)
+        return load_upscaler(self.parent, self.factor).deepened(self.blocks).train()
 
     def loss_terms(self, net: UpscalerNet, images: torch.Tensor, autocast: torch.autocast) -> dict[str, torch.Tensor]:
         """The unweighted terms; the networks run under autocast, the degradation and the terms in float32."""
@@ -136,6 +143,7 @@ class UpscaleObjective:
             "task": "upscale",
             "name": config.name,
             "factor": self.factor,
+            "residual_blocks": self.blocks,
             "degradation": degradation(config.max_blur),
             "feature_weight": config.content_weight,
             "pixel_weight": config.pixel_weight,
@@ -150,6 +158,7 @@ class UpscaleObjective:
     def recipe(self, precision: str) -> str:
         start = (f"Started from the weights {self.parent.name} ({self.parent_card.get('iterations', 'unknown')} iterations: "
                  f"{self.parent_card.get('recipe', 'no recipe in its card')}) " if self.parent else "")
-        return (f"{start}Johnson et al. (2016) perceptual-loss super-resolution x{self.factor} of vidstyle's UpscalerNet: "
+        return (f"{start}Johnson et al. (2016) perceptual-loss super-resolution x{self.factor} of vidstyle's UpscalerNet "
+                f"({self.blocks} residual blocks): "
                 f"{self.config.describe_schedule(CROPS)}; inputs made by {degradation(self.config.max_blur)}; "
                 f"losses: VGG-16 relu2_2 features, per-pixel squared error, total variation; networks in {precision}.")

@@ -309,8 +309,9 @@ class Stylizer:
         # is padded to the batch size, so that one graph serves the whole run.
         self.compiled_run: tuple[int, int, int] | None = None
         self.autocast_dtype = autocast_dtype(device, precision)
-        # What a compiled graph depends on besides the input's shape: the network's kind, not its weights.
-        self.kind = f"{type(net).__name__}{net.factor}"
+        # What a compiled graph depends on besides the input's shape: the network's kind and depth
+        # (its count of modules: an upscaler's residual blocks vary), not its weights.
+        self.kind = f"{type(net).__name__}{net.factor}-{len(list(net.modules()))}"
 
     def expect(self, frames: int, height: int, width: int, batch_size: int) -> bool:
         """Decide whether the coming `frames` frames (0: unknown) of height x width,

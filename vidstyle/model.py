@@ -131,6 +131,24 @@ class UpscalerNet(nn.Module):
         detail = self.tail(self.upsample(self.residuals(self.head(x / 255.0))))
         return base + 255.0 * detail
 
+    @staticmethod
+    def blocks_in(state: dict) -> int:
+        """The number of residual blocks a state dict of an UpscalerNet holds."""
+        return sum(1 for key in state if key.startswith("residuals.") and key.endswith(".body.0.0.conv.weight"))
+
+    def deepened(self, blocks: int) -> UpscalerNet:
+        """A copy with `blocks` residual blocks: these weights, then new blocks that start as the
+        identity (their last convolution zero), so it begins exactly where this network is and
+        fine-tuning puts the added capacity to use."""
+        if blocks < len(self.residuals):
+            raise ValueError(f"cannot deepen {len(self.residuals)} residual blocks to {blocks}")
+        deeper = UpscalerNet(self.factor, self.head[0].conv.out_channels, blocks)
+        deeper.load_state_dict(self.state_dict(), strict=False)
+        for block in deeper.residuals[len(self.residuals):]:
+            nn.init.zeros_(block.body[1].conv.weight)
+            nn.init.zeros_(block.body[1].conv.bias)
+        return deeper
+
     def receptive_radius(self) -> int:
         """How far, in input pixels, an output pixel sees: the halo a tile needs for an exact result.
         The 9x9 head, two 3x3 convs per block, one 3x3 conv per octave (at most a pixel each) and

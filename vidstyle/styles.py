@@ -60,7 +60,8 @@ class Upscaler:
         """Build an UpscalerNet in fp32 with these weights, in eval mode; a training checkpoint
         (its "model" entry) loads too, so that a run can be measured while it trains."""
         state = load_state(self.weights_path, "upscaler")
-        return _load_into(UpscalerNet(self.factor), state.get("model", state), self.weights_path, "upscaler")
+        state = state.get("model", state)
+        return _load_into(UpscalerNet(self.factor, blocks=UpscalerNet.blocks_in(state)), state, self.weights_path, "upscaler")
 
 
 def load_state(weights_path: Path, what: str) -> dict:
