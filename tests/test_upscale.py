@@ -15,7 +15,7 @@ from conftest import TEST_FACTOR, TEST_STYLE, decode, run_cli
 from test_cli import assert_clean_failure
 from vidstyle.errors import VidstyleError
 from vidstyle.inference import Stylizer, resolve_device
-from vidstyle.model import StyleThenUpscale, TransformerNet, UpscalerNet
+from vidstyle.model import UPSAMPLINGS, StyleThenUpscale, TransformerNet, UpscalerNet
 from vidstyle.pipeline import stylize_file
 from vidstyle.sample import make_sample_video
 from vidstyle.styles import find_treatment, find_upscaler, save_style
@@ -94,12 +94,21 @@ def test_a_deepened_upscaler_starts_where_its_parent_is(tmp_path: Path) -> None:
     assert len(find_upscaler(str(tmp_path / "deep.pth")).load_network().residuals) == 7
     with pytest.raises(ValueError, match="cannot deepen 7 residual blocks to 5"):
         deeper.deepened(5)
+    # Another upsampling: the same weights, and the card says which one they are for.
+    smooth = deeper.deepened(7, "bilinear").eval()
+    assert all(torch.equal(a, b) for a, b in zip(smooth.state_dict().values(), deeper.state_dict().values()))
+    save_style(smooth, tmp_path / "smooth.pth", {"task": "upscale", "factor": 4, "upsampling": "bilinear"})
+    loaded = find_upscaler(str(tmp_path / "smooth.pth")).load_network()
+    with torch.inference_mode():
+        # fp16 on disk: equal up to its rounding, and far from the nearest-upsampling network's output
+        assert (loaded(x) - smooth(x)).abs().max() < 0.05 < (loaded(x) - deeper(x)).abs().max()
 
 
+@pytest.mark.parametrize("upsampling", UPSAMPLINGS)
 @pytest.mark.parametrize("factor", [2, 4, 8])
-def test_tiles_equal_the_whole_frame(factor: int) -> None:
+def test_tiles_equal_the_whole_frame(factor: int, upsampling: str) -> None:
     torch.manual_seed(factor)
-    net = UpscalerNet(factor).eval()
+    net = UpscalerNet(factor, upsampling=upsampling).eval()
     x = torch.rand(1, 3, 23, 17) * 255
     with torch.inference_mode():
         whole, tiled = net(x), upscale_in_tiles(net, x, side=5)  # 20 tiles of 5x5 and less

@@ -15,7 +15,7 @@ from trainer.train import train as run_training
 from trainer.upscale import UPSCALE_PIXEL_WEIGHT, UPSCALE_TV_WEIGHT
 from vidstyle.cli import parse_size
 from vidstyle.errors import VidstyleError
-from vidstyle.model import UPSCALE_FACTORS
+from vidstyle.model import UPSAMPLINGS, UPSCALE_FACTORS
 
 
 def parse_curriculum(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[tuple[int, int], ...] | None:
@@ -123,6 +123,9 @@ def train(style_image: Path, name: str | None, **options: object) -> None:
 @click.option("--blocks", type=click.IntRange(min=1),
               help="Residual blocks at the low resolution. With --init-from, more than it has adds blocks that start "
                    "as the identity.  [default: 4, or --init-from's]")
+@click.option("--upsampling", type=click.Choice(UPSAMPLINGS),
+              help="How features are enlarged between octaves; bilinear has no block grid at the factor's period, "
+                   "and --init-from a network of the other kind fine-tunes it to this one.  [default: nearest, or --init-from's]")
 def train_upscaler(factor: str, name: str | None, **options: object) -> None:
     """Train a super-resolution network (Johnson et al. 2016, section 4.2) on a folder of photos.
 

@@ -82,6 +82,8 @@ class TrainConfig:
     max_blur: float | None = None
     # Super-resolution: residual blocks of UpscalerNet; None: the paper's 4, or --init-from's own.
     blocks: int | None = None
+    # Super-resolution: "nearest" or "bilinear" (vidstyle.model.UPSAMPLINGS); None: nearest, or --init-from's.
+    upsampling: str | None = None
     holdout: int = 50
     seed: int = 0
     log_every: int = 10

@@ -39,7 +39,7 @@ UPSCALE_LOSS_UNITS = (
     "terms are unweighted, total = sum of weight * term"
 )
 # Settings of a super-resolution run a resumed run must share with its checkpoint.
-UPSCALE_IDENTITY = ("factor", "content_weight", "pixel_weight", "tv_weight", "max_blur", "blocks")
+UPSCALE_IDENTITY = ("factor", "content_weight", "pixel_weight", "tv_weight", "max_blur")
 # Default weights, with the feature term's weight 1: see README, Super-resolution.
 UPSCALE_PIXEL_WEIGHT = 30.0
 UPSCALE_TV_WEIGHT = 0.005
@@ -75,7 +75,7 @@ def relu2_2(loss_net: LossNetwork, images: torch.Tensor) -> torch.Tensor:
 
 def load_upscaler(weights: Path, factor: int) -> UpscalerNet:
     """An UpscalerNet in fp32, eval mode, from a state dict file (fp16 or fp32) or a training checkpoint."""
-    return Upscaler(factor, Path(weights)).load_network()
+    return Upscaler(factor, Path(weights), _card_of(Path(weights))).load_network()
 
 
 class UpscaleObjective:
@@ -99,18 +99,19 @@ class UpscaleObjective:
         # Fine-tuning: a trained upscaler's weights (.pth, its card beside it) to start from.
         self.parent = Path(config.init_from) if config.init_from else None
         self.parent_card = _card_of(self.parent) if self.parent else {}
-        parent_blocks = len(load_upscaler(self.parent, self.factor).residuals) if self.parent else None
-        self.blocks = config.blocks or parent_blocks or 4
-        if parent_blocks and self.blocks < parent_blocks:
-            raise VidstyleError(f"--blocks {self.blocks}: {self.parent.name} has {parent_blocks} residual blocks "
-                                f"already; a fine-tune can add blocks, not remove them")
+        parent = load_upscaler(self.parent, self.factor) if self.parent else UpscalerNet(self.factor)
+        self.blocks = config.blocks or len(parent.residuals)
+        if self.blocks < len(parent.residuals):
+            raise VidstyleError(f"--blocks {self.blocks}: {self.parent.name} has {len(parent.residuals)} residual "
+                                f"blocks already; a fine-tune can add blocks, not remove them")
+        self.upsampling = config.upsampling or parent.upsampling
         self.identity = {key: getattr(config, key) for key in UPSCALE_IDENTITY} | {
-            "init_from": self.parent and sha256_file(self.parent)}
+            "init_from": self.parent and sha256_file(self.parent), "blocks": self.blocks, "upsampling": self.upsampling}
 
     def network(self) -> UpscalerNet:
         if not self.parent:
-            return UpscalerNet(self.factor, blocks=self.blocks)
-        return load_upscaler(self.parent, self.factor).deepened(self.blocks).train()
+            return UpscalerNet(self.factor, blocks=self.blocks, upsampling=self.upsampling)
+        return load_upscaler(self.parent, self.factor).deepened(self.blocks, self.upsampling).train()
 
     def loss_terms(self, net: UpscalerNet, images: torch.Tensor, autocast: torch.autocast) -> dict[str, torch.Tensor]:
         """The unweighted terms; the networks run under autocast, the degradation and the terms in float32."""
@@ -144,6 +145,7 @@ class UpscaleObjective:
             "name": config.name,
             "factor": self.factor,
             "residual_blocks": self.blocks,
+            "upsampling": self.upsampling,
             "degradation": degradation(config.max_blur),
             "feature_weight": config.content_weight,
             "pixel_weight": config.pixel_weight,
@@ -159,6 +161,6 @@ class UpscaleObjective:
         start = (f"Started from the weights {self.parent.name} ({self.parent_card.get('iterations', 'unknown')} iterations: "
                  f"{self.parent_card.get('recipe', 'no recipe in its card')}) " if self.parent else "")
         return (f"{start}Johnson et al. (2016) perceptual-loss super-resolution x{self.factor} of vidstyle's UpscalerNet "
-                f"({self.blocks} residual blocks): "
+                f"({self.blocks} residual blocks, {self.upsampling} upsampling): "
                 f"{self.config.describe_schedule(CROPS)}; inputs made by {degradation(self.config.max_blur)}; "
                 f"losses: VGG-16 relu2_2 features, per-pixel squared error, total variation; networks in {precision}.")

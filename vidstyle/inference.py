@@ -9,6 +9,7 @@ compilation, batch size, frames too large to run whole) is decided here.
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -309,9 +310,9 @@ class Stylizer:
         # is padded to the batch size, so that one graph serves the whole run.
         self.compiled_run: tuple[int, int, int] | None = None
         self.autocast_dtype = autocast_dtype(device, precision)
-        # What a compiled graph depends on besides the input's shape: the network's kind and depth
-        # (its count of modules: an upscaler's residual blocks vary), not its weights.
-        self.kind = f"{type(net).__name__}{net.factor}-{len(list(net.modules()))}"
+        # What a compiled graph depends on besides the input's shape: the network's architecture
+        # (its layers as printed: an upscaler's depth and upsampling vary), not its weights.
+        self.kind = f"{type(net).__name__}{net.factor}-{hashlib.sha256(repr(net).encode()).hexdigest()[:12]}"
 
     def expect(self, frames: int, height: int, width: int, batch_size: int) -> bool:
         """Decide whether the coming `frames` frames (0: unknown) of height x width,

@@ -57,9 +57,9 @@ class UpsampleConvNormReLU(nn.Sequential):
     """Nearest x2 upsampling then a 3x3 convolution: no checkerboard artefacts
     (Odena et al. 2016), unlike the transposed convolutions of the paper."""
 
-    def __init__(self, in_channels: int, out_channels: int, normalize: bool = True):
+    def __init__(self, in_channels: int, out_channels: int, normalize: bool = True, mode: str = "nearest"):
         super().__init__(
-            nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Upsample(scale_factor=2, mode=mode, align_corners=None if mode == "nearest" else False),
             ConvNormReLU(in_channels, out_channels, 3, normalize=normalize),
         )
 
@@ -96,6 +96,7 @@ class TransformerNet(nn.Module):
 
 
 UPSCALE_FACTORS = (2, 4, 8)
+UPSAMPLINGS = ("nearest", "bilinear")
 
 
 class UpscalerNet(nn.Module):
@@ -115,14 +116,20 @@ class UpscalerNet(nn.Module):
 
     size_multiple = 1  # no strides: any size comes back exactly `factor` times as large
 
-    def __init__(self, factor: int = 4, channels: int = 64, blocks: int = 4):
+    def __init__(self, factor: int = 4, channels: int = 64, blocks: int = 4, upsampling: str = "nearest"):
         super().__init__()
         if factor not in UPSCALE_FACTORS:
             raise ValueError(f"upscale factor must be one of {UPSCALE_FACTORS}, not {factor}")
+        if upsampling not in UPSAMPLINGS:
+            raise ValueError(f"upsampling must be one of {', '.join(UPSAMPLINGS)}, not {upsampling!r}")
         self.factor = factor
+        # Nearest repeats each low-resolution pixel's features over a factor x factor block, which
+        # the 3x3 convolutions after it cannot fully smooth: at x8 the block grid shows. Bilinear
+        # has no blocks. Not in the weights: a model card says which one its weights were trained with.
+        self.upsampling = upsampling
         self.head = ConvNormReLU(3, channels, 9, normalize=False)
         self.residuals = nn.Sequential(*(ResidualBlock(channels, normalize=False) for _ in range(blocks)))
-        self.upsample = nn.Sequential(*(UpsampleConvNormReLU(channels, channels, normalize=False)
+        self.upsample = nn.Sequential(*(UpsampleConvNormReLU(channels, channels, normalize=False, mode=upsampling)
                                         for _ in range(factor.bit_length() - 1)))
         self.tail = ConvLayer(channels, 3, 9)
 
@@ -136,13 +143,13 @@ class UpscalerNet(nn.Module):
         """The number of residual blocks a state dict of an UpscalerNet holds."""
         return sum(1 for key in state if key.startswith("residuals.") and key.endswith(".body.0.0.conv.weight"))
 
-    def deepened(self, blocks: int) -> UpscalerNet:
+    def deepened(self, blocks: int, upsampling: str | None = None) -> UpscalerNet:
         """A copy with `blocks` residual blocks: these weights, then new blocks that start as the
         identity (their last convolution zero), so it begins exactly where this network is and
-        fine-tuning puts the added capacity to use."""
+        fine-tuning puts the added capacity to use; with another upsampling, to fine-tune to it."""
         if blocks < len(self.residuals):
             raise ValueError(f"cannot deepen {len(self.residuals)} residual blocks to {blocks}")
-        deeper = UpscalerNet(self.factor, self.head[0].conv.out_channels, blocks)
+        deeper = UpscalerNet(self.factor, self.head[0].conv.out_channels, blocks, upsampling or self.upsampling)
         deeper.load_state_dict(self.state_dict(), strict=False)
         for block in deeper.residuals[len(self.residuals):]:
             nn.init.zeros_(block.body[1].conv.weight)
@@ -154,7 +161,9 @@ class UpscalerNet(nn.Module):
         The 9x9 head, two 3x3 convs per block, one 3x3 conv per octave (at most a pixel each) and
         the 9x9 tail at the output's scale; the bicubic base sees 2 pixels, less than these."""
         tail = -(-4 // self.factor)
-        return 4 + 2 * len(self.residuals) + len(self.upsample) + tail
+        # Bilinear upsampling reads one more pixel of the scale below, at most one input pixel.
+        per_octave = 1 if self.upsampling == "nearest" else 2
+        return 4 + 2 * len(self.residuals) + per_octave * len(self.upsample) + tail
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int, min_side: int = 1) -> torch.Tensor:
