@@ -54,8 +54,8 @@ class ResidualBlock(nn.Module):
 
 
 class UpsampleConvNormReLU(nn.Sequential):
-    """Nearest x2 upsampling then a 3x3 convolution: no checkerboard artefacts
-    (Odena et al. 2016), unlike the transposed convolutions of the paper."""
+    """x2 upsampling (nearest, or bilinear for an upscaler trained so) then a 3x3 convolution:
+    no checkerboard artefacts (Odena et al. 2016), unlike the transposed convolutions of the paper."""
 
     def __init__(self, in_channels: int, out_channels: int, normalize: bool = True, mode: str = "nearest"):
         super().__init__(
