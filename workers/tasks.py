@@ -512,8 +512,9 @@ def join_segments_task(self: Task, job_id: str, spans: list[list[int | None]]) -
     job = store.get(job_id)
 
     def cancelled() -> str:
-        store.end_unit(attempt, CANCELLED, unit_fields=_unit_done(attempt), job_fields=_final(CANCELLED))
+        # Files first: once the job reads cancelled, nothing of it is left in storage.
         _remove_segments_quietly(job_id)
+        store.end_unit(attempt, CANCELLED, unit_fields=_unit_done(attempt), job_fields=_final(CANCELLED))
         return CANCELLED
 
     def requeued(_: str) -> dict:
