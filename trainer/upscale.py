@@ -99,7 +99,9 @@ class UpscaleObjective:
         # Fine-tuning: a trained upscaler's weights (.pth, its card beside it) to start from.
         self.parent = Path(config.init_from) if config.init_from else None
         self.parent_card = _card_of(self.parent) if self.parent else {}
-        parent = load_upscaler(self.parent, self.factor) if self.parent else UpscalerNet(self.factor)
+        # Loaded once: its depth and upsampling are the defaults, and network() deepens it.
+        self.parent_net = Upscaler(self.factor, self.parent, self.parent_card).load_network() if self.parent else None
+        parent = self.parent_net or UpscalerNet(self.factor)
         self.blocks = config.blocks or len(parent.residuals)
         if self.blocks < len(parent.residuals):
             raise VidstyleError(f"--blocks {self.blocks}: {self.parent.name} has {len(parent.residuals)} residual "
@@ -109,9 +111,9 @@ class UpscaleObjective:
             "init_from": self.parent and sha256_file(self.parent), "blocks": self.blocks, "upsampling": self.upsampling}
 
     def network(self) -> UpscalerNet:
-        if not self.parent:
+        if self.parent_net is None:
             return UpscalerNet(self.factor, blocks=self.blocks, upsampling=self.upsampling)
-        return load_upscaler(self.parent, self.factor).deepened(self.blocks, self.upsampling).train()
+        return self.parent_net.deepened(self.blocks, self.upsampling).train()
 
     def loss_terms(self, net: UpscalerNet, images: torch.Tensor, autocast: torch.autocast) -> dict[str, torch.Tensor]:
         """The unweighted terms; the networks run under autocast, the degradation and the terms in float32."""
