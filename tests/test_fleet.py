@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -42,20 +43,23 @@ class Fleet:
         return subprocess.run([sys.executable, "-m", "vidstyle.cli", *map(str, args)], capture_output=True, text=True,
                               timeout=300, env=env or dict(os.environ))
 
-    def start_worker(self, name: str, **extra_env: str) -> tuple[subprocess.Popen, str]:
-        """A `vidstyle worker` in its own process group (so a kill takes its pool too), once it is live."""
+    def start_worker(self, name: str, *, default_name: bool = False, **extra_env: str) -> tuple[subprocess.Popen, str]:
+        """A `vidstyle worker` in its own process group (so a kill takes its pool too), once it is live;
+        and its id in the job store. `name` names its log; the worker's own name is NAME-QUEUE@HOST,
+        or with `default_name` the one `vidstyle worker` gives when told none."""
         log = open(self.logs / f"worker-{name}.log", "w")
+        naming = [] if default_name else ["--name", f"{name}-{self.queue}@%h"]
         process = subprocess.Popen(
-            [sys.executable, "-m", "vidstyle.cli", "worker", "--name", f"{name}-{self.queue}@%h", "--queues", self.queue],
+            [sys.executable, "-m", "vidstyle.cli", "worker", *naming, "--queues", self.queue],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **extra_env}, start_new_session=True)
         log.close()
         self.workers.append(process)
-        full_name = wait_until(lambda: self._live_name(f"{name}-{self.queue}@", process), 120, f"worker {name} to start")
-        return process, full_name
+        worker_id = wait_until(lambda: self._live_id(process), 120, f"worker {name} to start")
+        return process, worker_id
 
-    def _live_name(self, prefix: str, process: subprocess.Popen) -> str | None:
+    def _live_id(self, process: subprocess.Popen) -> str | None:
         assert process.poll() is None, f"worker exited early; see {self.logs}"
-        return next((w.name for w in self.store.live_workers() if w.name.startswith(prefix)), None)
+        return next((w.name for w in self.store.live_workers() if w.pid == process.pid), None)
 
     def kill(self, process: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
         os.killpg(process.pid, sig)
@@ -384,6 +388,42 @@ def test_a_killed_worker_s_job_is_taken_over_by_a_survivor(fleet: Fleet) -> None
     assert (fleet.store.get(job_id).attempts, output.stat().st_mtime_ns) == (2, written)
     # The dead worker's presence record expires by itself.
     assert first_name not in [w.name for w in fleet.store.live_workers()]
+
+
+def test_two_workers_of_one_default_name_share_a_split_job_each_unit_once(fleet: Fleet) -> None:
+    # `vidstyle worker` twice on one host, no --name: both are vidstyle@HOST. Each recovery scan (every
+    # half second here) must not take the other's running segment for one of its own whose process died.
+    names = [fleet.start_worker(label, default_name=True, **FAST_RECOVERY)[1] for label in ("a", "b")]
+    assert names[0] != names[1] and names[0].split("#")[0] == names[1].split("#")[0] == f"vidstyle@{socket.gethostname()}"
+    source = split_clip(fleet.storage / "long.mp4")
+    job_id = fleet.submit(source, segment_seconds="0.5", batch_size=1)
+    job = fleet.wait_for([job_id])[job_id]
+    assert job.state == SUCCEEDED, job.error
+
+    history = outcomes(fleet, job_id)
+    units = [unit for unit, _, _ in history]
+    assert len(units) == len(set(units)) == job.segments + 2  # the whole job (split), each segment, the join: once
+    assert {outcome for _, _, outcome in history} == {"split", SUCCEEDED}
+    assert set(fleet.store.segment_workers(job_id).values()) == set(names)  # both ran segments, side by side
+    assert decode(fleet.storage / job.output)["times"] == decode(source)["times"]
+
+
+def test_a_killed_worker_beside_a_live_one_of_its_name_is_recovered(fleet: Fleet) -> None:
+    workers = dict(reversed(fleet.start_worker(label, default_name=True, **FAST_RECOVERY)) for label in ("a", "b"))
+    job_id = fleet.submit(tiny_clip(fleet.storage / "clip.mp4", frames=40), batch_size=1)
+    victim = fleet.wait_running(job_id).worker
+    (survivor,) = set(workers) - {victim}
+    fleet.kill(workers[victim])
+    killed_at = time.time()
+
+    job = fleet.wait_for([job_id])[job_id]
+    assert (job.state, job.attempts, job.worker) == (SUCCEEDED, 2, survivor)
+    assert outcomes(fleet, job_id) == [("", victim, "worker lost"), ("", survivor, SUCCEEDED)]
+    # Taken back once the victim's own presence lapsed (3 s; scans every 0.5 s), not after the visibility
+    # timeout (hours): the survivor's heartbeat, under the same name, does not keep it alive.
+    retaken = fleet.store.attempt_history(job_id)[1]["started_at"] - killed_at
+    assert retaken < 3 + 0.5 + 10, retaken  # (10 s of slack: the machine may be loaded)
+    assert decode(fleet.storage / f"clip.{TEST_STYLE}.mp4")["frames"] == 40
 
 
 def test_a_paused_worker_cannot_overwrite_or_finish_a_job_taken_over(fleet: Fleet) -> None:

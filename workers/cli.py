@@ -248,7 +248,8 @@ def warm_compile_cache() -> None:
 @click.option("--queues", "-Q", default=DEFAULT_QUEUE, show_default=True, help="Comma-separated queues to take jobs from.")
 @click.option("--concurrency", "-c", default=1, show_default=True, type=click.IntRange(1),
               help="Jobs at once (pool processes); one per GPU is usual.")
-@click.option("--name", "-n", help="Worker name, NAME@HOST (%h is this host) [default: vidstyle[-DEVICE]@%h].")
+@click.option("--name", "-n", help="Worker name, NAME@HOST (%h is this host) [default: vidstyle[-DEVICE]@%h]; "
+                                   "need not be unique: each run is told apart as NAME#RANDOM.")
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32"]),
               help="Network precision: auto (fp16 on CUDA, bf16 on CPUs that have it) or fp32 [default: VIDSTYLE_PRECISION, else auto].")

@@ -4,13 +4,19 @@ record in the job store, so a worker that dies (even by SIGKILL) drops out of
 other worker, or one that starts later, then puts its running jobs and segments
 back on their queues (`recover_lost_units`, every VIDSTYLE_RECOVERY_INTERVAL s):
 a dead node's job waits the lapse plus at most one interval, whatever Redis's
-visibility timeout."""
+visibility timeout.
+
+In the job store a worker goes by its id (`worker_id`): its name plus a part drawn
+when it starts. Names need not be unique (two `vidstyle worker` on one host both
+take `vidstyle@HOST`), and recovery must never take a live worker's unit for one
+of its own whose pool process died."""
 from __future__ import annotations
 
 import functools
 import json
 import logging
 import os
+import secrets
 import signal
 import time
 from collections.abc import Callable
@@ -26,6 +32,8 @@ from vidstyle.jobs import (RUNNING, JobStore, WorkerInfo, parse_member, recovery
                            worker_lapse_seconds)
 
 HEARTBEAT_SECONDS = 2.0
+# Set by the worker's main process before its pool starts: the pool processes inherit it.
+WORKER_ID_ENV = "VIDSTYLE_WORKER_ID"
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +43,11 @@ def worker_device() -> str:
     from vidstyle.inference import resolve_device  # torch: only in workers
 
     return str(resolve_device(setting("VIDSTYLE_DEVICE")))
+
+
+def worker_id() -> str:
+    """This worker's identity for presence, fencing and recovery: NAME#RANDOM, unique per run."""
+    return os.environ[WORKER_ID_ENV]
 
 
 def recover_lost_units(store: JobStore, worker_name: str, reserved_task_ids: Callable[[], set[str]],
@@ -102,16 +115,17 @@ class Heartbeat(bootsteps.StartStopStep):
         self.info: WorkerInfo | None = None
         self.timer_entries = []
         self.worker = worker
+        # Here, not in start: the pool processes may be forked before this step starts.
+        os.environ[WORKER_ID_ENV] = f"{worker.hostname}#{secrets.token_hex(3)}"
 
     def start(self, worker) -> None:
         self.store = JobStore.from_settings()
         self.lapse = worker_lapse_seconds()
         self.info = WorkerInfo(
-            name=worker.hostname, device=worker_device(),
+            name=worker_id(), device=worker_device(),
             queues=",".join(sorted(worker.app.amqp.queues.consume_from or worker.app.amqp.queues)),
             concurrency=worker.concurrency, pid=os.getpid(), started_at=time.time(), seen_at=time.time(),
         )
-        self.store.forget_worker(worker.hostname)  # drop job entries left by an earlier run of this name
         self.beat()
         self.recover()  # at once: a worker that starts after the dead one takes its jobs back
         self.timer_entries = [worker.timer.call_repeatedly(min(HEARTBEAT_SECONDS, self.lapse / 3), self.beat),
@@ -151,6 +165,6 @@ class Heartbeat(bootsteps.StartStopStep):
             entry.cancel()
         if self.store is not None:
             try:
-                self.store.forget_worker(worker.hostname)
+                self.store.forget_worker(worker_id())
             except redis.RedisError:
                 pass  # the record expires by itself

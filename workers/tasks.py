@@ -49,6 +49,7 @@ from vidstyle.styles import Treatment, find_treatment
 from workers.celery import app
 from workers.broker import to_front
 from workers.celeryconfig import JOIN_TASK_NAME, SEGMENT_TASK_NAME, TASK_NAME
+from workers.heartbeat import worker_id
 from workers.storage import resolve_in_storage, storage_root
 
 PROGRESS_INTERVAL_SECONDS = 1 / 3  # job record updates: a few a second, whatever the frame rate
@@ -247,7 +248,7 @@ def _fail_quietly(task_id: str, job_id: str, reason: str) -> bool:
 def begin_attempt(task: Task, store: JobStore, job_id: str, unit: str) -> tuple[Attempt | None, str]:
     """Start this task's unit as a new attempt, or say why it is not to run."""
     _hand_back_on_term()
-    worker, pid = task.request.hostname, os.getpid()
+    worker, pid = worker_id(), os.getpid()
     fields = store.unit_fields(job_id, unit)
     own_dead_pid = None
     if fields["worker"] == worker and fields["state"] == RUNNING and fields["pid"]:
@@ -287,7 +288,7 @@ def run_attempt(task: Task, store: JobStore, attempt: Attempt, job: Job, work: C
     except JobPreempted:
         preempted.clear()  # (Celery's own SIGTERM, on a lost broker connection, leaves the process serving)
         # Marked for publishing in the same step, so a worker dying right here is covered too.
-        if store.end_unit(attempt, PREEMPTED, requeue=True, **requeued(f"requeued: {task.request.hostname} preempted")):
+        if store.end_unit(attempt, PREEMPTED, requeue=True, **requeued(f"requeued: {worker_id()} preempted")):
             publish_unit(store, attempt.member)
         raise Ignore()
     except AttemptFenced as exc:
@@ -409,11 +410,11 @@ def stylize(self: Task, job_id: str) -> str:
         store.end_unit(attempt, SUCCEEDED, job_fields=_final(SUCCEEDED))
         return SUCCEEDED
 
-    store.set_current_job(self.request.hostname, os.getpid(), job_id)
+    store.set_current_job(worker_id(), os.getpid(), job_id)
     try:
         return run_attempt(self, store, attempt, job, work, cancelled, requeued)
     finally:
-        store.set_current_job(self.request.hostname, os.getpid(), None)
+        store.set_current_job(worker_id(), os.getpid(), None)
 
 
 def _plan(job: Job, input_path: Path, store: JobStore) -> list[Span]:
@@ -492,11 +493,11 @@ def stylize_segment(self: Task, job_id: str, index: int, start: int | None, end:
                      controls=job_controls(job))
         return ended(SUCCEEDED)
 
-    store.set_current_job(self.request.hostname, os.getpid(), job_id)
+    store.set_current_job(worker_id(), os.getpid(), job_id)
     try:
         return run_attempt(self, store, attempt, job, work, lambda: ended(CANCELLED), requeued)
     finally:
-        store.set_current_job(self.request.hostname, os.getpid(), None)
+        store.set_current_job(worker_id(), os.getpid(), None)
 
 
 @app.task(bind=True, base=JobTask, name=JOIN_TASK_NAME, throws=(VidstyleError,),
