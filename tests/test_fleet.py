@@ -209,6 +209,15 @@ def test_submit_wait_follows_a_photo_to_its_end(fleet: Fleet) -> None:
     with Image.open(output) as image:
         assert image.size == (60, 40)
 
+    # Again over it: refused, unless --force, which removes it here (a worker never writes over a file).
+    again = ["submit", fleet.storage / "photo.png", "--style", TEST_STYLE, "--queue", fleet.queue, "--wait"]
+    assert_clean_failure(fleet.cli(*again), "output exists", "--force")
+    Path(output).write_bytes(b"the old one")
+    result = fleet.cli(*again, "--force")
+    assert result.returncode == 0, result.stderr
+    with Image.open(output) as image:
+        assert image.size == (60, 40)
+
 
 def test_an_unreachable_server_gives_one_line_within_seconds(fleet: Fleet) -> None:
     closed = f"redis://:secret@127.0.0.1:{free_port()}/0"
@@ -300,6 +309,89 @@ def test_bad_input_fails_with_its_reason_and_the_worker_keeps_serving(fleet: Fle
 
     watched = fleet.cli("watch", next(iter(expected)))
     assert_clean_failure(watched, "failed", "not a video")
+
+
+def snapshot(folder: Path) -> dict[str, bytes | str]:
+    """Every file and link under `folder`, with its content or target."""
+    return {str(p.relative_to(folder)): str(p.readlink()) if p.is_symlink() else p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_symlink() or p.is_file()}
+
+
+def test_a_worker_refuses_jobs_crafted_in_the_store(fleet: Fleet, tmp_path: Path, style_dir: Path) -> None:
+    # Whoever can write to Redis can write a job record: each of these fails, with its reason, before
+    # the worker reads or writes a file for it; nothing in or outside the storage root changes.
+    import secrets
+
+    from vidstyle.styles import save_style
+    from vidstyle.model import TransformerNet
+    from workers.celeryconfig import SEGMENT_TASK_NAME
+    from workers.client import enqueue
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    tiny_clip(outside / "secret.mp4", frames=2)
+    save_style(TransformerNet(), outside / "planted.pth", {"name": "planted"})  # a working style, off the styles path
+    tiny_clip(fleet.storage / "in.mp4", frames=2)
+    (fleet.storage / "keep.mp4").write_bytes(b"someone's file")
+    (fleet.storage / "escape.mp4").symlink_to(outside / "secret.mp4")
+    (fleet.storage / "out-link").symlink_to(outside)
+    (fleet.storage / "dangling.mp4").symlink_to(outside / "new.mp4")
+    (fleet.storage / "shot").mkdir()
+    for number in (1, 2):
+        Image.fromarray(np.full((48, 64, 3), 100, np.uint8)).save(fleet.storage / f"shot/f_{number}.png")
+    (fleet.storage / "shot/f_3.png").symlink_to(outside / "secret.mp4")
+    before = {"storage": snapshot(fleet.storage), "outside": snapshot(outside)}
+
+    def craft(raw: dict[str, str] | None = None, message: tuple | None = None, **fields: object) -> str:
+        job = Job(**{"id": secrets.token_hex(6), "input": "in.mp4", "output": "", "style": TEST_STYLE,
+                     "queue": fleet.queue, "codec": "libx264", "crf": 18, "preset": "medium", **fields})
+        job.output = job.output or f"out-{job.id}.mp4"
+        fleet.store.create(job)
+        if raw:
+            fleet.store.redis.hset(f"vidstyle:job:{job.id}", mapping=raw)
+        if message:
+            from workers.celery import app
+
+            app.send_task(message[0], args=[job.id, *message[1:]], queue=fleet.queue)
+        else:
+            enqueue(job, fleet.store)
+        return job.id
+
+    expected = {
+        craft(input=str(outside / "secret.mp4")): "not inside the storage root",
+        craft(input="../outside/secret.mp4"): "not inside the storage root",
+        craft(input="escape.mp4"): "outside the storage root through a symlink",
+        craft(input="shot/f_%d.png", output="shot-out/f_%d.png"): "frame f_3.png of 'shot/f_%d.png' leads outside",
+        craft(output="../outside/new.mp4"): "not inside the storage root",
+        craft(output="out-link/new.mp4"): "outside the storage root through a symlink",
+        craft(output="dangling.mp4"): "outside the storage root through a symlink",
+        craft(output="keep.mp4"): "output 'keep.mp4' exists; a worker never replaces a file",
+        craft(output="in.mp4"): "output 'in.mp4' exists",
+        craft(style=str(outside / "planted.pth")): "is a file; a job names an installed style",
+        craft(style="planted.pth"): "is a file",
+        craft(style="../outside/planted"): "is a file",
+        craft(crf=10**9): "crf 1e+09 is outside 0..63",
+        craft(batch_size=10**9): "batch size 1e+09 is outside 0..1024",
+        craft(factor=3): "upscale factor 3 is none of",
+        craft(strength=7.0): "strength 7 is outside 0..1",
+        craft(temporal_strength=float("nan")): "temporal strength nan is outside",
+        craft(segment_seconds="1e-9"): "segment seconds 1e-09 is outside",
+        craft(sequence_fps="1e9"): "must be a frame rate",
+        craft(preset="medium:x264opts=1"): "preset 'medium:x264opts=1' is not a preset name",
+        craft(raw={"state": RUNNING, "split": "1", "segments": "2", "frames_total": "2"},
+              message=(SEGMENT_TASK_NAME, 99, None, None, 1)): "segment 99 is not one of the job's 2",
+    }
+    garbled = craft(raw={"crf": "eighteen"})
+    fleet.start_worker("w1")
+    jobs = fleet.wait_for(list(expected))
+    for job_id, reason in expected.items():
+        assert (jobs[job_id].state, jobs[job_id].attempts <= 1) == (FAILED, True), jobs[job_id]
+        assert reason in jobs[job_id].error, (reason, jobs[job_id].error)
+    wait_until(lambda: fleet.store.redis.hget(f"vidstyle:job:{garbled}", "state") == FAILED, JOB_TIMEOUT, "garbled job")
+    assert_clean_failure(fleet.cli("status", garbled), f"job {garbled}: its crf is 'eighteen', not a number")
+    status = fleet.cli("status", next(iter(expected)))
+    assert status.returncode == 0 and re.search(r"\nerror: +path '/.*' is not inside the storage root", status.stdout)
+    assert {"storage": snapshot(fleet.storage), "outside": snapshot(outside)} == before  # nothing written, nothing removed
 
 
 def test_cancel_a_running_and_a_queued_job(fleet: Fleet) -> None:

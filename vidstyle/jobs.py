@@ -281,7 +281,8 @@ class Job:
     @classmethod
     def from_record(cls, record: dict[str, str]) -> Job:
         types = {f.name: f.type for f in dataclasses.fields(cls)}
-        return cls(**{name: _parse(types[name], value) for name, value in record.items() if name in types})
+        return cls(**{name: _parse(types[name], value, name, f"job {record.get('id', '?')}")
+                      for name, value in record.items() if name in types})
 
     @property
     def treatment(self) -> str:
@@ -295,10 +296,15 @@ class Job:
         return dataclasses.asdict(self)
 
 
-def _parse(type_name: str, value: str) -> object:
+def _parse(type_name: str, value: str, name: str, record: str) -> object:
+    """A field as stored, in its type; a value that is not one (anyone with the password can write
+    a record) is a one-line error naming it."""
     if type_name == "bool":
         return value == "1"
-    return {"int": int, "float": float}.get(type_name, str)(value)
+    try:
+        return {"int": int, "float": float}.get(type_name, str)(value)
+    except ValueError:
+        raise VidstyleError(f"{record}: its {name} is '{value[:40]}', not a number") from None
 
 
 def _format(value: object) -> str:
@@ -587,6 +593,7 @@ class JobStore:
             if "name" not in record:
                 continue  # expired between the scan and the read
             jobs = sorted(v for k, v in record.items() if k.startswith("job:"))
-            fields = {k: _parse(types[k], v) for k, v in record.items() if k in types and k != "jobs"}
+            fields = {k: _parse(types[k], v, k, f"worker {record['name']}") for k, v in record.items()
+                      if k in types and k != "jobs"}
             workers.append(WorkerInfo(**fields, jobs=jobs))
         return workers

@@ -1,4 +1,5 @@
-"""Submitting a job to the fleet: check what the client can know, record the job, enqueue it."""
+"""Submitting a job to the fleet: check what the client can know (by the rules workers check
+again, workers.job_checks), record the job, enqueue it."""
 from __future__ import annotations
 
 import os
@@ -17,6 +18,7 @@ from vidstyle.styles import find_treatment
 from vidstyle.temporal import DEFAULT_STRENGTH
 from workers.celery import app
 from workers.celeryconfig import TASK_NAME
+from workers.job_checks import MAX_SEGMENT_SECONDS, MIN_SEGMENT_SECONDS, check_fields
 from workers.storage import relative_to_storage, storage_root
 
 
@@ -52,7 +54,7 @@ def submit_job(
     output_name = relative_to_storage(output, root)
     if formats.is_sequence(output) and "/" not in output_name:  # its folder would be the storage root
         raise VidstyleError(f"an image sequence is written into a folder of its own: -o FOLDER/{output.name}")
-    check_output(root / output_name, force)  # the worker replaces it (force): refused here unless told so
+    check_output(root / output_name, force)
     # Named in the job, so that a split job's segments and their join agree on it.
     codec = (encode.codec or "") if is_image(input_path) else output_encoder(input_path, output, encode.codec, sequence_fps)
     job = Job(id=secrets.token_hex(6), input=input_name, output=output_name, style=style or "", queue=queue,
@@ -61,6 +63,9 @@ def submit_job(
               factor=chosen.upscaler.factor if chosen.upscaler is not None else 0,
               segment_seconds=segment_seconds, temporal_strength=temporal_strength, sequence_fps=str(sequence_fps),
               strength=controls.strength, preserve_colors=controls.preserve_colors)
+    check_fields(job)
+    if force:
+        remove_output(root / output_name)
     store = JobStore.from_settings()
     store.create(job)
     enqueue(job, store)
@@ -74,9 +79,24 @@ def parse_segment_seconds(value: str) -> str:
         seconds = float(value)
     except ValueError:
         seconds = 0.0
-    if not seconds > 0:
-        raise VidstyleError(f"--segment-seconds must be auto, off or a positive number of seconds, not '{value}'")
+    if not MIN_SEGMENT_SECONDS <= seconds <= MAX_SEGMENT_SECONDS:
+        raise VidstyleError(f"--segment-seconds must be auto, off or a number of seconds from {MIN_SEGMENT_SECONDS:g} "
+                            f"to {MAX_SEGMENT_SECONDS:g}, not '{value}'")
     return f"{seconds:g}"
+
+
+def remove_output(path: Path) -> None:
+    """`--force` with a broker: the existing output goes here, by the user's hand, since a worker
+    never writes over a file its job did not create (workers.job_checks)."""
+    if formats.is_sequence(path):
+        frames = [f for f in path.parent.iterdir() if formats.frame_number(f.name, path) is not None] \
+            if path.parent.is_dir() else []
+        for frame in frames:
+            frame.unlink()
+    elif path.is_dir() and not path.is_symlink():
+        raise VidstyleError(f"output {path} is a folder")
+    else:
+        path.unlink(missing_ok=True)
 
 
 def enqueue(job: Job, store: JobStore) -> None:

@@ -1,8 +1,9 @@
 """The tasks: a job, run by the same `stylize_file` as the embedded mode, whole
 or split into segments over several workers.
 
-The message carries only the job id; everything else is in the job record. The
-output name is the job's own (`force=True`: submit refused an existing output).
+The message carries only the job id; everything else is in the job record,
+which the worker checks again by its own rules before it touches a file
+(workers.job_checks): an output is created, never written over an existing file.
 
 A long job is split by its first task into keyframe-aligned segments: a Celery
 chord of one task per segment (any worker on the job's queue takes them) whose
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import glob
 import json
 import logging
 import os
@@ -50,6 +52,7 @@ from workers.celery import app
 from workers.broker import to_front
 from workers.celeryconfig import JOIN_TASK_NAME, SEGMENT_TASK_NAME, TASK_NAME
 from workers.heartbeat import worker_id
+from workers.job_checks import check_new_output, check_span, checked_paths
 from workers.storage import resolve_in_storage, storage_root
 
 PROGRESS_INTERVAL_SECONDS = 1 / 3  # job record updates: a few a second, whatever the frame rate
@@ -362,8 +365,15 @@ def remove_partials(job: Job, unit: str, root: Path, number: int | str = "*") ->
     """Remove the temporary files of the unit's attempts (all, or attempt `number`'s),
     left by attempts that died or were cut off."""
     output = unit_output(job, unit, root)
-    for partial in output.parent.glob(partial_path(output, f"{job.id}-{number}").name):
+    before, after = partial_path(output, f"{job.id}-\0").name.split("\0")
+    for partial in output.parent.glob(glob.escape(before) + str(number) + glob.escape(after)):
         partial.unlink(missing_ok=True)
+
+
+def before_commit(progress: JobProgress, output_path: Path, name: str) -> None:
+    """Just before the rename into place: the attempt still owns its unit, and nothing took the output's name."""
+    progress.before_commit()
+    check_new_output(output_path, name)
 
 
 @app.task(
@@ -389,7 +399,7 @@ def stylize(self: Task, job_id: str) -> str:
     if job.cancel_requested:
         return cancelled()
     root = storage_root()
-    input_path, output_path = resolve_in_storage(job.input, root), resolve_in_storage(job.output, root)
+    input_path, output_path = checked_paths(job, root)
     remove_partials(job, WHOLE_JOB, root)  # of earlier attempts that died
     job_treatment(job.style, job.factor)  # an unknown style or factor fails first, whatever the input
     spans = _plan(job, input_path, store)
@@ -402,8 +412,9 @@ def stylize(self: Task, job_id: str) -> str:
     def work() -> str:
         progress = JobProgress(store, attempt)
         stylize_file(input_path, output_path, stylizer_for(job.style, job.factor), batch_size=job.batch_size or None,
-                     encode=EncodeOptions(codec=job.codec, crf=job.crf, preset=job.preset), force=True,
-                     on_progress=progress, partial_token=attempt.partial_token, before_commit=progress.before_commit,
+                     encode=EncodeOptions(codec=job.codec, crf=job.crf, preset=job.preset),
+                     on_progress=progress, partial_token=attempt.partial_token,
+                     before_commit=functools.partial(before_commit, progress, output_path, job.output),
                      temporal_strength=job.temporal_strength, sequence_fps=formats.parse_fps(job.sequence_fps),
                      controls=job_controls(job))
         progress.complete()
@@ -481,7 +492,9 @@ def stylize_segment(self: Task, job_id: str, index: int, start: int | None, end:
     if job.cancel_requested:
         return ended(CANCELLED)
     root = storage_root()
-    input_path, segment_path = resolve_in_storage(job.input, root), unit_output(job, unit, root)
+    check_span(job, index, [start, end, frames])
+    input_path, _ = checked_paths(job, root)
+    segment_path = unit_output(job, unit, root)  # in the job's own folder: an earlier attempt's file is replaced
     remove_partials(job, unit, root)
 
     def work() -> str:
@@ -525,14 +538,19 @@ def join_segments_task(self: Task, job_id: str, spans: list[list[int | None]]) -
         if job.cancel_requested:
             return cancelled()
         root = storage_root()
-        input_path, output_path = resolve_in_storage(job.input, root), resolve_in_storage(job.output, root)
+        for index, span in enumerate(spans):
+            check_span(job, index, span)
+        if len(spans) != job.segments:
+            raise VidstyleError(f"the join names {len(spans)} segments, the job has {job.segments}")
+        input_path, output_path = checked_paths(job, root)
         remove_partials(job, JOIN, root)
         segments = [(_segment_path(output_path, job, index), Span(*span)) for index, span in enumerate(spans)]
         missing = [str(index) for index, (path, _) in enumerate(segments) if not path.is_file()]
         if missing:
             raise VidstyleError(f"segments {', '.join(missing)} are missing (their files were removed)")
         started = time.monotonic()
-        with partial_file(output_path, attempt.partial_token, JobProgress(store, attempt).before_commit) as partial:
+        commit_check = functools.partial(before_commit, JobProgress(store, attempt), output_path, job.output)
+        with partial_file(output_path, attempt.partial_token, commit_check) as partial:
             join_segments(input_path, segments, partial)
         if store.end_unit(attempt, SUCCEEDED, unit_fields={**_unit_done(attempt),
                                                            "join_seconds": round(time.monotonic() - started, 3)},
