@@ -451,6 +451,48 @@ def redeliver_unacknowledged(fleet: Fleet) -> None:
             client.rpush(routing_key, json.dumps(message))
 
 
+def test_the_broker_layout_recovery_reads_is_kombu_s(fleet: Fleet) -> None:
+    # workers.broker reads kombu's private Redis layout; a kombu release that changed it would switch
+    # recovery off without an error, so the pin in pyproject.toml comes with this check.
+    from workers.broker import UNACKED, UNACKED_INDEX, hand_back_stranded, to_front
+    from workers.celery import app
+    from workers.celeryconfig import TASK_NAME
+
+    def send(name: str) -> str:
+        return app.send_task(TASK_NAME, args=[name], queue=fleet.queue).id
+
+    delivered = []
+
+    def next_delivered(channel) -> tuple[str, object]:
+        message = channel.basic_get(fleet.queue, no_ack=False)  # as a worker takes one: unacknowledged
+        delivered.append(message)
+        return message.headers["id"], message
+
+    taken, waiting = send("layout-taken"), send("layout-waiting")
+    with app.connection_for_write() as connection:
+        channel = connection.default_channel
+        assert (channel.unacked_key, channel.unacked_index_key) == (UNACKED, UNACKED_INDEX)
+        task_id, message = next_delivered(channel)
+        assert task_id == taken  # first in, first out
+        client = redis.Redis.from_url(fleet.redis_server.url)
+        assert (client.type(UNACKED), client.type(UNACKED_INDEX)) == (b"hash", b"zset")
+        assert client.zscore(UNACKED_INDEX, message.delivery_tag) is not None
+        # The unacknowledged message is understood (task name, arguments) and handed back to the head of its queue.
+        seen = []
+        assert hand_back_stranded(0, lambda name, args: seen.append((name, args)) or args == ["layout-taken"]) == 1
+        assert (TASK_NAME, ["layout-taken"]) in seen
+        assert not client.hexists(UNACKED, message.delivery_tag)
+        assert [next_delivered(channel)[0] for _ in range(2)] == [taken, waiting]
+
+        # A message moved to the front is the next one delivered, before those queued earlier.
+        first, second, latest = send("front-1"), send("front-2"), send("front-3")
+        to_front(fleet.queue, latest)
+        assert [next_delivered(channel)[0] for _ in range(3)] == [latest, first, second]
+        for message in delivered[1:]:  # (the first was handed back: its tag is gone)
+            message.ack()
+    assert fleet.queued_messages() == 0 and not unacknowledged(fleet)
+
+
 def test_a_killed_worker_s_job_is_taken_over_by_a_survivor(fleet: Fleet) -> None:
     workers = dict(reversed(fleet.start_worker(name, **FAST_RECOVERY)) for name in ("w1", "w2"))
     # A frame a batch: the worker dies after its first of 40 frames, whatever the CPU's speed.
