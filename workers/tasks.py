@@ -344,7 +344,10 @@ def unit_waits(store: JobStore, name: str, args: list) -> bool:
     unit = unit_of_message(name, args)
     if unit is None:
         return False
-    job = store.find(unit[0])
+    try:
+        job = store.find(unit[0])
+    except VidstyleError:  # a damaged record must not stop the scan; its message waits out the visibility timeout
+        return False
     if job is None:
         return False
     state = store.unit_fields(*unit)["state"]
