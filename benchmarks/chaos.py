@@ -1,11 +1,13 @@
 """The fleet losing nodes: jobs on workers that are killed while they run, and a Redis restart.
 
-    python benchmarks/chaos.py [--jobs 40] [--workers 3] [--size 128x96] [--short-frames 48]
-                               [--long-frames 192] [--fault-interval 20:40] [--seed 0]
+    python benchmarks/chaos.py [--jobs 40] [--workers 3] [--per-host 1] [--size 128x96]
+                               [--short-frames 48] [--long-frames 192] [--fault-interval 20:40] [--seed 0]
 
 Starts its own redis-server (append-only on, on a free port, in a temporary
 folder) and `vidstyle worker` processes of 1 CPU thread each, with the default
-fleet settings (presence lapse, recovery interval, visibility timeout). Two runs
+fleet settings (presence lapse, recovery interval, visibility timeout); with
+--per-host N, N workers share each name, as N workers started on one host without
+--name do, and a killed worker's host starts its replacement under its name. Two runs
 of the same jobs, a quarter of them long enough to be split into segments:
 
 1. without faults: the wall time to compare with;
@@ -43,6 +45,7 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--jobs", type=int, default=40, help="jobs per run [40]")
     p.add_argument("--workers", type=int, default=3, help="workers, 1 thread each [3]")
+    p.add_argument("--per-host", type=int, default=1, help="workers sharing each name, as on one host [1]")
     p.add_argument("--size", default="128x96", help="WIDTHxHEIGHT of the clips [128x96]")
     p.add_argument("--short-frames", type=int, default=48, help="frames of a short clip, at 24 fps [48]")
     p.add_argument("--long-frames", type=int, default=192, help="frames of a long clip, split in 2 s segments [192]")
@@ -95,27 +98,37 @@ class Redis:
 
 
 class Fleet:
+    """Worker processes by label (their log's name); in the job store each goes by its id, NAME#RANDOM."""
+
     def __init__(self, env: dict[str, str], logs: Path, store) -> None:
         self.env, self.logs, self.store = env, logs, store
         self.processes: dict[str, subprocess.Popen] = {}
+        self.names: dict[str, str] = {}
         self.count = 0
 
-    def start_worker(self) -> str:
+    def start_worker(self, name: str | None = None) -> str:
         self.count += 1
-        name = f"w{self.count}@chaos"
-        log = open(self.logs / f"{name}.log", "w")
-        self.processes[name] = subprocess.Popen(
+        name = name or f"w{self.count}@chaos"
+        label = f"{self.count:03d}-{name}"
+        log = open(self.logs / f"{label}.log", "w")
+        self.processes[label] = subprocess.Popen(
             [sys.executable, "-m", "vidstyle.cli", "worker", "--name", name], env=self.env,
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.names[label] = name
         log.close()
-        return name
+        return label
 
-    def wait_live(self, names: list[str]) -> None:
-        while not set(names) <= {w.name for w in self.store.live_workers()}:
+    def worker_id(self, label: str) -> str | None:
+        """The id of the worker started as `label`, once it is live."""
+        pid = self.processes[label].pid
+        return next((w.name for w in self.store.live_workers() if w.pid == pid), None)
+
+    def wait_live(self, labels: list[str]) -> None:
+        while not all(self.worker_id(label) for label in labels):
             time.sleep(0.2)
 
-    def kill(self, name: str) -> None:
-        process = self.processes.pop(name)
+    def kill(self, label: str) -> None:
+        process = self.processes.pop(label)
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
 
@@ -162,7 +175,8 @@ def main() -> None:
                                         keyframes=list(range(0, frames, 24))), long))
     sources = {clip: describe(clip) for clip, _ in clips}
     print(f"vidstyle chaos benchmark: {args.jobs} jobs ({long_jobs} split into 2 s segments) of {width}x{height}, "
-          f"{args.short_frames} or {args.long_frames} frames with audio; {args.workers} workers of 1 thread; "
+          f"{args.short_frames} or {args.long_frames} frames with audio; {args.workers} workers of 1 thread, "
+          f"{args.per_host} per host; "
           f"faults every {low:g}-{high:g} s; CPU count {os.cpu_count()}; logs in {logs}", flush=True)
     failures: list[str] = []
 
@@ -176,7 +190,7 @@ def main() -> None:
             fleet.stop()
 
     def drive(label: str, out: Path, fleet: Fleet, faults: bool) -> tuple[float, list]:
-        fleet.wait_live([fleet.start_worker() for _ in range(args.workers)])
+        fleet.wait_live([fleet.start_worker(f"vidstyle@host{i // args.per_host}") for i in range(args.workers)])
         started = time.monotonic()
         job_ids = [submit_job(clip, "chaos", output=out / f"{clip.stem}.out.mp4",
                               segment_seconds="2" if long else "auto").id for clip, long in clips]
@@ -192,13 +206,14 @@ def main() -> None:
             if done == len(jobs):
                 break
             if faults and time.monotonic() >= next_fault:
-                victim = rng.choice(sorted(fleet.processes))
+                chosen = rng.choice(sorted(fleet.processes))
+                victim = fleet.worker_id(chosen)
                 units = [member for member in store.active_units()
                          if store.unit_fields(*member.split("|"))["worker"] == victim]
-                fleet.kill(victim)
+                fleet.kill(chosen)
                 kills.append((time.time(), victim, units))
-                print(f"  {time.monotonic() - started:6.1f} s: killed {victim} running {units or 'nothing'}; "
-                      f"started {fleet.start_worker()} ({done}/{len(jobs)} jobs ended)", flush=True)
+                print(f"  {time.monotonic() - started:6.1f} s: killed {victim or chosen} running {units or 'nothing'}; "
+                      f"started {fleet.start_worker(fleet.names[chosen])} ({done}/{len(jobs)} jobs ended)", flush=True)
                 next_fault = time.monotonic() + rng.uniform(low, high)
             if not restarted and done >= len(jobs) // 2:
                 server.stop()
