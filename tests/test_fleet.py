@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -392,6 +393,42 @@ def test_a_worker_refuses_jobs_crafted_in_the_store(fleet: Fleet, tmp_path: Path
     status = fleet.cli("status", next(iter(expected)))
     assert status.returncode == 0 and re.search(r"\nerror: +path '/.*' is not inside the storage root", status.stdout)
     assert {"storage": snapshot(fleet.storage), "outside": snapshot(outside)} == before  # nothing written, nothing removed
+
+
+def test_redis_acls_let_submitters_submit_but_not_pass_for_workers(fleet: Fleet, tmp_path: Path) -> None:
+    # deploy/redis-users.acl.example on a Redis of its own: a worker as `worker`, the user's commands as `submitter`.
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("needs redis-server")
+    acl = (Path(__file__).parents[1] / "deploy/redis-users.acl.example").read_text()
+    (tmp_path / "users.acl").write_text(acl.replace("WORKER_PASSWORD", "w0rker").replace("SUBMITTER_PASSWORD", "subm1t"))
+    port = free_port()
+    server = RedisServer(f"redis://worker:w0rker@127.0.0.1:{port}/0", [
+        binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path), "--save", "",
+        "--aclfile", str(tmp_path / "users.acl")])
+    server.start()
+    private = Fleet(server, fleet.storage, "vidstyle", fleet.logs)  # the queue the file names
+    try:
+        private.start_worker("acl", VIDSTYLE_BROKER_URL=server.url)
+        submitter_url = f"redis://submitter:subm1t@127.0.0.1:{port}/0"
+        as_submitter = {**os.environ, "VIDSTYLE_BROKER_URL": submitter_url}
+        source = tiny_clip(fleet.storage / "clip.mp4")
+        submitted = fleet.cli("submit", source, "--style", TEST_STYLE, "--wait", env=as_submitter)
+        assert submitted.returncode == 0, submitted.stderr
+        job_id = submitted.stdout.split()[0]
+        assert decode(fleet.storage / f"clip.{TEST_STYLE}.mp4")["frames"] == 12
+        for command in (["status", job_id], ["list"], ["workers"]):
+            assert fleet.cli(*command, env=as_submitter).returncode == 0, command
+        assert_clean_failure(fleet.cli("cancel", job_id, env=as_submitter), "already succeeded")
+
+        submitter = redis.Redis.from_url(submitter_url)
+        for write in (lambda: submitter.hset("vidstyle:worker:fake#000000", "name", "fake#000000"),
+                      lambda: submitter.sadd("vidstyle:active", "x|"), lambda: submitter.hset("unacked", "x", "[]")):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                write()
+    finally:
+        private.stop_all()
+        server.stop()
 
 
 def test_cancel_a_running_and_a_queued_job(fleet: Fleet) -> None:
