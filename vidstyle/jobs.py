@@ -5,7 +5,7 @@
                          into segments also segment:N:done and segment:N:worker),
                          expires `retention` seconds after its last change
     vidstyle:jobs        sorted set: job ids by creation time, for `vidstyle list`
-    vidstyle:worker:NAME hash: one live worker; expires unless its heartbeat renews it
+    vidstyle:worker:ID   hash: one live worker (ID: NAME#RANDOM); expires unless its heartbeat renews it
     vidstyle:active      set: the units ("JOB|UNIT") being run now, for the recovery scan
     vidstyle:requeued    sorted set: units put back by a recovery or a preemption whose
                          message is being published (a recoverer that dies mid-way is replaced)

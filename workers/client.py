@@ -64,10 +64,10 @@ def submit_job(
               segment_seconds=segment_seconds, temporal_strength=temporal_strength, sequence_fps=str(sequence_fps),
               strength=controls.strength, preserve_colors=controls.preserve_colors)
     check_fields(job)
-    if force:
-        remove_output(root / output_name)
     store = JobStore.from_settings()
     store.create(job)
+    if force:  # once the job store has taken the job, before a worker can
+        remove_output(root / output_name)
     enqueue(job, store)
     return job
 
