@@ -71,7 +71,7 @@ def split_shell(text: str) -> list[list[str]]:
 
 
 def commands() -> list[tuple[str, list[str]]]:
-    """(file name, argv) of every command a deploy file runs or the README shows."""
+    """(file name, argv) of every command a deploy file runs or the README or a docs/ page shows."""
     found = []
     for line in re.sub(r"\\\n", " ", (DEPLOY / "Dockerfile").read_text()).splitlines():
         instruction, _, rest = line.partition(" ")
@@ -92,12 +92,13 @@ def commands() -> list[tuple[str, list[str]]]:
     # In a unit file %% is a literal % and %i the instance (a GPU index).
     exec_start = re.sub(r"%[%i]", lambda m: {"%%": "%", "%i": "0"}[m[0]], unit()["Service"]["ExecStart"])
     found.append((UNIT.name, shlex.split(exec_start)))
-    readme = (DEPLOY.parent / "README.md").read_text()  # the project README, its "Running a fleet" above all
-    for block in re.findall(r"```sh\n(.*?)```", readme, re.S):
-        for line in re.sub(r"\\\n", " ", block).splitlines():
-            found += [("README.md", argv) for argv in split_shell(line)]
-    found += [("README.md", argv) for span in re.findall(r"`((?:vidstyle|celery) [^`]*)`", readme)
-              for argv in split_shell(span)]
+    for page in (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))):
+        name, text = str(page.relative_to(ROOT)), page.read_text()
+        for block in re.findall(r"```sh\n(.*?)```", text, re.S):
+            for line in re.sub(r"\\\n", " ", block).splitlines():
+                found += [(name, argv) for argv in split_shell(line)]
+        found += [(name, argv) for span in re.findall(r"`((?:vidstyle|celery) [^`]*)`", text)
+                  for argv in split_shell(span)]
     return found
 
 

@@ -248,7 +248,7 @@ def upscale(factor: str, weights: Path | None, sets: tuple[Path, ...], vgg_weigh
 
     Each --set is measured with its published low-resolution inputs (where
     their size fits FACTOR) and with the blur and bicubic downsampling the
-    network was trained on; see README, Super-resolution, for the protocol.
+    network was trained on; see docs/super-resolution.md for the protocol.
     """
     import shlex
     import sys

@@ -73,7 +73,7 @@ class TrainConfig:
     tv_weight: float = 1e-3  # about 0.3% of the gradient of the other terms at 128 px: a light touch
     stability_weight: float = 0.0
     # The stability term's motion, one of trainer.losses.STABILITY_MOTIONS.
-    stability_motion: str = "affine"  # nonrigid showed no gain on real footage (README)
+    stability_motion: str = "affine"  # nonrigid showed no gain on real footage (docs/training.md)
     # Super-resolution: content_weight weighs the relu2_2 feature term (as for styles), and a
     # per-pixel term keeps colours and PSNR honest.
     pixel_weight: float = 0.0

@@ -40,7 +40,7 @@ UPSCALE_LOSS_UNITS = (
 )
 # Settings of a super-resolution run a resumed run must share with its checkpoint.
 UPSCALE_IDENTITY = ("factor", "content_weight", "pixel_weight", "tv_weight", "max_blur")
-# Default weights, with the feature term's weight 1: see README, Super-resolution.
+# Default weights, with the feature term's weight 1: see docs/super-resolution.md.
 UPSCALE_PIXEL_WEIGHT = 30.0
 UPSCALE_TV_WEIGHT = 0.005
 CROPS = "random crops at the photos' own scale"

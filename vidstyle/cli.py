@@ -152,7 +152,7 @@ def upscale(factor: str, **options) -> None:
     """Upscale a video (or a still image) with a super-resolution network: FACTOR times the width and height.
 
     With a broker configured (VIDSTYLE_BROKER_URL) the job goes to the worker fleet instead."""
-    # No temporal stage: the upscaler is local and draws no strokes of its own to flicker (see README).
+    # No temporal stage: the upscaler is local and draws no strokes of its own to flicker (see docs/super-resolution.md).
     run(style=None, upscale=factor, temporal_strength=0.0, **options)
 
 

@@ -324,7 +324,7 @@ class Stylizer:
         else:
             cached = compiled_marker(key).exists()
             # By the output's size: an upscaler's work, and what compiling saves, grows with it
-            # (x4 from 320x180: 2.7x faster compiled, 1.5 s a frame; README, Super-resolution).
+            # (x4 from 320x180: 2.7x faster compiled, 1.5 s a frame; docs/super-resolution.md).
             compiling = should_compile(frames, height * self.factor, width * self.factor, self.device,
                                        self.forced_compile, cached)
         self.compiled_run = (batch_size, height, width) if compiling else None
@@ -349,7 +349,7 @@ class Stylizer:
             use_cache_dir()
             # The weights stay graph inputs (Inductor's default; its `freezing` would fold them in
             # as constants): so one compiled graph serves every network of its kind, and the on-disk
-            # FX graph cache can hold it. Measured (README, Start-up): a second style in the same
+            # FX graph cache can hold it. Measured (docs/performance.md): a second style in the same
             # process runs compiled at once, a new process loads a cached size in a third of a
             # frozen graph's time, and frames run about as fast.
             # A long-lived worker meets many frame sizes, each a graph of its own.
