@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from vidstyle.cli import parse_size
 from vidstyle.inference import Stylizer, resolve_device
-from vidstyle.pipeline import partial_file
+from vidstyle.media import partial_file
 from vidstyle.preview import contact_sheet, sample_frames
 from vidstyle.styles import find_treatment
 

@@ -20,7 +20,8 @@ from vidstyle.errors import VidstyleError
 from vidstyle.export import FramesInFramesOut, export_onnx
 from vidstyle.inference import Controls, Stylizer, resolve_device
 from vidstyle.model import TransformerNet, UpscalerNet
-from vidstyle.pipeline import EncodeOptions, stylize_file
+from vidstyle.media import EncodeOptions
+from vidstyle.pipeline import stylize_file
 from vidstyle.preview import GAP
 from vidstyle.sample import make_sample_video
 from vidstyle.styles import find_style

@@ -20,7 +20,8 @@ from vidstyle.errors import VidstyleError
 from vidstyle.formats import parse_fps, segment_suffix
 from vidstyle.inference import Stylizer, resolve_device
 from vidstyle.jobs import Job
-from vidstyle.pipeline import EncodeOptions, stylize_file
+from vidstyle.media import EncodeOptions
+from vidstyle.pipeline import stylize_file
 from vidstyle.sample import make_sample_video, sample_frame
 from vidstyle.segments import join_segments, plan_spans
 from vidstyle.styles import find_style

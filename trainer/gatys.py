@@ -22,7 +22,7 @@ from trainer.vgg import load_loss_network
 from vidstyle.config import setting
 from vidstyle.errors import VidstyleError
 from vidstyle.inference import Controls, apply_controls_to_pixels
-from vidstyle.pipeline import check_output, is_image, partial_file
+from vidstyle.media import check_output, is_image, partial_file
 from vidstyle.preview import sample_frames
 
 INITS = ("photo", "noise")

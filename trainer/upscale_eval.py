@@ -31,7 +31,7 @@ from trainer.upscale import bicubic_upscale, degrade, relu2_2
 from trainer.vgg import LossNetwork
 from vidstyle.errors import VidstyleError
 from vidstyle.model import UpscalerNet
-from vidstyle.pipeline import partial_file
+from vidstyle.media import partial_file
 from vidstyle.preview import contact_sheet
 
 PUBLISHED, OURS = "published", "blur+bicubic"

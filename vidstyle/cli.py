@@ -185,7 +185,8 @@ def run(input_path: Path, style: str | None, upscale: str | None, temporal_stren
                             "without one, it runs on this machine")
     # torch: imported by the commands that run networks, not by every command.
     from vidstyle.inference import Stylizer, resolve_device
-    from vidstyle.pipeline import EncodeOptions, default_output_path, is_image, stylize_file
+    from vidstyle.media import EncodeOptions, default_output_path, is_image
+    from vidstyle.pipeline import stylize_file
     from vidstyle.styles import find_treatment
 
     chosen = find_treatment(style, upscale)

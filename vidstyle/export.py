@@ -18,7 +18,7 @@ from torch import nn
 from vidstyle.errors import VidstyleError
 from vidstyle.inference import MIN_SIDE
 from vidstyle.model import TransformerNet, pad_to_multiple
-from vidstyle.pipeline import check_output, partial_file
+from vidstyle.media import check_output, partial_file
 
 OPSET = 18  # onnxruntime 1.14 (2023) on; the dynamo exporter's own
 EXAMPLE_SIDE = 64

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from vidstyle.errors import VidstyleError
 from vidstyle.inference import BT601_LUMA, Controls, Stylizer, apply_controls_to_pixels, luma_weights, resolve_device
-from vidstyle.pipeline import check_input, is_image, open_input, partial_file, probe_video
+from vidstyle.media import check_input, is_image, open_input, partial_file, probe_video
 from vidstyle.styles import Style
 
 LABEL_WIDTH = 120

@@ -19,7 +19,8 @@ import av
 
 from vidstyle.errors import VidstyleError
 from vidstyle.formats import kept_metadata
-from vidstyle.pipeline import Span, add_audio_stream, open_input
+from vidstyle.media import Span, open_input
+from vidstyle.passthrough import add_audio_stream
 
 # Automatic segment length: every worker gets about two segments (so a slow one
 # is not the last to finish alone), but no segment is so short that loading the

@@ -111,7 +111,7 @@ def submit_to_fleet(input_path: Path, style: str | None, *, upscale: str | None,
                     crf: int, preset: str, force: bool, queue: str, segment_seconds: str, temporal_strength: float,
                     sequence_fps: Fraction, controls: Controls, wait: bool, as_json: bool) -> None:
     """`vidstyle submit` and `vidstyle upscale` with a broker: queue the job, print its id, and with `wait` follow it."""
-    from vidstyle.pipeline import EncodeOptions
+    from vidstyle.media import EncodeOptions
     from workers.client import submit_job  # torch (to check the style) and Celery: only here
 
     job = submit_job(input_path, style, upscale=upscale, output=output, encode=EncodeOptions(codec=codec, crf=crf, preset=preset),

@@ -44,8 +44,8 @@ from vidstyle.errors import VidstyleError
 from vidstyle.inference import Controls, Stylizer, compile_warm_sizes, resolve_device, warm_sizes
 from vidstyle.jobs import (AUTO, CANCELLED, FAILED, JOIN, PREEMPTED, QUEUED, RUNNING, SUCCEEDED, WHOLE_JOB, Attempt,
                            Job, JobStore, parse_member, segment_unit, worker_lapse_seconds)
-from vidstyle.pipeline import (EncodeOptions, Span, is_image, partial_file, partial_path, probe_video,
-                               stylize_file)
+from vidstyle.media import EncodeOptions, Span, is_image, partial_file, partial_path, probe_video
+from vidstyle.pipeline import stylize_file
 from vidstyle.segments import join_segments, plan_spans
 from vidstyle.styles import Treatment, find_treatment
 from workers.celery import app
