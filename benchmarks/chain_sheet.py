@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from vidstyle.cli import parse_size
+from vidstyle.formats import parse_size
 from vidstyle.inference import Stylizer, resolve_device
 from vidstyle.media import partial_file
 from vidstyle.preview import contact_sheet, sample_frames

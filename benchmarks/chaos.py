@@ -157,7 +157,7 @@ def main() -> None:
     os.environ.update(env)
     import torch
 
-    from vidstyle.jobs import FINAL_STATES, SUCCEEDED, JobStore, connect
+    from workers.jobs import FINAL_STATES, SUCCEEDED, JobStore, connect
     from vidstyle.model import TransformerNet
     from vidstyle.sample import make_sample_video
     from vidstyle.styles import save_style

@@ -61,7 +61,7 @@ def main() -> None:
 
     from trainer.evaluate import decoded_frames
     from trainer.gatys import optimise_image
-    from vidstyle.cli import parse_size
+    from vidstyle.formats import parse_size
     from vidstyle.export import FramesInFramesOut, export_style
     from vidstyle.inference import Controls, Stylizer, resolve_device
     from vidstyle.styles import find_style

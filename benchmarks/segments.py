@@ -64,7 +64,7 @@ def main() -> None:
                                      "--save", ""], stdout=subprocess.DEVNULL)
     workers: list[subprocess.Popen] = []
     try:
-        from vidstyle.jobs import FINAL_STATES, SUCCEEDED, JobStore, connect
+        from workers.jobs import FINAL_STATES, SUCCEEDED, JobStore, connect
         from vidstyle.sample import make_sample_video
         from workers.client import submit_job
 

@@ -52,7 +52,7 @@ def main() -> None:
     from trainer.data import load_sample_photos
     from trainer.evaluate import PerceptualObjective, decoded_frames
     from trainer.vgg import load_loss_network
-    from vidstyle.cli import parse_size
+    from vidstyle.formats import parse_size
     from vidstyle.inference import Controls, apply_controls
     from vidstyle.preview import contact_sheet
     from vidstyle.styles import find_style

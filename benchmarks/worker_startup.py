@@ -49,7 +49,7 @@ def main() -> None:
     for name in ("VIDSTYLE_COMPILE", "VIDSTYLE_WARM_SIZES", "TORCHINDUCTOR_CACHE_DIR"):
         base_env.pop(name, None)
     os.environ.update(base_env)
-    from vidstyle.jobs import FINAL_STATES, SUCCEEDED, JobStore, connect
+    from workers.jobs import FINAL_STATES, SUCCEEDED, JobStore, connect
     from vidstyle.sample import make_sample_video
     from workers.client import submit_job
 

@@ -14,7 +14,7 @@ import click
 import yaml
 
 from vidstyle.cli import cli
-from vidstyle.jobs import DEFAULT_QUEUE
+from workers.jobs import DEFAULT_QUEUE
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

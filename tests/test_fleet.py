@@ -25,7 +25,7 @@ from test_cli import _audio_only, _not_a_video, _truncated, assert_clean_failure
 from vidstyle import exposure
 from vidstyle.errors import VidstyleError
 from vidstyle.inference import Controls, Stylizer, resolve_device
-from vidstyle.jobs import CANCELLED, FAILED, FINAL_STATES, RUNNING, SUCCEEDED, Job, JobStore, connect
+from workers.jobs import CANCELLED, FAILED, FINAL_STATES, RUNNING, SUCCEEDED, Job, JobStore, connect
 from vidstyle.sample import make_sample_video
 from vidstyle.styles import find_style
 

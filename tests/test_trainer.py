@@ -34,7 +34,7 @@ from trainer.losses import (
     stability_loss,
     warp,
 )
-from trainer.train import TrainConfig
+from trainer.config import TrainConfig
 from trainer.upscale import UPSCALE_PIXEL_WEIGHT, degrade, load_upscaler
 from trainer.upscale_eval import psnr, ssim
 from trainer.vgg import TORCHVISION_CONVENTION, InputNormalization

@@ -17,7 +17,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from trainer.evaluate import PerceptualObjective, lbfgs_steps
-from trainer.train import TrainConfig
+from trainer.losses import CONTENT_WEIGHT, STYLE_WEIGHT, TV_WEIGHT
 from trainer.vgg import load_loss_network
 from vidstyle.config import setting
 from vidstyle.errors import VidstyleError
@@ -38,8 +38,7 @@ class Optimised:
 def objective_card(size: int) -> dict:
     """The objective's weights, as a model card states them: the trainer's defaults, the
     style image at the optimised image's own size (its strokes at the scale they would have there)."""
-    return {"content_weight": TrainConfig.content_weight, "style_weight": TrainConfig.style_weight,
-            "tv_weight": TrainConfig.tv_weight, "style_size": size}
+    return {"content_weight": CONTENT_WEIGHT, "style_weight": STYLE_WEIGHT, "tv_weight": TV_WEIGHT, "style_size": size}
 
 
 def vgg_weights_path(given: Path | None) -> Path:

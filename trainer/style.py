@@ -3,11 +3,11 @@ content, Gram-matrix style, total variation and optionally temporal stability lo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torchvision.utils import save_image
 
+from trainer.config import TrainConfig
 from trainer.data import load_style_image, sha256_file
 from trainer.losses import (
     content_loss,
@@ -23,8 +23,6 @@ from vidstyle.errors import VidstyleError
 from vidstyle.model import TransformerNet
 from vidstyle.styles import Style, find_style
 
-if TYPE_CHECKING:
-    from trainer.train import TrainConfig
 
 STYLE_FORMAT = "vidstyle-style/1"
 # Settings of a style run a resumed run must share with its checkpoint.

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torchvision.utils import save_image
 
+from trainer.config import TrainConfig
 from trainer.data import sha256_file
 from trainer.losses import content_loss, gaussian_blur, total_variation
 from trainer.vgg import CONTENT_LAYER, LossNetwork
@@ -18,8 +18,6 @@ from vidstyle.errors import VidstyleError
 from vidstyle.model import UPSCALE_FACTORS, UpscalerNet
 from vidstyle.styles import Upscaler
 
-if TYPE_CHECKING:
-    from trainer.train import TrainConfig
 
 UPSCALER_FORMAT = "vidstyle-upscaler/1"
 BLUR_SIGMA_PX = 1.0  # the paper's

@@ -12,17 +12,20 @@ from typing import TYPE_CHECKING
 import click
 from tqdm import tqdm
 
+from vidstyle import formats
+from vidstyle.formats import parse_size  # trainer/cli.py still imports it from here, until its owner's work lands
 from vidstyle.config import setting
 from vidstyle.errors import VidstyleError
-from vidstyle.jobs import AUTO, DEFAULT_QUEUE
 from vidstyle.sample import make_camera_video, make_sample_video
 
 if TYPE_CHECKING:  # torch loads only with the commands that run a network
     from vidstyle.inference import Controls
 
-# Commands whose modules load only when run (or listed by --help): torch and
-# torchvision take seconds to import, and the fleet commands that only talk to
-# Redis answer at once without them.
+# The command line is where the core meets the trainer and the fleet, and the one
+# place in vidstyle/ that names them: as "module:attribute" strings, loaded only
+# when a command runs (or --help lists it). So the core never imports them, torch
+# and torchvision (seconds to import) load only with the commands that need them,
+# and the fleet commands that only talk to Redis answer at once.
 LAZY_COMMANDS = {
     "train": "trainer.cli:train",
     "train-upscaler": "trainer.cli:train_upscaler",
@@ -36,6 +39,17 @@ LAZY_COMMANDS = {
 }
 
 
+# What `submit` hands over to: a still optimised after a painting, a job for the fleet.
+OPTIMISE_STILL = "trainer.gatys:optimise_still"
+SUBMIT_TO_FLEET = "workers.cli:submit_to_fleet"
+
+
+def load(target: str) -> Callable:
+    """The attribute a "module:attribute" string names, its module imported now."""
+    module, attribute = target.split(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
@@ -43,8 +57,7 @@ class LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in LAZY_COMMANDS:
             return super().get_command(ctx, name)
-        module, attribute = LAZY_COMMANDS[name].split(":")
-        return getattr(importlib.import_module(module), attribute)
+        return load(LAZY_COMMANDS[name])
 
 
 @click.group(cls=LazyGroup)
@@ -77,7 +90,7 @@ def run_options(command: Callable) -> Callable:
         click.option("--fps", help="The frame rate of an image-sequence input (shot/frame_%04d.png): 24, 25, 23.976, "
                                    "24000/1001... [default: 24]."),
         click.option("--force", "-f", is_flag=True, help="Overwrite an existing output."),
-        click.option("--queue", help=f"With a broker: the queue to put the job on [default: {DEFAULT_QUEUE}]."),
+        click.option("--queue", help="With a broker: the queue to put the job on [default: vidstyle, the workers' default]."),
         click.option("--segment-seconds",
                      help="With a broker: split a long video over several workers in segments of about this many "
                           "seconds, cut at keyframes; 'off' never splits [default: auto, from its length and the live workers]."),
@@ -130,8 +143,7 @@ def submit(style: str | None, style_image: Path | None, strength: float, preserv
     if style_image is not None:
         if upscale:
             raise VidstyleError("--upscale goes with --style; upscale an optimised still with `vidstyle upscale`")
-        from trainer.gatys import optimise_still
-
+        optimise_still = load(OPTIMISE_STILL)
         input_path = options["input_path"]
         output = options["output"] or input_path.with_name(f"{input_path.stem}.{style_image.stem}{input_path.suffix}")
         given = {name: value for name, value in optimisation.items() if value is not None}
@@ -161,7 +173,6 @@ def run(input_path: Path, style: str | None, upscale: str | None, temporal_stren
         compile_network: bool | None, precision: str | None, fps: str | None, force: bool, queue: str | None,
         segment_seconds: str | None, wait: bool, as_json: bool, controls: Controls | None = None) -> None:
     """`submit` and `upscale`: here through the pipeline, or with a broker on the fleet."""
-    from vidstyle import formats
     from vidstyle.inference import Controls
 
     controls = controls or Controls()
@@ -173,12 +184,10 @@ def run(input_path: Path, style: str | None, upscale: str | None, temporal_stren
         if device or compile_network is not None or precision:
             raise VidstyleError("with a broker, the device, compilation and precision are worker settings "
                                 "(vidstyle worker --device --precision, VIDSTYLE_COMPILE)")
-        from workers.cli import submit_to_fleet
-
-        submit_to_fleet(input_path, style, upscale=upscale, output=output, batch_size=batch_size, codec=codec, crf=crf,
-                        preset=preset, force=force, queue=queue or DEFAULT_QUEUE, segment_seconds=segment_seconds or AUTO,
-                        temporal_strength=temporal_strength, sequence_fps=sequence_fps, controls=controls, wait=wait,
-                        as_json=as_json)
+        load(SUBMIT_TO_FLEET)(input_path, style, upscale=upscale, output=output, batch_size=batch_size, codec=codec,
+                              crf=crf, preset=preset, force=force, queue=queue, segment_seconds=segment_seconds,
+                              temporal_strength=temporal_strength, sequence_fps=sequence_fps, controls=controls,
+                              wait=wait, as_json=as_json)
         return
     if queue or as_json or segment_seconds:
         raise VidstyleError("--queue, --segment-seconds and --json need a broker (VIDSTYLE_BROKER_URL); "
@@ -307,16 +316,6 @@ def sample(output: Path, size: str, frames: int, fps: int, photo: Path | None) -
         return
     width, height = parse_size(size)
     click.echo(str(make_sample_video(output, width=width, height=height, frames=frames, fps=fps)))
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'640x360' -> (640, 360)."""
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError as exc:
-        raise VidstyleError(f"--size must look like 640x360, not '{text}'") from exc
-    return width, height
-
 
 
 def main() -> None:

@@ -135,6 +135,15 @@ def parse_fps(text: str | None) -> Fraction:
     return rate
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """A --size option's WIDTHxHEIGHT: '640x360' -> (640, 360)."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError as exc:
+        raise VidstyleError(f"--size must look like 640x360, not '{text}'") from exc
+    return width, height
+
+
 def open_sequence(pattern: Path, fps: Fraction) -> av.container.InputContainer:
     """An image sequence as a video stream at `fps`, from its first existing frame number."""
     first = sequence_numbers(pattern)[0]

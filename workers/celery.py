@@ -1,11 +1,13 @@
-"""The Celery app (`celery -A workers worker` finds it here), configured by workers.celeryconfig."""
+"""The Celery app (`celery -A workers worker` finds it here), configured by workers.celeryconfig.
+
+As in Celery's own layout, the app names its parts by module path instead of
+importing them: its tasks (workers.tasks) and the worker's heartbeat step
+(workers.heartbeat) load when a worker starts, and they import this app."""
 from __future__ import annotations
 
 import os
 
 from celery import Celery
-
-from workers.heartbeat import Heartbeat
 
 # Workers fork their pool processes: asking whether CUDA is there must not
 # initialise it in the parent (children could not use it), so ask NVML instead.
@@ -13,4 +15,4 @@ os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
 
 app = Celery("vidstyle", include=["workers.tasks"])
 app.config_from_object("workers.celeryconfig")
-app.steps["worker"].add(Heartbeat)
+app.steps["worker"].add("workers.heartbeat:Heartbeat")

@@ -16,9 +16,9 @@ Why each matters for long GPU jobs on a Redis broker:
 from __future__ import annotations
 
 from vidstyle.inference import warm_sizes
-from vidstyle.jobs import DEFAULT_QUEUE, seconds_setting
-from vidstyle.jobs import broker_url as configured_broker_url
-from vidstyle.jobs import job_store_url
+from workers.jobs import DEFAULT_QUEUE, seconds_setting
+from workers.jobs import broker_url as configured_broker_url
+from workers.jobs import job_store_url
 
 TASK_NAME = "vidstyle.stylize"
 SEGMENT_TASK_NAME = "vidstyle.stylize_segment"
@@ -28,7 +28,7 @@ DEFAULT_TIME_LIMIT_SECONDS = 4 * 3600
 broker_url = configured_broker_url()
 task_serializer = result_serializer = event_serializer = "json"
 accept_content = result_accept_content = ["json"]  # pickle would let whoever can write to Redis run code on workers
-task_ignore_result = True  # outcomes live in the job records (vidstyle.jobs), not in Celery results
+task_ignore_result = True  # outcomes live in the job records (workers.jobs), not in Celery results
 # ...except the segment tasks', which a chord counts to start the join: in the job store's Redis.
 result_backend = job_store_url()
 result_expires = 7 * 24 * 3600

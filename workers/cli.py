@@ -24,7 +24,7 @@ from kombu.utils.url import maybe_sanitize_url
 from tqdm import tqdm
 
 from vidstyle.errors import VidstyleError
-from vidstyle.jobs import (CANCELLED, DEFAULT_QUEUE, FAILED, FINAL_STATES, RUNNING, STATES, SUCCEEDED, Job, JobStore,
+from workers.jobs import (AUTO, CANCELLED, DEFAULT_QUEUE, FAILED, FINAL_STATES, RUNNING, STATES, SUCCEEDED, Job, JobStore,
                            broker_url, job_store_url)
 
 if TYPE_CHECKING:  # torch: not loaded by the commands that only talk to Redis
@@ -108,14 +108,16 @@ def follow(store: JobStore, job_id: str, as_json: bool) -> Job:
 @reports_unreachable_servers
 def submit_to_fleet(input_path: Path, style: str | None, *, upscale: str | None, output: Path | None,
                     batch_size: int | None, codec: str,
-                    crf: int, preset: str, force: bool, queue: str, segment_seconds: str, temporal_strength: float,
-                    sequence_fps: Fraction, controls: Controls, wait: bool, as_json: bool) -> None:
-    """`vidstyle submit` and `vidstyle upscale` with a broker: queue the job, print its id, and with `wait` follow it."""
+                    crf: int, preset: str, force: bool, queue: str | None, segment_seconds: str | None,
+                    temporal_strength: float, sequence_fps: Fraction, controls: Controls, wait: bool, as_json: bool) -> None:
+    """`vidstyle submit` and `vidstyle upscale` with a broker: queue the job (on `queue`, else the default
+    one; in segments of `segment_seconds`, else auto), print its id, and with `wait` follow it."""
     from vidstyle.media import EncodeOptions
     from workers.client import submit_job  # torch (to check the style) and Celery: only here
 
     job = submit_job(input_path, style, upscale=upscale, output=output, encode=EncodeOptions(codec=codec, crf=crf, preset=preset),
-                     batch_size=batch_size, queue=queue, force=force, segment_seconds=segment_seconds,
+                     batch_size=batch_size, queue=queue or DEFAULT_QUEUE, force=force,
+                     segment_seconds=segment_seconds or AUTO,
                      temporal_strength=temporal_strength, sequence_fps=sequence_fps, controls=controls)
     if not wait:
         click.echo(json.dumps(job.to_dict()) if as_json else job.id)
@@ -268,7 +270,7 @@ def worker(device: str | None, queues: str, concurrency: int, name: str | None, 
     if on_term:
         os.environ["VIDSTYLE_ON_TERM"] = on_term
     from workers.celery import app
-    from workers.heartbeat import worker_device
+    from workers.identity import worker_device
 
     from workers.tasks import on_term_setting
 

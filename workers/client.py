@@ -12,7 +12,7 @@ from kombu.exceptions import OperationalError
 from vidstyle import formats
 from vidstyle.errors import VidstyleError
 from vidstyle.inference import Controls
-from vidstyle.jobs import AUTO, DEFAULT_QUEUE, STYLE_TASK, UPSCALE_TASK, Job, JobStore
+from workers.jobs import AUTO, DEFAULT_QUEUE, STYLE_TASK, UPSCALE_TASK, Job, JobStore
 from vidstyle.media import EncodeOptions, check_input, check_output, default_output_path, is_image, output_encoder
 from vidstyle.styles import find_treatment
 from vidstyle.temporal import DEFAULT_STRENGTH

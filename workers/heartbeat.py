@@ -26,28 +26,17 @@ import redis
 from celery import bootsteps, signals
 from kombu.exceptions import OperationalError
 
-from vidstyle.config import setting
 from vidstyle.errors import VidstyleError
-from vidstyle.jobs import (RUNNING, JobStore, WorkerInfo, parse_member, recovery_interval_seconds,
-                           worker_lapse_seconds)
+from workers.broker import hand_back_stranded
+from workers.identity import WORKER_ID_ENV, worker_device, worker_id
+from workers.jobs import (RUNNING, JobStore, WorkerInfo, parse_member, recovery_interval_seconds,
+                          worker_lapse_seconds)
+from workers.storage import storage_root
+from workers.tasks import ON_TERM_REQUEUE, on_term_setting, publish_unit, remove_partials, unit_waits
 
 HEARTBEAT_SECONDS = 2.0
-# Set by the worker's main process before its pool starts: the pool processes inherit it.
-WORKER_ID_ENV = "VIDSTYLE_WORKER_ID"
 
 logger = logging.getLogger(__name__)
-
-
-def worker_device() -> str:
-    """The device this worker's pool processes run the networks on (VIDSTYLE_DEVICE, else CUDA when present)."""
-    from vidstyle.inference import resolve_device  # torch: only in workers
-
-    return str(resolve_device(setting("VIDSTYLE_DEVICE")))
-
-
-def worker_id() -> str:
-    """This worker's identity for presence, fencing and recovery: NAME#RANDOM, unique per run."""
-    return os.environ[WORKER_ID_ENV]
 
 
 def recover_lost_units(store: JobStore, worker_name: str, reserved_task_ids: Callable[[], set[str]],
@@ -56,10 +45,6 @@ def recover_lost_units(store: JobStore, worker_name: str, reserved_task_ids: Cal
     worker's own whose task it no longer holds (its pool process died); publish
     again those whose recoverer died before it published; hand back messages taken
     by workers that died before they started them."""
-    from workers.broker import hand_back_stranded
-    from workers.storage import storage_root
-    from workers.tasks import publish_unit, unit_waits  # they import this module's app
-
     for member in store.active_units():
         try:
             recover_unit(store, member, worker_name, reserved_task_ids, storage_root)
@@ -76,8 +61,6 @@ def recover_lost_units(store: JobStore, worker_name: str, reserved_task_ids: Cal
 def recover_unit(store: JobStore, member: str, worker_name: str, reserved_task_ids: Callable[[], set[str]],
                  storage_root: Callable[[], Path]) -> None:
     """Put back one running unit if its worker is lost."""
-    from workers.tasks import publish_unit, remove_partials
-
     job_id, unit = parse_member(member)
     fields = store.unit_fields(job_id, unit)  # read before the held tasks: an attempt started since is not ours to judge
     own_dead = None
@@ -150,8 +133,6 @@ class Heartbeat(bootsteps.StartStopStep):
     def hand_back_on_term(self, sig=None, **_) -> None:
         """Under --on-term requeue, SIGTERM to this process alone (as Kubernetes and Docker
         send it) reaches the pool processes too: they stop their jobs at the next batch."""
-        from workers.tasks import ON_TERM_REQUEUE, on_term_setting
-
         if sig != "SIGTERM" or on_term_setting() != ON_TERM_REQUEUE:
             return
         for pid in self.worker.pool.info.get("processes", []):

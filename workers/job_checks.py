@@ -15,7 +15,7 @@ from pathlib import Path
 
 from vidstyle import formats
 from vidstyle.errors import VidstyleError
-from vidstyle.jobs import AUTO, Job
+from workers.jobs import AUTO, Job
 from vidstyle.model import UPSCALE_FACTORS
 from workers.storage import resolve_in_storage
 

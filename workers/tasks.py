@@ -11,7 +11,7 @@ callback joins the segment files into the output without re-encoding. The
 segment files live in a hidden folder beside the output, removed when the job
 ends in any way.
 
-Each start of a task is an attempt (vidstyle.jobs): its temporary file is named
+Each start of a task is an attempt (workers.jobs): its temporary file is named
 after it, and its progress, its final rename and its outcome count only while
 it is its unit's current attempt. A message that comes again for a unit that is
 done or running on a live worker is dropped (celery's Ignore: no result, so a
@@ -42,7 +42,7 @@ from vidstyle import formats
 from vidstyle.config import setting
 from vidstyle.errors import VidstyleError
 from vidstyle.inference import Controls, Stylizer, compile_warm_sizes, resolve_device, warm_sizes
-from vidstyle.jobs import (AUTO, CANCELLED, FAILED, JOIN, PREEMPTED, QUEUED, RUNNING, SUCCEEDED, WHOLE_JOB, Attempt,
+from workers.jobs import (AUTO, CANCELLED, FAILED, JOIN, PREEMPTED, QUEUED, RUNNING, SUCCEEDED, WHOLE_JOB, Attempt,
                            Job, JobStore, parse_member, segment_unit, worker_lapse_seconds)
 from vidstyle.media import EncodeOptions, Span, is_image, partial_file, partial_path, probe_video
 from vidstyle.pipeline import stylize_file
@@ -51,7 +51,7 @@ from vidstyle.styles import Treatment, find_treatment
 from workers.celery import app
 from workers.broker import to_front
 from workers.celeryconfig import JOIN_TASK_NAME, SEGMENT_TASK_NAME, TASK_NAME
-from workers.heartbeat import worker_id
+from workers.identity import worker_id
 from workers.job_checks import check_new_output, check_span, checked_paths
 from workers.storage import resolve_in_storage, storage_root
 

@@ -1,0 +1,87 @@
+"""A training run's settings: what `vidstyle train` and `vidstyle train-upscaler` pass
+to the training loop (trainer.train) and its objectives (trainer.style, trainer.upscale)."""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainer.losses import CONTENT_WEIGHT, STYLE_WEIGHT, TV_WEIGHT
+
+
+@dataclass
+class TrainConfig:
+    dataset: Path
+    run_dir: Path
+    output: Path
+    name: str
+    style_image: Path | None = None  # style training; None with a factor
+    factor: int | None = None  # super-resolution training: the upscale factor of vidstyle.model.UpscalerNet
+    vgg_weights: Path | None = None
+    image_size: int = 256
+    style_size: int | None = None  # long side of the style image; None means 2 * the first crop size
+    iterations: int = 40_000  # the paper's: two epochs of COCO at batch 4
+    # (crop size, iterations) per stage, e.g. many cheap small crops and then a few at the size
+    # the style is used at; None means one stage: image_size for iterations.
+    curriculum: tuple[tuple[int, int], ...] | None = None
+    precision: str | None = None  # "bf16" or "fp32"; None: bf16 where the device computes it natively
+    batch_size: int = 4
+    lr: float = 1e-3
+    # None keeps lr constant; otherwise the last stage decays it to final_lr along a half cosine.
+    final_lr: float | None = None
+    # A trained style (name or .pth) to start from instead of random weights: fine-tuning.
+    init_from: str | None = None
+    content_weight: float = CONTENT_WEIGHT
+    style_weight: float = STYLE_WEIGHT
+    tv_weight: float = TV_WEIGHT
+    stability_weight: float = 0.0
+    # The stability term's motion, one of trainer.losses.STABILITY_MOTIONS.
+    stability_motion: str = "affine"  # nonrigid showed no gain on real footage (docs/training.md)
+    # Super-resolution: content_weight weighs the relu2_2 feature term (as for styles), and a
+    # per-pixel term keeps colours and PSNR honest.
+    pixel_weight: float = 0.0
+    # Super-resolution: None blurs every training input by the paper's sigma; a value blurs each
+    # by a sigma drawn from 0..max_blur, so the network also restores unblurred bicubic inputs.
+    max_blur: float | None = None
+    # Super-resolution: residual blocks of UpscalerNet; None: the paper's 4, or --init-from's own.
+    blocks: int | None = None
+    # Super-resolution: "nearest" or "bilinear" (vidstyle.model.UPSAMPLINGS); None: nearest, or --init-from's.
+    upsampling: str | None = None
+    holdout: int = 50
+    seed: int = 0
+    log_every: int = 10
+    sample_every: int = 500
+    checkpoint_every: int = 500
+    resume: bool = False
+    threads: int | None = None
+    workers: int = 2
+    device: str | None = None
+
+    def stages(self) -> tuple[tuple[int, int], ...]:
+        """(crop size, iterations) per stage."""
+        return self.curriculum or ((self.image_size, self.iterations),)
+
+    def schedule(self) -> list[tuple[int, int]]:
+        """(crop size, last iteration of the stage) per stage, iterations counted from 1."""
+        ends = itertools.accumulate(iterations for _, iterations in self.stages())
+        return [(size, end) for (size, _), end in zip(self.stages(), ends)]
+
+    def lr_at(self, iteration: int) -> float:
+        """The learning rate of an iteration (counted from 1): a function of the
+        iteration alone, so a resumed run follows the same schedule."""
+        if self.final_lr is None:
+            return self.lr
+        last_start, last_end = (self.schedule()[-2][1] if len(self.stages()) > 1 else 0), self.schedule()[-1][1]
+        if iteration <= last_start:
+            return self.lr
+        progress = (iteration - 1 - last_start) / max(1, last_end - last_start - 1)
+        return self.final_lr + (self.lr - self.final_lr) * (1 + math.cos(math.pi * progress)) / 2
+
+    def describe_schedule(self, crops: str) -> str:
+        """The optimiser, data and stages in words, for a model card's recipe."""
+        stages = [f"{iterations} iterations at {size} px" for size, iterations in self.stages()]
+        lr = f"lr {self.lr}" + ("" if self.final_lr is None else
+                                f" (cosine decay to {self.final_lr} over the last {self.stages()[-1][1]} iterations)")
+        return (f"Adam {lr}, batch {self.batch_size}, {crops} from {Path(self.dataset).resolve().name} "
+                f"({self.holdout} photos held out): {', then '.join(stages)}")
