@@ -14,15 +14,13 @@ import click
 import yaml
 
 from vidstyle.cli import cli
+from vidstyle.settings import DECLARED
 from workers.jobs import DEFAULT_QUEUE
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 UNIT = DEPLOY / "systemd" / "vidstyle-worker@.service"
 ENV_EXAMPLE = DEPLOY / "systemd" / "worker.env.example"
-# Where the source reads a setting: setting("X"), seconds_setting("X", ...), os.environ...
-SETTING_READS = (r'setting\(\s*"(VIDSTYLE_\w+)"', r'os\.environ\.get\(\s*"(VIDSTYLE_\w+)"',
-                 r'os\.environ\[\s*"(VIDSTYLE_\w+)"\s*\]', r'"(VIDSTYLE_\w+)"\s+in\s+os\.environ')
 
 
 def compose() -> dict:
@@ -132,20 +130,8 @@ def test_celery_commands_load_the_vidstyle_app_or_run_flower():
         assert loads_app or subcommand == "flower", f"{where}: `{shlex.join(argv)}` runs neither -A workers nor flower"
 
 
-def settings_read() -> set[str]:
-    """The VIDSTYLE_* names the source of vidstyle, workers and trainer reads."""
-    names = set()
-    for path in (p for package in ("vidstyle", "workers", "trainer") for p in (ROOT / package).rglob("*.py")):
-        source = path.read_text()
-        names.update(name for pattern in SETTING_READS for name in re.findall(pattern, source))
-        # A name kept in a module constant and read as setting(CONSTANT).
-        constants = dict(re.findall(r'^(\w+)\s*=\s*"(VIDSTYLE_\w+)"', source, re.M))
-        names.update(constants[c] for c in re.findall(r"setting\(\s*(\w+)\s*[,)]", source) if c in constants)
-    return names
-
-
 def test_every_vidstyle_setting_named_in_deploy_is_one_vidstyle_reads():
-    read = settings_read()
+    read = set(DECLARED)
     assert {"VIDSTYLE_BROKER_URL", "VIDSTYLE_STORAGE", "VIDSTYLE_STYLES_PATH"} <= read
     for path in (p for p in DEPLOY.rglob("*") if p.is_file()):
         unknown = set(re.findall(r"\bVIDSTYLE_[A-Z0-9_]+", path.read_text())) - read

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from trainer.evaluate import PerceptualObjective, lbfgs_steps
 from trainer.losses import CONTENT_WEIGHT, STYLE_WEIGHT, TV_WEIGHT
 from trainer.vgg import load_loss_network
-from vidstyle.config import setting
+from vidstyle.settings import setting
 from vidstyle.errors import VidstyleError
 from vidstyle.inference import Controls, apply_controls_to_pixels
 from vidstyle.media import check_output, is_image, partial_file

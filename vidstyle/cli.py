@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from vidstyle import formats
 from vidstyle.formats import parse_size  # trainer/cli.py still imports it from here, until its owner's work lands
-from vidstyle.config import setting
+from vidstyle.settings import setting
 from vidstyle.errors import VidstyleError
 from vidstyle.sample import make_camera_video, make_sample_video
 
@@ -318,10 +318,38 @@ def sample(output: Path, size: str, frames: int, fps: int, photo: Path | None) -
     click.echo(str(make_sample_video(output, width=width, height=height, frames=frames, fps=fps)))
 
 
+@cli.command()
+def config() -> None:
+    """Print the effective settings, each with where it came from (a flag, the environment, the
+    config file or its default) and who reads it; passwords in URLs are masked."""
+    from vidstyle import settings
+
+    path = settings.config_file()
+    click.echo(f"# config file: {path}" + ("" if path.is_file() else " (none)"))
+    for declared in settings.SETTINGS:
+        value, source = settings.lookup(declared.name)
+        shown = "" if value is None else (masked_url(value) if declared.kind == "url" else value)
+        click.echo(f"{declared.name}={shown}  # {source if value is not None else 'unset'}; read by {declared.read_by}")
+    for key in settings.unknown_file_keys():
+        logging.getLogger("vidstyle").warning(f"{path}: {key!r} is not a setting, and does nothing")
+
+
+def masked_url(url: str) -> str:
+    """redis://user:secret@host/0 -> redis://user:***@host/0."""
+    return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url)
+
+
+def debugging() -> bool:
+    """VIDSTYLE_DEBUG is on (and the settings can be read at all)."""
+    try:
+        return setting("VIDSTYLE_DEBUG") not in (None, "", "0")
+    except VidstyleError:
+        return False
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit status 1,
     and so does anything unexpected (with VIDSTYLE_DEBUG=1, its traceback too)."""
-    debug = os.environ.get("VIDSTYLE_DEBUG", "0") not in ("", "0")
     # The pipeline's warnings (audio dropped, say) as one line each, in the same voice as errors.
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("vidstyle: warning: %(message)s"))
@@ -341,7 +369,7 @@ def main() -> None:
         click.echo("vidstyle: interrupted", err=True)
         sys.exit(130)
     except Exception as exc:
-        if debug:
+        if debugging():
             raise
         message = " ".join(str(exc).split())  # one line, whatever the exception says
         click.echo(f"vidstyle: error: unexpected {type(exc).__name__}: {message} (VIDSTYLE_DEBUG=1 shows the traceback)",

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vidstyle.config import setting
+from vidstyle.settings import setting
 from vidstyle.errors import VidstyleError
 from vidstyle.model import ConvLayer, StyleThenUpscale, TransformerNet, UpscalerNet, pad_to_multiple
 from vidstyle.strips import stylize_in_strips
@@ -274,7 +274,7 @@ def autocast_dtype(device: torch.device, precision: str | None = None) -> torch.
     default) picks float16 on CUDA (tensor cores) and bfloat16 on CPUs that
     have it natively: 1.6x faster here, 53 dB PSNR from float32's output.
     """
-    precision = precision or os.environ.get("VIDSTYLE_PRECISION", "auto")
+    precision = precision or setting("VIDSTYLE_PRECISION")
     if precision not in ("auto", "fp32"):
         raise VidstyleError(f"precision must be auto or fp32, not {precision!r}")
     if precision == "fp32":
@@ -490,16 +490,16 @@ def warm_sizes() -> list[tuple[int, int]]:
 
 
 def compile_warm_sizes(sizes: list[tuple[int, int]], device_name: str | None = None,
-                       only_uncached: bool = False) -> None:
+                       only_uncached: bool = False, precision: str | None = None) -> None:
     """Compile the style network for each (width, height), at the batch size a job of that size
     runs in, into this process and the on-disk cache (loading it from there when it holds it), so
     that a job of one of these sizes finds it compiled. The compiled graph does not depend on the
     weights: random ones stand in for every style's. `only_uncached` skips the sizes the on-disk
-    cache holds already (a process that only fills the cache for others)."""
+    cache holds already (a process that only fills the cache for others). `precision` as Stylizer's."""
     if not sizes or compile_setting() is False:
         return
     device = resolve_device(device_name)
-    stylizer = Stylizer(TransformerNet(), device, compile=True)
+    stylizer = Stylizer(TransformerNet(), device, compile=True, precision=precision)
     for width, height in sizes:
         batch_size = default_batch_size(device, height, width)
         key = stylizer._compiled_key(stylizer._network_shape(batch_size, height, width))

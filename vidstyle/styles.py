@@ -25,7 +25,7 @@ from typing import Iterator
 
 import torch
 
-from vidstyle.config import setting
+from vidstyle.settings import setting
 from vidstyle.errors import VidstyleError
 from vidstyle.model import UPSCALE_FACTORS, StyleThenUpscale, TransformerNet, UpscalerNet
 

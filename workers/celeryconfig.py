@@ -16,14 +16,14 @@ Why each matters for long GPU jobs on a Redis broker:
 from __future__ import annotations
 
 from vidstyle.inference import warm_sizes
-from workers.jobs import DEFAULT_QUEUE, seconds_setting
+from vidstyle.settings import seconds
+from workers.jobs import DEFAULT_QUEUE
 from workers.jobs import broker_url as configured_broker_url
 from workers.jobs import job_store_url
 
 TASK_NAME = "vidstyle.stylize"
 SEGMENT_TASK_NAME = "vidstyle.stylize_segment"
 JOIN_TASK_NAME = "vidstyle.join_segments"
-DEFAULT_TIME_LIMIT_SECONDS = 4 * 3600
 
 broker_url = configured_broker_url()
 task_serializer = result_serializer = event_serializer = "json"
@@ -48,10 +48,10 @@ worker_proc_alive_timeout = 4.0 + WARM_SECONDS_PER_SIZE * len(warm_sizes())
 # the job, would also record its segment as revoked and so fail the chord of a split job.
 worker_cancel_long_running_tasks_on_connection_loss = False
 
-task_time_limit = seconds_setting("VIDSTYLE_JOB_TIME_LIMIT", DEFAULT_TIME_LIMIT_SECONDS)
+task_time_limit = seconds("VIDSTYLE_JOB_TIME_LIMIT")
 # The soft limit stops the job cleanly (its partial output removed) a minute, or half the limit, before the kill.
 task_soft_time_limit = task_time_limit - min(60.0, task_time_limit / 2)
-_visibility_timeout = seconds_setting("VIDSTYLE_VISIBILITY_TIMEOUT", task_time_limit + 300)
+_visibility_timeout = seconds("VIDSTYLE_VISIBILITY_TIMEOUT", task_time_limit + 300)
 
 broker_connection_timeout = 3
 broker_connection_retry_on_startup = True  # a worker that boots before Redis waits for it

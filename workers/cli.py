@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime
 import functools
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +23,7 @@ from kombu.utils.url import maybe_sanitize_url
 from tqdm import tqdm
 
 from vidstyle.errors import VidstyleError
+from vidstyle.settings import setting, use_flag
 from workers.jobs import (AUTO, CANCELLED, DEFAULT_QUEUE, FAILED, FINAL_STATES, RUNNING, STATES, SUCCEEDED, Job, JobStore,
                            broker_url, job_store_url)
 
@@ -235,12 +235,12 @@ def warm_compile_cache() -> None:
     import multiprocessing
 
     from vidstyle import inference
-    from vidstyle.config import setting
 
     sizes = inference.warm_sizes()
-    if sizes:
+    if sizes:  # a spawned process inherits no flags: they go as arguments
         child = multiprocessing.get_context("spawn").Process(
-            target=inference.compile_warm_sizes, args=(sizes, setting("VIDSTYLE_DEVICE"), True))
+            target=inference.compile_warm_sizes,
+            args=(sizes, setting("VIDSTYLE_DEVICE"), True, setting("VIDSTYLE_PRECISION")))
         child.start()
         child.join()
 
@@ -262,16 +262,13 @@ def worker(device: str | None, queues: str, concurrency: int, name: str | None, 
            on_term: str | None) -> None:
     """Run a worker that takes jobs from the broker (plain `celery -A workers worker` works too)."""
     broker_url()  # a clear line, not Celery's default of a local AMQP server
-    # Read by the pool processes, which inherit the environment.
-    if device:
-        os.environ["VIDSTYLE_DEVICE"] = device
-    if precision:
-        os.environ["VIDSTYLE_PRECISION"] = precision
-    if on_term:
-        os.environ["VIDSTYLE_ON_TERM"] = on_term
+    # The flags stand for their settings in this process and in the pool processes it forks.
+    for setting_name, value, flag in (("VIDSTYLE_DEVICE", device, "--device"), ("VIDSTYLE_ON_TERM", on_term, "--on-term"),
+                                      ("VIDSTYLE_PRECISION", precision, "--precision")):
+        if value:
+            use_flag(setting_name, value, flag)
     from workers.celery import app
     from workers.identity import worker_device
-
     from workers.tasks import on_term_setting
 
     worker_device()  # a bad or missing device: one line now, not a traceback from every job

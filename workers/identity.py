@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from vidstyle.config import setting
+from vidstyle.settings import setting
 
 WORKER_ID_ENV = "VIDSTYLE_WORKER_ID"
 

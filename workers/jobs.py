@@ -33,13 +33,12 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from vidstyle.config import setting
+from vidstyle.settings import seconds, setting
 from vidstyle.errors import VidstyleError
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED)
-DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600
 DEFAULT_QUEUE = "vidstyle"
 STYLE_TASK, UPSCALE_TASK = "style", "upscale"  # what a job does to each frame (Job.task)
 JOB_PREFIX, JOB_INDEX, WORKER_PREFIX = "vidstyle:job:", "vidstyle:jobs", "vidstyle:worker:"
@@ -48,8 +47,6 @@ WHOLE_JOB, JOIN = "", "join:"  # unit prefixes; a segment's is segment_unit(N)
 # How an attempt ended, as `vidstyle status` lists them, besides the final states, 'worker lost'
 # (written by the scripts below), 'retrying after: ...' and 'failed'.
 PREEMPTED, SPLIT = "preempted", "split"
-DEFAULT_WORKER_LAPSE_SECONDS = 10.0  # a worker's presence outlives its last heartbeat by this much
-DEFAULT_RECOVERY_INTERVAL_SECONDS = 5.0
 
 # Ends attempt number ARGV[n] of a job (KEYS[1]) with an outcome, unless it already ended.
 END_ATTEMPT_LUA = """
@@ -353,38 +350,26 @@ def job_store_url() -> str:
     return setting("VIDSTYLE_RESULT_URL") or broker_url()
 
 
-def seconds_setting(name: str, default: float) -> float:
-    """A positive number of seconds from setting `name`."""
-    value = setting(name)
-    try:
-        seconds = float(value) if value is not None else default
-    except ValueError:
-        seconds = 0
-    if seconds <= 0:
-        raise VidstyleError(f"{name} must be a positive number of seconds, not '{value}'")
-    return seconds
-
-
 def retention_seconds() -> int:
-    return max(1, round(seconds_setting("VIDSTYLE_JOB_RETENTION", DEFAULT_RETENTION_SECONDS)))
+    return max(1, round(seconds("VIDSTYLE_JOB_RETENTION")))
 
 
 def worker_lapse_seconds() -> float:
     """How long a worker's presence outlives its last heartbeat: past it, its jobs are taken over."""
-    return seconds_setting("VIDSTYLE_WORKER_LAPSE", DEFAULT_WORKER_LAPSE_SECONDS)
+    return seconds("VIDSTYLE_WORKER_LAPSE")
 
 
 def recovery_interval_seconds() -> float:
     """How often each worker looks for units of lapsed workers."""
-    return seconds_setting("VIDSTYLE_RECOVERY_INTERVAL", DEFAULT_RECOVERY_INTERVAL_SECONDS)
+    return seconds("VIDSTYLE_RECOVERY_INTERVAL")
 
 
 class JobStore:
     """Job records and worker heartbeats in one Redis database."""
 
-    def __init__(self, client: redis.Redis, retention: int = DEFAULT_RETENTION_SECONDS):
+    def __init__(self, client: redis.Redis, retention: int | None = None):
         self.redis = client
-        self.retention = retention
+        self.retention = retention_seconds() if retention is None else retention
         self._transition = client.register_script(TRANSITION_LUA)
         self._segment_progress = client.register_script(SEGMENT_PROGRESS_LUA)
         self._start_unit = client.register_script(START_UNIT_LUA)

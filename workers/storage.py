@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
-from vidstyle.config import setting
+from vidstyle.settings import setting
 from vidstyle.errors import VidstyleError
 
 

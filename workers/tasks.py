@@ -39,7 +39,7 @@ from celery.exceptions import Ignore, SoftTimeLimitExceeded, TimeLimitExceeded
 from kombu.exceptions import OperationalError
 
 from vidstyle import formats
-from vidstyle.config import setting
+from vidstyle.settings import setting
 from vidstyle.errors import VidstyleError
 from vidstyle.inference import Controls, Stylizer, compile_warm_sizes, resolve_device, warm_sizes
 from workers.jobs import (AUTO, CANCELLED, FAILED, JOIN, PREEMPTED, QUEUED, RUNNING, SUCCEEDED, WHOLE_JOB, Attempt,
