@@ -17,6 +17,9 @@ from vidstyle.styles import save_style
 # Compilation costs tens of seconds per frame size; the tests check the logic, not speed.
 os.environ["VIDSTYLE_COMPILE"] = "0"
 TEST_STYLE = "testnet"
+# The devices a test that runs a network on one is repeated on: the CPU, and CUDA, skipped (and
+# listed by -rs) where this machine has none.
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
 TEST_FACTOR = 4
 # An upscaler's model card, its evaluation laid out as `vidstyle eval upscale --record` writes it.
 TEST_UPSCALER_CARD = {"task": "upscale", "factor": TEST_FACTOR, "evaluation": {"command": "vidstyle eval upscale", "scores": [

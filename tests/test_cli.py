@@ -1,6 +1,7 @@
 """The `vidstyle` command as a user runs it: real child processes, real files."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 from PIL import Image
 
 from conftest import TEST_STYLE, decode, run_cli
+from vidstyle.styles import BUILTIN_DIR
 from vidstyle.sample import make_sample_video
 
 
@@ -50,8 +52,12 @@ def test_styles_lists_the_search_path() -> None:
     result = run_cli("styles")
     assert result.returncode == 0
     assert TEST_STYLE in result.stdout
+    # Each style's measured quality and flicker, whatever they are now, as its card states them.
     udnie_line = next(line for line in result.stdout.splitlines() if line.startswith("udnie "))
-    assert "L-BFGS equivalent 58.5" in udnie_line  # the built-in's measured quality, from its card
+    evaluation = json.loads((BUILTIN_DIR / "udnie.json").read_text())["evaluation"]
+    assert f"L-BFGS equivalent {evaluation['median_lbfgs_iterations_from_noise']:g}" in udnie_line
+    assert f"flicker {evaluation['mean_flicker_ratio']:g}" in udnie_line
+    # An upscaler's figures (the test's own x4 card, conftest.TEST_UPSCALER_CARD), one line per record.
     upscaler_lines = result.stdout.split("x4 upscaler", 1)[1].splitlines()
     assert upscaler_lines[1:3] == ["    Set5 published network: psnr 30.5, ssim 0.85", "    Set5 published bicubic: psnr 28.4, ssim 0.81"]
 
@@ -125,7 +131,8 @@ def test_styles_path_from_the_config_file(tmp_path: Path, style_dir: Path) -> No
     env = {k: v for k, v in os.environ.items() if k != "VIDSTYLE_STYLES_PATH"}
     env["VIDSTYLE_CONFIG"] = str(config)
     result = subprocess.run([sys.executable, "-m", "vidstyle.cli", "styles"], capture_output=True, text=True, env=env)
-    assert TEST_STYLE in result.stdout
+    assert result.returncode == 0, result.stderr
+    assert any(line.startswith(f"{TEST_STYLE} ") and str(style_dir) in line for line in result.stdout.splitlines())
 
 
 def test_interrupted_run_exits_130_and_leaves_nothing(tmp_path: Path) -> None:

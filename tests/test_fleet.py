@@ -20,7 +20,7 @@ import pytest
 import redis
 from PIL import Image
 
-from conftest import TEST_FACTOR, TEST_STYLE, RedisServer, decode, free_port, wait_until
+from conftest import DEVICES, TEST_FACTOR, TEST_STYLE, RedisServer, decode, free_port, wait_until
 from test_cli import _audio_only, _not_a_video, _truncated, assert_clean_failure
 from vidstyle import exposure
 from vidstyle.errors import VidstyleError
@@ -44,14 +44,15 @@ class Fleet:
         return subprocess.run([sys.executable, "-m", "vidstyle.cli", *map(str, args)], capture_output=True, text=True,
                               timeout=300, env=env or dict(os.environ))
 
-    def start_worker(self, name: str, *, default_name: bool = False, **extra_env: str) -> tuple[subprocess.Popen, str]:
+    def start_worker(self, name: str, *, default_name: bool = False, flags: tuple[str, ...] = (),
+                     **extra_env: str) -> tuple[subprocess.Popen, str]:
         """A `vidstyle worker` in its own process group (so a kill takes its pool too), once it is live;
         and its id in the job store. `name` names its log; the worker's own name is NAME-QUEUE@HOST,
-        or with `default_name` the one `vidstyle worker` gives when told none."""
+        or with `default_name` the one `vidstyle worker` gives when told none; `flags` go to `vidstyle worker`."""
         log = open(self.logs / f"worker-{name}.log", "w")
         naming = [] if default_name else ["--name", f"{name}-{self.queue}@%h"]
         process = subprocess.Popen(
-            [sys.executable, "-m", "vidstyle.cli", "worker", *naming, "--queues", self.queue],
+            [sys.executable, "-m", "vidstyle.cli", "worker", *naming, "--queues", self.queue, *flags],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **extra_env}, start_new_session=True)
         log.close()
         self.workers.append(process)
@@ -157,7 +158,8 @@ def test_submit_watch_and_decode_the_output(fleet: Fleet) -> None:
     listed = json.loads(fleet.cli("list", "--state", "succeeded", "--json").stdout)
     assert job_id in [job["id"] for job in listed]
     live = {w["name"]: w for w in json.loads(fleet.cli("workers", "--json").stdout)}
-    assert (live[worker_name]["device"], live[worker_name]["queues"]) == ("cpu", fleet.queue)
+    # The worker's default device: CUDA where this machine has it, else the CPU.
+    assert (live[worker_name]["device"], live[worker_name]["queues"]) == (str(resolve_device(None)), fleet.queue)
     assert sorted(p.name for p in fleet.storage.iterdir()) == ["movie.mp4", f"movie.{TEST_STYLE}.mp4"]
 
 
@@ -172,10 +174,12 @@ def test_a_webm_job_gets_vp9_and_its_frame_count_once_known(fleet: Fleet) -> Non
     assert decode(fleet.storage / f"clip.{TEST_STYLE}.webm")["audio_codecs"] == ["opus"]
 
 
-def test_an_image_sequence_job_plays_at_its_fps(fleet: Fleet) -> None:
+@pytest.mark.parametrize("device", DEVICES)
+def test_an_image_sequence_job_plays_at_its_fps(fleet: Fleet, device: str) -> None:
     # The rate travels in the job record; the frames come back as a sequence of their own, numbered as the shot.
-    # So do the artist's controls: the frames come back as this machine's Stylizer makes them with the same ones.
-    fleet.start_worker("w1")
+    # So do the artist's controls: the frames come back as this machine's Stylizer makes them with the same ones,
+    # on the worker's device.
+    fleet.start_worker("w1", flags=("--device", device))
     (fleet.storage / "shot").mkdir()
     frames = np.stack([np.full((48, 64, 3), (170, 120, 90 + number % 8), np.uint8) for number in range(1001, 1005)])
     for number, frame in zip(range(1001, 1005), frames):
@@ -192,7 +196,7 @@ def test_an_image_sequence_job_plays_at_its_fps(fleet: Fleet) -> None:
     assert decode(fleet.storage / "shot.mp4")["times"] == pytest.approx([0, 0.04, 0.08, 0.12], abs=1e-4)
     written = sorted((fleet.storage / f"shot.{TEST_STYLE}").iterdir())
     assert [p.name for p in written] == [f"frame_{n}.png" for n in range(1001, 1005)]
-    stylizer = Stylizer(find_style(TEST_STYLE).load_network(), resolve_device("cpu"), compile=False)
+    stylizer = Stylizer(find_style(TEST_STYLE).load_network(), resolve_device(device), compile=False)
     lifted, gains = exposure.lift(frames)  # these frames are dim: lifted for the network, as every video frame is
     expected = exposure.restore(stylizer(lifted, controls), gains).astype(int)
     plain = exposure.restore(stylizer(lifted), gains).astype(int)
@@ -620,7 +624,8 @@ def test_a_paused_worker_cannot_overwrite_or_finish_a_job_taken_over(fleet: Flee
 
 
 def test_sigterm_with_on_term_requeue_hands_the_job_back_at_once(fleet: Fleet) -> None:
-    first, first_name = fleet.start_worker("w1", VIDSTYLE_ON_TERM="requeue", **FAST_RECOVERY)
+    # The flag, not the setting (another test sets that): it must reach the pool process that runs the job.
+    first, first_name = fleet.start_worker("w1", flags=("--on-term", "requeue"), **FAST_RECOVERY)
     job_id = fleet.submit(tiny_clip(fleet.storage / "clip.mp4", frames=60), batch_size=1)
     fleet.wait_running(job_id)
     os.kill(first.pid, signal.SIGTERM)  # to the worker alone, as Kubernetes and Docker send it

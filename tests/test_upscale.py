@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TEST_FACTOR, TEST_STYLE, decode, run_cli
+from conftest import DEVICES, TEST_FACTOR, TEST_STYLE, decode, run_cli
 from test_cli import assert_clean_failure
 from vidstyle.errors import VidstyleError
 from vidstyle.inference import Stylizer, resolve_device
@@ -116,7 +116,8 @@ def test_tiles_equal_the_whole_frame(factor: int, upsampling: str) -> None:
     assert torch.allclose(tiled, whole, atol=1e-3)
 
 
-def test_style_then_upscale_in_parts_equals_the_whole_frame() -> None:
+@pytest.mark.parametrize("device", DEVICES)
+def test_style_then_upscale_in_parts_equals_the_whole_frame(device: str) -> None:
     """A frame too large to run whole: the style in strips, the upscale in tiles; as the CPU
     rewrites, exact up to rounding."""
     torch.manual_seed(1)
@@ -126,7 +127,7 @@ def test_style_then_upscale_in_parts_equals_the_whole_frame() -> None:
         reference = net.eval()(torch.from_numpy(frames).permute(0, 3, 1, 2).float())
     reference = reference.clamp(0, 255).round().permute(0, 2, 3, 1).numpy()
     for whole_frame_pixels in (None, 1):  # 1: every frame runs in parts
-        stylizer = Stylizer(copy.deepcopy(net), resolve_device("cpu"), compile=False,
+        stylizer = Stylizer(copy.deepcopy(net), resolve_device(device), compile=False,
                             precision="fp32", whole_frame_pixels=whole_frame_pixels)
         out = stylizer(frames).astype(float)
         assert out.shape == (2, 38, 26, 3)
