@@ -46,6 +46,18 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
+def clip_figures(report) -> dict:
+    """A clip's flicker (Farneback's measure, and each measure's floor and the temporal output as a
+    multiple of it) and the temporal output's losses against the per-frame output's."""
+    farneback = report.temporal["farneback"]
+    return {"per_frame": round(report.per_frame["farneback"].ratio, 2), "temporal": round(farneback.ratio, 2),
+            "floor": {flow: round(r.floor, 2) for flow, r in report.temporal.items()},
+            "temporal_over_floor": {flow: round(r.over_floor, 2) for flow, r in report.temporal.items()},
+            "content_loss_ratio": round(report.content_ratio, 3), "style_loss_ratio": round(report.style_ratio, 3),
+            "last_third_content_loss_ratio": round(report.last_third_content_ratio, 3),
+            "last_third_style_loss_ratio": round(report.last_third_style_ratio, 3)}
+
+
 def main() -> None:
     args = parse_args()
     if args.threads:
@@ -74,10 +86,8 @@ def main() -> None:
         stylizer = Stylizer(style.load_network(), resolve_device(None), compile=False)
         objective = PerceptualObjective(style.card, args.style_images / style.card["style_image"], loss_net)
         reports = [evaluate_flicker(clip, stylizer, limit=args.frames, size=clip_size, objective=objective) for clip in clips]
-        row["flicker"] = [report.temporal.ratio for report in reports]
-        row["clips"] = {clip.name: {"per_frame": round(r.per_frame.ratio, 2), "temporal": round(r.temporal.ratio, 2),
-                                    "content_loss_ratio": round(r.content_ratio, 3), "style_loss_ratio": round(r.style_ratio, 3)}
-                        for clip, r in zip(clips, reports)}
+        row["flicker"] = [report.temporal["farneback"].ratio for report in reports]
+        row["clips"] = {clip.name: clip_figures(r) for clip, r in zip(clips, reports)}
         rows.append(row)
         print(row, flush=True)
         if args.record:

@@ -60,7 +60,7 @@ def main() -> None:
     from vidstyle.inference import Stylizer, resolve_device
     from vidstyle.pipeline import probe_video, stylize_file
     from vidstyle.styles import find_style
-    from vidstyle.temporal import DEFAULT_STRENGTH, MotionTracker, TemporalBlend
+    from vidstyle.temporal import DEFAULT_STRENGTH, MotionTracker, TemporalConsistency
 
     workdir = Path(tempfile.mkdtemp(prefix="vidstyle-temporal-"))
     clip = cut(args.clip, args.frames, workdir / f"clip{args.clip.suffix}")
@@ -81,16 +81,17 @@ def main() -> None:
 
     with av.open(str(clip)) as container:
         frames = [f.to_ndarray(format="rgb24") for f, _ in zip(container.decode(video=0), range(16))]
-    tracker, blend = MotionTracker(), TemporalBlend(DEFAULT_STRENGTH)  # the input's blend
+    tracker = MotionTracker()
     tracker(frames[0])
     started = time.perf_counter()
     motions = [tracker(frame) for frame in frames[1:]]
     motion_ms = (time.perf_counter() - started) / len(motions) * 1000
-    blend(frames[0][None], [None])
+    stage = TemporalConsistency()
+    stage.prepare(frames[0][None])
     started = time.perf_counter()
-    for frame, motion in zip(frames[1:], motions):
-        blend(frame[None], [motion])
-    blend_ms = (time.perf_counter() - started) / len(motions) * 1000
+    for frame in frames[1:]:
+        stage.prepare(frame[None])  # motion again, and the input's blend
+    blend_ms = (time.perf_counter() - started) / len(motions) * 1000 - motion_ms
 
     print(f"{args.clip.name}: {args.frames} frames at {info.width}x{info.height}, style {args.style}, "
           f"{'compiled' if args.compile else 'eager'}, {torch.get_num_threads()} threads")

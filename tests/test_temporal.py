@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from conftest import decode
-from trainer.evaluate import WarpingError
+from trainer.evaluate import PairMotion, WarpingError
 from vidstyle.pipeline import stylize_file
 from vidstyle.segments import join_segments, plan_spans
 from vidstyle.inference import Stylizer
 from vidstyle.styles import find_style
-from vidstyle.temporal import FeatureBlend, Motion, MotionTracker, TemporalBlend, sampling_grid, warp
+from vidstyle.sample import THIN_LINE_REVEAL, make_thin_line_video, thin_line_columns
+from vidstyle.temporal import Motion, MotionTracker, TemporalBlend
 
 
 def texture(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -53,9 +54,9 @@ def pair_errors(source: Path, result: Path) -> list[float]:
     inputs, outputs = decode(source)["pixels"], decode(result)["pixels"]
     errors = []
     for t in range(len(inputs) - 1):
-        error = WarpingError(("input", "output"))
-        error.add({"input": (inputs[t], inputs[t + 1]), "output": (outputs[t], outputs[t + 1])})
-        errors.append(error.result("output", "input", 2).stylized_error)
+        error = WarpingError(("output",))
+        error.add({"output": (outputs[t], outputs[t + 1])}, PairMotion.measure(inputs[t], inputs[t + 1], "farneback"))
+        errors.append(error.error("output"))
     return errors
 
 
@@ -74,48 +75,70 @@ def test_motion_follows_a_shift_and_distrusts_a_new_scene() -> None:
     assert cut.weight[inner].mean() < 0.2
 
 
-def test_blend_carries_the_previous_frame_where_trusted() -> None:
-    frame = texture(48, 64)
-    tracker, blend = MotionTracker(), TemporalBlend(strength=0.8)
-    tracker(frame)
-    still = tracker(frame)  # the same frame again: zero flow, full trust
-    first = np.full((1, 48, 64, 3), 100, np.uint8)
-    assert (blend(first, [None]) == first).all()
-    second = blend(np.full((1, 48, 64, 3), 200, np.uint8), [still])
-    assert np.abs(second.astype(int) - 120).max() <= 1  # 200 + 0.8 * (100 - 200)
-
-
 def udnie() -> Stylizer:
     return Stylizer(find_style("udnie").load_network(), torch.device("cpu"), compile=False)
 
 
-def test_feature_blend_follows_the_motion_at_a_quarter_of_the_frame() -> None:
-    blend = FeatureBlend(strength=0.8)
+def still(height: int, width: int, trust: float = 1.0) -> Motion:
+    return Motion(np.zeros((height, width, 2), np.float32), np.full((height, width), trust, np.float32))
+
+
+def test_blend_carries_flicker_away_and_lets_real_changes_through() -> None:
+    """Noise the size of the frames' own flicker is carried away; a line that appears,
+    far beyond it, shows whole at once even where the motion trusts the past."""
+    rng = np.random.default_rng(0)
+    blend = TemporalBlend(strength=0.9, stride=1)
+    frames = [torch.full((1, 3, 48, 64), 100.0) + torch.from_numpy(rng.normal(0, 3, (1, 3, 48, 64)).astype(np.float32))
+              for _ in range(12)]
+    frames[-1][..., 30] -= 40  # a thin line, uncovered in the last frame
+    outputs = [blend(frame, [None if index == 0 else still(48, 64)]) for index, frame in enumerate(frames)]
+    steps = [(after - before)[..., :20].std() for before, after in zip(outputs[4:-1], outputs[5:-1])]
+    assert max(steps) < 0.5 * (frames[5] - frames[4]).std()  # the noise is steadied
+    line = (outputs[-1][..., 28] + outputs[-1][..., 32]) / 2 - outputs[-1][..., 30]
+    assert line.mean() > 0.9 * 40
+
+
+def test_blend_follows_the_motion_at_a_quarter_of_the_frame() -> None:
+    """Features at a quarter of the frame's size: the frame's flow is scaled to them."""
+    blend = TemporalBlend(strength=0.9, stride=4)
     pattern = torch.from_numpy(texture(12, 16).astype(np.float32)).permute(2, 0, 1)[None]  # (1, 3, 12, 16)
     assert torch.equal(blend(pattern, [None]), pattern)  # no history yet
     # The frame (48x64, four times the features) moved 8 pixels right: the features 2.
     flow = np.zeros((48, 64, 2), np.float32)
     flow[..., 0] = -8.0  # each pixel was 8 pixels further left in the previous frame
     moved = torch.roll(pattern, 2, dims=3)
-    fresh = 0.9 * moved  # a little darker: a change of the size flicker makes
+    fresh = moved + torch.from_numpy(np.random.default_rng(1).normal(0, 2, moved.shape).astype(np.float32))
     out = blend(fresh.clone(), [Motion(flow, np.ones((48, 64), np.float32))])
-    # Where the flow stays inside the features, 80% of the moved pattern and 20% of the fresh frame.
-    assert (out[..., 2:] - (0.2 * fresh + 0.8 * moved)[..., 2:]).abs().max() < 0.2
+    # Where the flow stays inside the features, the blend is pulled from the fresh frame to the moved pattern.
+    assert (out - moved)[..., 2:].abs().mean() < 0.6 * (fresh - moved)[..., 2:].abs().mean()
     untrusted = blend(fresh, [Motion(flow, np.zeros((48, 64), np.float32))])
     assert torch.equal(untrusted, fresh)
 
 
-def test_feature_blend_lets_new_content_through_where_the_motion_trusted_the_past() -> None:
-    """Something that appears on a flat area, which the motion's trust missed: its features
-    differ from the carried ones by far more than flicker, and show at once instead of fading in."""
-    blend = FeatureBlend(strength=0.8)
-    flat = torch.zeros(1, 8, 16, 16)
-    blend(flat, [None])
-    appeared = flat.clone()
-    appeared[..., 4:8, 4:8] = 10.0
-    out = blend(appeared, [Motion(np.zeros((64, 64, 2), np.float32), np.ones((64, 64), np.float32))])
-    assert out[..., 4:8, 4:8].min() > 8.0  # the plain blend: 10 - 0.8 * 10 = 2
-    assert torch.equal(out[..., 8:, 8:], flat[..., 8:, 8:])
+def test_what_is_carried_cannot_pile_up() -> None:
+    """A flat, noisy area under a sub-pixel random walk, carried 90 frames: each carry resamples
+    with a small error, and a blend that trusts its history piles those up into streaks. This
+    one stays within its agreement tolerance of each frame's own values, to the end."""
+    rng = np.random.default_rng(3)
+    blend = TemporalBlend(strength=0.9, stride=1)
+    world = torch.from_numpy(texture(80, 100).astype(np.float32)).permute(2, 0, 1)[None] * 0.1 + 100
+    position = np.zeros(2)
+    deviations, flickers = [], []
+    previous = None
+    for index in range(90):
+        step = rng.normal(0, 0.4, 2)
+        position += step
+        theta = torch.tensor([[[1, 0, position[0] * 2 / 99], [0, 1, position[1] * 2 / 79]]], dtype=torch.float32)
+        grid = torch.nn.functional.affine_grid(theta, (1, 3, 80, 100), align_corners=True)
+        own = torch.nn.functional.grid_sample(world, grid, mode="bicubic", align_corners=True)[..., 8:-8, 8:-8]
+        own = own + torch.from_numpy(rng.normal(0, 1.0, own.shape).astype(np.float32))
+        flow = np.broadcast_to(step.astype(np.float32), (64, 84, 2)).copy()  # each pixel was `step` away before
+        out = blend(own, [None if index == 0 else Motion(flow, np.ones((64, 84), np.float32))])
+        if previous is not None and index >= 60:
+            deviations.append((out - own).square().mean().item())
+            flickers.append((own - previous).square().mean().item())
+        previous = own
+    assert np.mean(deviations) < np.mean(flickers)
 
 
 def test_a_style_network_is_steadied_through_its_features(tmp_path: Path) -> None:
@@ -148,12 +171,24 @@ def test_split_job_has_no_jump_at_segment_boundaries(tmp_path: Path) -> None:
     assert errors[47] <= max(within)
 
 
-def test_the_feature_warp_matches_the_frame_warp() -> None:
-    """The features are warped with grid_sample (any device, any channel count), frames with OpenCV."""
-    image = torch.from_numpy(texture(40, 56).astype(np.float32))
-    flow = np.random.default_rng(2).uniform(-2, 2, (40, 56, 2)).astype(np.float32)
-    grid = sampling_grid(torch.from_numpy(flow), 40, 56)
-    sampled = torch.nn.functional.grid_sample(image.permute(2, 0, 1)[None], grid[None], mode="bicubic",
-                                              padding_mode="border", align_corners=True)[0].permute(1, 2, 0)
-    inner = (slice(3, -3), slice(3, -3))  # borders: the two replicate the edge a little differently
-    assert (sampled.clamp(0, 255) - warp(image, flow))[inner].abs().max() < 2.0
+def line_contrast(frame: np.ndarray, column: float) -> float:
+    """How much darker a vertical line at `column` is than the frame beside it, averaged down the frame:
+    strokes average away, the line stays."""
+    profile = frame.astype(np.float32).mean(axis=(0, 2))
+    at = int(round(column))
+    return (profile[at - 9:at - 4].mean() + profile[at + 5:at + 10].mean()) / 2 - profile[at - 1:at + 2].min()
+
+
+def test_a_thin_line_shows_as_soon_as_it_is_uncovered(tmp_path: Path) -> None:
+    """A faint cable one pixel wide, uncovered on a wall the camera pans over slowly: the
+    motion's trust barely notices it, and a stage that trusts the carried wall fades it in over
+    several frames. It shows at once, as in the per-frame output."""
+    source = make_thin_line_video(tmp_path / "thin.mp4", width=256, height=256, frames=THIN_LINE_REVEAL + 4)
+    stylizer = udnie()
+    plain, steady = (decode(stylize_file(source, tmp_path / f"out{strength}.mp4", stylizer,
+                                         temporal_strength=strength))["pixels"] for strength in (0, 0.9))
+    # Measured: 0.69, 0.93 and 0.96 of the per-frame contrast (the stage before the anchored blend: 0.49, 0.82, 0.78).
+    for index, share in ((THIN_LINE_REVEAL, 0.6), (THIN_LINE_REVEAL + 1, 0.88), (THIN_LINE_REVEAL + 2, 0.88)):
+        column = thin_line_columns(256, index)[1]
+        assert line_contrast(plain[index], column) > 20  # the per-frame output shows it
+        assert line_contrast(steady[index], column) > share * line_contrast(plain[index], column)

@@ -191,7 +191,7 @@ def quality(style_name: str, images: Path, style_image: Path, vgg_weights: Path 
 @click.option("--size", help="Scale the frames to WIDTHxHEIGHT first (e.g. 640x360).")
 @click.option("--temporal-strength", type=click.FloatRange(0, 1), help="The temporal stage's strength [default: submit's].")
 @click.option("--strip", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write a PNG of a few consecutive frames, each way, and their changes.")
+              help="Write a PNG of frames from the start, middle and end at 100%: input, per frame, temporal.")
 @click.option("--style-image", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="With --vgg-weights: also compare the outputs' content and style losses.")
 @click.option("--vgg-weights", type=click.Path(path_type=Path), help="The loss network weights the style was trained with.")
@@ -203,10 +203,13 @@ def flicker(video: Path, style_name: str, frames: int | None, size: str | None, 
     """The warping error of VIDEO stylized, relative to the input's own, with and without the temporal stage.
 
     Stylized frame t+1 is warped to frame t along the input's optical flow
-    (Farneback's, not the DIS flow the temporal stage uses), occluded pixels and
-    motion boundaries are left out, and the mean squared difference is divided
-    by the same error of the input frames: 1.0 means no flicker beyond what the
-    input itself changes.
+    (Farneback's, then DIS's at full resolution; neither is the temporal stage's
+    own), occluded pixels and motion boundaries are left out, and the mean
+    squared difference is divided by the same error of the input frames. Each
+    figure comes with the measure's floor: the same ratio for a perfectly
+    consistent output (each input frame and its per-frame output carried to the
+    next frame by one exact motion fitted to the input's), which on smooth
+    footage is far above 1; flicker is then stated as a multiple of that floor.
     """
     from trainer.evaluate import PerceptualObjective, evaluate_flicker
     from trainer.vgg import load_loss_network
@@ -221,11 +224,14 @@ def flicker(video: Path, style_name: str, frames: int | None, size: str | None, 
     report = evaluate_flicker(video, Stylizer(style.load_network(), resolve_device(device)), batch_size=batch_size,
                               limit=frames, size=parse_size(size) if size else None, objective=objective, strip=strip,
                               temporal_strength=DEFAULT_STRENGTH if temporal_strength is None else temporal_strength)
-    for name, result in (("per frame", report.per_frame), ("temporal", report.temporal)):
-        click.echo(f"{style.name} {name}: {result.frames} frames, warping error {result.stylized_error:.4g} "
-                   f"(input {result.input_error:.4g}), flicker ratio {result.ratio:.3g}")
+    for flow in report.per_frame:
+        for name, result in (("per frame", report.per_frame[flow]), ("temporal", report.temporal[flow])):
+            click.echo(f"{style.name} {name}, {flow}: {result.frames} frames, flicker ratio {result.ratio:.3g} "
+                       f"(floor {result.floor:.3g}): {result.over_floor:.2f} x the floor")
     if objective is not None:
-        click.echo(f"temporal against per frame: content loss x{report.content_ratio:.3f}, style loss x{report.style_ratio:.3f}")
+        click.echo(f"temporal against per frame: content loss x{report.content_ratio:.3f}, style loss "
+                   f"x{report.style_ratio:.3f}; last third x{report.last_third_content_ratio:.3f}, "
+                   f"x{report.last_third_style_ratio:.3f}")
     if strip is not None:
         click.echo(str(strip))
 

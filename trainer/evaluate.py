@@ -14,8 +14,8 @@ frame and with the pipeline's temporal stage.
 """
 from __future__ import annotations
 
-import collections
 import itertools
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean, median
@@ -151,27 +151,45 @@ def median_iterations(counts: list[int | None], max_iterations: int) -> float:
     return median(max_iterations + 1 if count is None else count for count in counts)
 
 
+FLOWS = ("farneback", "dis")  # the measuring flows: neither is the temporal stage's own (DIS, fast, at 480 px)
+
+
 @dataclass
 class FlickerResult:
     frames: int
     stylized_error: float  # mean squared warping error, 0..255 units
     input_error: float
+    # The ratio a perfectly consistent output scores: each input frame and its per-frame output
+    # carried to the next frame by the same exact motion (an affine fit to the input's), both
+    # measured afresh. On
+    # smooth input the measuring flow is unsure while sharp strokes show every error of it,
+    # so this is far above 1 there (8 to 77 on handheld footage of a wall or a sky).
+    floor: float
 
     @property
     def ratio(self) -> float:
         return self.stylized_error / self.input_error
 
+    @property
+    def over_floor(self) -> float:
+        """The flicker as a multiple of the measure's floor on this clip: 1 is perfectly consistent."""
+        return self.ratio / self.floor
+
 
 @dataclass
 class FlickerReport:
-    """A video stylized frame by frame and with the pipeline's temporal stage, side by side."""
+    """A video stylized frame by frame and with the pipeline's temporal stage, side by side,
+    measured along each of FLOWS."""
 
-    per_frame: FlickerResult
-    temporal: FlickerResult
+    per_frame: dict[str, FlickerResult]
+    temporal: dict[str, FlickerResult]
     # The temporal output's content and style losses relative to the per-frame output's, the mean
-    # of each measured frame's ratio (None without a loss network): blending that blurs or ghosts raises both.
+    # of each measured frame's ratio (None without a loss network), over the whole clip and over its
+    # last third (where what a carry piles up shows): blending that blurs, smears or ghosts raises them.
     content_ratio: float | None = None
     style_ratio: float | None = None
+    last_third_content_ratio: float | None = None
+    last_third_style_ratio: float | None = None
 
 
 def decoded_frames(path: Path, limit: int | None = None, size: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
@@ -185,51 +203,85 @@ def decoded_frames(path: Path, limit: int | None = None, size: tuple[int, int] |
             yield pixels if size is None else cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
 
 
+@dataclass
+class PairMotion:
+    """The motion between input frames t and t+1 by one measuring flow, and where it can be trusted."""
+
+    forward: np.ndarray  # (H, W, 2): per pixel of t, its offset into t+1
+    backward: np.ndarray  # (H, W, 2): per pixel of t+1, its offset into t
+    valid: np.ndarray  # (H, W) bool: visible in both, not at a motion boundary (Lai et al. 2018)
+
+    @classmethod
+    def measure(cls, before: np.ndarray, after: np.ndarray, flow: str) -> PairMotion:
+        gray = [cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) for frame in (before, after)]
+        if flow == "farneback":
+            forward, backward = (cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 3, 5, 1.2, 0)
+                                 for a, b in ((gray[0], gray[1]), (gray[1], gray[0])))
+        else:
+            dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+            forward, backward = dis.calc(gray[0], gray[1], None), dis.calc(gray[1], gray[0], None)
+        # Occluded pixels (forward-backward check, Sundaram et al. 2010) and motion
+        # boundaries (Ruder et al. 2016) are left out, as Lai et al. do.
+        backward_at_t = _sample(backward, forward)
+        squared = lambda v: (v ** 2).sum(-1)  # noqa: E731
+        consistent = squared(forward + backward_at_t) <= 0.01 * (squared(forward) + squared(backward_at_t)) + 0.5
+        (du_dy, du_dx), (dv_dy, dv_dx) = np.gradient(forward[..., 0]), np.gradient(forward[..., 1])
+        boundary = du_dx ** 2 + du_dy ** 2 + dv_dx ** 2 + dv_dy ** 2 > 0.01 * squared(forward) + 0.002
+        height, width = gray[0].shape
+        grid_x, grid_y = _grid(height, width)
+        map_x, map_y = grid_x + forward[..., 0], grid_y + forward[..., 1]
+        inside = (map_x >= 0) & (map_x <= width - 1) & (map_y >= 0) & (map_y <= height - 1)
+        return cls(forward, backward, inside & consistent & ~boundary)
+
+
+def _grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+
+
+def _sample(image: np.ndarray, offsets: np.ndarray, mode: int = cv2.INTER_LINEAR) -> np.ndarray:
+    """image sampled at each pixel + offsets (H, W, 2)."""
+    grid_x, grid_y = _grid(*offsets.shape[:2])
+    return cv2.remap(image, grid_x + offsets[..., 0], grid_y + offsets[..., 1], mode, borderMode=cv2.BORDER_REPLICATE)
+
+
 class WarpingError:
     """Accumulates the warping error of Lai et al. (2018) over frame pairs, for several
-    videos of the same input at once (the input itself, and its stylizations).
-
-    The flow is Farneback's, not the DIS flow the temporal stage blends along:
-    measured with its own flow, the blend would only be shown to agree with itself."""
+    videos of the same input at once (the input itself, and its stylizations), along one
+    measuring flow: Farneback's or DIS's at full resolution, never the temporal stage's own
+    (measured with its own flow, the blend would only be shown to agree with itself)."""
 
     def __init__(self, names: tuple[str, ...]) -> None:
         self.squared_sum = dict.fromkeys(names, 0.0)
         self.pixels = 0
 
-    def add(self, pairs: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
-        """pairs: for each name, its frames t and t+1; the first pair's frames give the flow."""
-        gray = [cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) for frame in next(iter(pairs.values()))]
-        forward = cv2.calcOpticalFlowFarneback(gray[0], gray[1], None, 0.5, 3, 15, 3, 5, 1.2, 0)  # per pixel of t
-        backward = cv2.calcOpticalFlowFarneback(gray[1], gray[0], None, 0.5, 3, 15, 3, 5, 1.2, 0)
-        height, width = gray[0].shape
-        grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
-        map_x, map_y = grid_x + forward[..., 0], grid_y + forward[..., 1]
-
-        def back_to_t(image: np.ndarray) -> np.ndarray:
-            return cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-
-        # Occluded pixels (forward-backward check, Sundaram et al. 2010) and motion
-        # boundaries (Ruder et al. 2016) are left out, as Lai et al. do.
-        backward_at_t = back_to_t(backward)
-        squared = lambda v: (v ** 2).sum(-1)  # noqa: E731
-        consistent = squared(forward + backward_at_t) <= 0.01 * (squared(forward) + squared(backward_at_t)) + 0.5
-        (du_dy, du_dx), (dv_dy, dv_dx) = np.gradient(forward[..., 0]), np.gradient(forward[..., 1])
-        boundary = du_dx ** 2 + du_dy ** 2 + dv_dx ** 2 + dv_dy ** 2 > 0.01 * squared(forward) + 0.002
-        inside = (map_x >= 0) & (map_x <= width - 1) & (map_y >= 0) & (map_y <= height - 1)
-        valid = inside & consistent & ~boundary
-        self.pixels += int(valid.sum())
+    def add(self, pairs: dict[str, tuple[np.ndarray, np.ndarray]], motion: PairMotion) -> None:
+        """pairs: for each name, its frames t and t+1; motion: the input's, by the measuring flow."""
+        self.pixels += int(motion.valid.sum())
         for name, (now, following) in pairs.items():
-            difference = now.astype(np.float32) - back_to_t(following.astype(np.float32))
-            self.squared_sum[name] += float(((difference ** 2).mean(-1) * valid).sum())
+            difference = now.astype(np.float32) - _sample(following.astype(np.float32), motion.forward)
+            self.squared_sum[name] += float(((difference ** 2).mean(-1) * motion.valid).sum())
 
-    def result(self, name: str, reference: str, frames: int) -> FlickerResult:
+    def error(self, name: str) -> float:
         if self.pixels == 0:
             raise VidstyleError("flicker needs at least two frames with trackable motion between them")
-        return FlickerResult(frames, self.squared_sum[name] / self.pixels, self.squared_sum[reference] / self.pixels)
+        return self.squared_sum[name] / self.pixels
 
 
-STRIP_FRAMES = 4
-STRIP_START = 12  # frames in: past the first, which the temporal stage has no history for
+def carried_rigidly(frames: tuple[np.ndarray, ...], motion: PairMotion) -> tuple[np.ndarray, ...]:
+    """Frames of time t carried to t+1 by one affine motion fitted to the input's flow (RANSAC): the
+    next frames of a perfectly consistent video. The motion is exact, and not the measuring flow's
+    own field, which the measure would find again without error."""
+    height, width = motion.valid.shape
+    ys, xs = np.mgrid[0:height:8, 0:width:8]
+    keep = motion.valid[ys, xs]
+    points = np.stack([xs[keep], ys[keep]], -1).astype(np.float32)
+    if len(points) < 3:
+        return frames
+    affine, _ = cv2.estimateAffine2D(points, points + motion.forward[ys[keep], xs[keep]], method=cv2.RANSAC)
+    if affine is None:
+        return frames
+    return tuple(cv2.warpAffine(frame, affine, (width, height), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+                 for frame in frames)
 
 
 def evaluate_flicker(
@@ -238,13 +290,17 @@ def evaluate_flicker(
     objective: PerceptualObjective | None = None, loss_every: int = 8, strip: Path | None = None,
 ) -> FlickerReport:
     """The video stylized frame by frame and through the pipeline's temporal stage
-    (stylizer: a Stylizer, or a stand-in called as stylizer(frames, between=...));
-    the warping error of each, their losses (with an objective, every loss_every-th
-    frame) and, with strip, a PNG of a few consecutive frames and their changes."""
+    (stylizer: a Stylizer, or a stand-in called as stylizer(frames, between=...)):
+    the warping error of each along every measuring flow, with the measure's floor
+    (what a perfectly consistent output scores), their losses (with an objective,
+    every loss_every-th frame) and, with strip, a PNG of frames from the start, the
+    middle and the end at 100%."""
     temporal = TemporalConsistency(temporal_strength)
-    error = WarpingError(("input", "per frame", "temporal"))
-    ratios: dict[str, list[float]] = {"content": [], "style": []}  # temporal / per frame, per measured frame
-    shown: collections.deque = collections.deque(maxlen=STRIP_FRAMES + 1)
+    errors = {flow: WarpingError(("input", "per frame", "temporal")) for flow in FLOWS}
+    floors = {flow: WarpingError(("input", "per frame")) for flow in FLOWS}
+    ratios: list[tuple[int, float, float]] = []  # (frame, content, style): temporal / per frame
+    total = min(probe_video(video).frames, limit or sys.maxsize)
+    shown = {index: None for index in strip_frames(total)} if strip is not None else {}
     previous, frames = None, 0
     batch: list[np.ndarray] = []
 
@@ -257,19 +313,26 @@ def evaluate_flicker(
         for frame, plain, steady in outputs:
             current = {"input": frame, "per frame": plain, "temporal": steady}
             if previous is not None:
-                error.add({name: (previous[name], current[name]) for name in current})
+                for flow in FLOWS:
+                    motion = PairMotion.measure(previous["input"], frame, flow)
+                    errors[flow].add({name: (previous[name], current[name]) for name in current}, motion)
+                    # The floor: this frame and its output moved exactly as the input moved, then measured
+                    # afresh, flow and masks, as any pair is.
+                    moved = carried_rigidly((previous["input"], previous["per frame"]), motion)
+                    floors[flow].add({"input": (previous["input"], moved[0]), "per frame": (previous["per frame"], moved[1])},
+                                     PairMotion.measure(previous["input"], moved[0], flow))
             if objective is not None and frames % loss_every == 0:
                 target = objective.content_target(_as_tensor(frame))
                 plain_terms, steady_terms = (objective.terms(_as_tensor(current[name]), target)
                                              for name in ("per frame", "temporal"))
-                for term, values in ratios.items():
-                    values.append(steady_terms[term].item() / plain_terms[term].item())
-            if frames < STRIP_START + STRIP_FRAMES:  # the strip's frames, and the one before them
-                shown.append(current)
+                ratios.append((frames, steady_terms["content"].item() / plain_terms["content"].item(),
+                               steady_terms["style"].item() / plain_terms["style"].item()))
+            if frames in shown:
+                shown[frames] = current
             previous, frames = current, frames + 1
         batch.clear()
 
-    with tqdm(unit="frame", desc=f"flicker {video.name}") as bar, torch.no_grad():
+    with tqdm(total=total, unit="frame", desc=f"flicker {video.name}") as bar, torch.no_grad():
         for frame in decoded_frames(video, limit, size):
             batch.append(frame)
             if len(batch) == batch_size:
@@ -279,27 +342,45 @@ def evaluate_flicker(
         if batch:
             flush()
     if strip is not None:
-        write_flicker_strip(list(shown), strip)
-    report = FlickerReport(error.result("per frame", "input", frames), error.result("temporal", "input", frames))
-    if objective is not None:
+        write_flicker_strip({index: shown_frames for index, shown_frames in shown.items() if shown_frames}, strip)
+    report = FlickerReport(*({flow: FlickerResult(frames, errors[flow].error(name), errors[flow].error("input"),
+                                                  floors[flow].error("per frame") / floors[flow].error("input"))
+                              for flow in FLOWS} for name in ("per frame", "temporal")))
+    if ratios:
         # Each frame weighs the same: a sum would be ruled by the frames with the largest
         # losses (the dim frames of a fade, whose style loss is many times a bright frame's).
-        report.content_ratio, report.style_ratio = fmean(ratios["content"]), fmean(ratios["style"])
+        last_third = [r for r in ratios if r[0] >= frames * 2 // 3] or ratios[-1:]
+        report.content_ratio, report.style_ratio = (fmean(r[k] for r in ratios) for k in (1, 2))
+        report.last_third_content_ratio, report.last_third_style_ratio = (fmean(r[k] for r in last_third) for k in (1, 2))
     return report
+
+
+STRIP_START = 12  # the first frame shown: past the first few, which the temporal stage has little history for
+
+
+def strip_frames(total: int) -> list[int]:
+    """The frames a strip shows: from the start, the middle and the end of a clip of `total` frames."""
+    return sorted({min(STRIP_START, total // 4), total // 2, total - 1})
 
 
 def _as_tensor(frame: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(frame).permute(2, 0, 1)[None].float()
 
 
-def write_flicker_strip(frames: list[dict[str, np.ndarray]], path: Path, thumb_height: int = 180) -> Path:
-    """Consecutive frames in rows (input, per frame, temporal), and under each output
-    the change from the frame before, amplified 4x: flicker shows as bright speckle."""
-    rows = [(name, [f[name] for f in frames[1:]]) for name in ("input", "per frame", "temporal")]
-    for name in ("per frame", "temporal"):
-        changes = [np.clip(np.abs(now[name].astype(np.int16) - before[name].astype(np.int16)) * 4, 0, 255)
-                   .astype(np.uint8) for before, now in zip(frames, frames[1:])]
-        rows.append((f"{name}: change", changes))
+STRIP_CROP = (960, 540)  # at most this much of each frame (its centre), at 100%
+
+
+def write_flicker_strip(frames: dict[int, dict[str, np.ndarray]], path: Path) -> Path:
+    """For frames from the start, the middle and the end of a clip, a row each: input,
+    per-frame output and temporal output side by side at 100% (the centre of a large
+    frame): streaks, smears and lines gone missing show here, which no figure catches."""
+    rows = []
+    for index, outputs in sorted(frames.items()):
+        height, width = outputs["input"].shape[:2]
+        top, left = max(0, (height - STRIP_CROP[1]) // 2), max(0, (width - STRIP_CROP[0]) // 2)
+        crops = [outputs[name][top:top + STRIP_CROP[1], left:left + STRIP_CROP[0]]
+                 for name in ("input", "per frame", "temporal")]
+        rows.append((f"frame {index}", [np.concatenate(crops, axis=1)]))
     with partial_file(path) as partial:
-        contact_sheet(rows, thumb_height).save(partial, format="PNG")
+        contact_sheet(rows, thumb_height=rows[0][1][0].shape[0]).save(partial, format="PNG")
     return path

@@ -303,7 +303,7 @@ class Stylizer:
         self.eager_net = prepare_network(net, device)
         self.compiled_net: nn.Module | None = None  # made on the first compiled batch
         # A style network (alone or chained) runs in two halves, so that the temporal stage
-        # can blend the features between them (vidstyle.temporal.FeatureBlend).
+        # can blend the features between them (vidstyle.temporal.TemporalBlend).
         self.has_features = hasattr(net, "encode")
         self.forced_compile = compile if compile is not None else compile_setting()
         # (batch size, height, width) of the run `expect` chose to compile: its short last batch

@@ -1,5 +1,7 @@
-"""Synthetic test clips, written with PyAV: moving shapes and a sine tone, or a
-slow camera move over a photo.
+"""Synthetic test clips, written with PyAV: moving shapes and a sine tone, a
+slow camera move over a photo, and the two kinds of handheld footage where a
+temporal blend that trusts its history too far damages the picture (a flat
+compressed sky under a sub-pixel drift; thin lines moved and uncovered).
 
 Used by the README's first command (so a fresh machine needs no download), by
 the tests, which need odd sizes, rotation metadata and variable frame rates,
@@ -7,10 +9,12 @@ and by flicker measurements, which need natural image content in motion.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -114,6 +118,93 @@ def make_camera_video(photo: str | Path, path: str | Path, *, frames: int = 48, 
             view = np.asarray(image.transform((width, height), Image.Transform.AFFINE, coefficients, Image.Resampling.BICUBIC))
             noisy = np.clip(view + rng.normal(0, 2.0, view.shape), 0, 255).astype(np.uint8)
             container.mux(video.encode(av.VideoFrame.from_ndarray(noisy, format="rgb24")))
+        container.mux(video.encode())
+    return path
+
+
+def make_drift_video(path: str | Path, *, width: int = 640, height: int = 360, frames: int = 90, fps: int = 30,
+                     seed: int = 0) -> Path:
+    """Handheld footage of a flat overcast sky: faint clouds, a small aircraft crossing
+    it, a treeline along the bottom, the camera drifting by a random walk of sub-pixel
+    steps, sensor grain, and H.264 at a phone's bitrate, whose blocks show on the sky."""
+    rng = np.random.default_rng(seed)
+    margin = 48
+    canvas_h, canvas_w = height + 2 * margin, width + 2 * margin
+    ys = np.linspace(0, 1, canvas_h, dtype=np.float32)[:, None, None]
+    sky = np.array([172, 178, 188], np.float32) + ys * np.array([34, 31, 26], np.float32)
+    sky = np.broadcast_to(sky, (canvas_h, canvas_w, 3)) + 8 * _smooth_noise(rng, canvas_h, canvas_w, 50)[..., None] \
+        + 4 * _smooth_noise(rng, canvas_h, canvas_w, 12)[..., None]
+    horizon = canvas_h - margin - int(0.14 * height) + (8 * _smooth_noise(rng, 1, canvas_w, 12)[0]).astype(int)
+    rows = np.arange(canvas_h)[:, None]
+    trees = rows >= horizon[None, :]
+    foliage = np.array([48, 62, 40], np.float32) + 18 * rng.random((canvas_h, canvas_w, 1), np.float32)
+    scene = np.where(trees[..., None], foliage, sky)
+    shake = np.cumsum(rng.normal(0, 0.45, (frames, 2)), axis=0).clip(-margin + 4, margin - 4)
+    return _write_rgb_video(path, (_drift_frame(scene, index, shake[index], margin, width, height, rng)
+                                   for index in range(frames)), width, height, fps, crf=27)
+
+
+def _drift_frame(scene: np.ndarray, index: int, shake: np.ndarray, margin: int, width: int, height: int,
+                 rng: np.random.Generator) -> np.ndarray:
+    world = scene.copy()
+    x, y = int(margin + width * 0.15 + 1.5 * index), int(margin + height * 0.3)
+    world[y - 2:y + 3, x - 12:x + 12] = (70, 72, 78)  # fuselage
+    world[y - 7:y + 8, x - 2:x + 3] = (70, 72, 78)  # wings
+    shift = np.float32([[1, 0, -margin - shake[0]], [0, 1, -margin - shake[1]]])
+    view = cv2.warpAffine(world, shift, (width, height), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+    return np.clip(view + rng.normal(0, 3.5, view.shape), 0, 255).astype(np.uint8)
+
+
+THIN_LINE_REVEAL = 30  # the frame at which make_thin_line_video uncovers its second cable
+
+
+def make_thin_line_video(path: str | Path, *, width: int = 640, height: int = 640, frames: int = 90, fps: int = 30,
+                         seed: int = 0) -> Path:
+    """A phone clip of a room: a plastered wall with thin dark cables hanging down it and
+    the camera panning slowly (half a pixel a frame, with handheld jitter). One cable is
+    in view from the start; a second, at `thin_line_columns(...)[1]`, is uncovered at
+    frame THIN_LINE_REVEAL by the wall-coloured panel in front of it sliding away."""
+    rng = np.random.default_rng(seed)
+    wall = np.array([196, 184, 164], np.float32) + 10 * _smooth_noise(rng, height, width + 64, 8)[..., None] \
+        + 5 * _smooth_noise(rng, height, width + 64, 40)[..., None]
+    first, second = (int(width * 0.3), int(width * 0.62))
+    panel = wall[:, second - 30:second + 30].copy()  # the wall without the cable, slid away at the reveal
+    for column in (first, second):
+        wall[:, column] -= 30  # a thin, faint cable: a pixel wide, 30 levels darker than the wall
+    jitter = np.cumsum(rng.normal(0, 0.25, (frames, 2)), axis=0).clip(-6, 6)
+
+    def frame(index: int) -> np.ndarray:
+        world = wall.copy()
+        slide = max(0, index - THIN_LINE_REVEAL + 1) * 40
+        if slide < 60:
+            world[:, second - 30 + slide:second + 30] = panel[:, :60 - slide] if slide else panel
+        pan = 0.5 * index
+        shift = np.float32([[1, 0, pan + jitter[index, 0]], [0, 1, jitter[index, 1]]])
+        view = cv2.warpAffine(world, shift, (width, height), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+        return np.clip(view + rng.normal(0, 2.0, view.shape), 0, 255).astype(np.uint8)
+
+    return _write_rgb_video(path, (frame(index) for index in range(frames)), width, height, fps, crf=23)
+
+
+def thin_line_columns(width: int, index: int) -> tuple[float, float]:
+    """Where make_thin_line_video's two cables are (their left column) in frame `index`, within a pixel."""
+    return tuple(column + 0.5 * index for column in (int(width * 0.3), int(width * 0.62)))
+
+
+def _smooth_noise(rng: np.random.Generator, height: int, width: int, scale: float) -> np.ndarray:
+    """Random structure about `scale` pixels across, mean 0 and standard deviation 1."""
+    noise = cv2.GaussianBlur(rng.standard_normal((height, width)).astype(np.float32), (0, 0), scale)
+    return (noise - noise.mean()) / max(float(noise.std()), 1e-6)
+
+
+def _write_rgb_video(path: str | Path, frames: Iterable[np.ndarray], width: int, height: int, fps: int,
+                     crf: int) -> Path:
+    path = Path(path)
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=fps, options={"crf": str(crf)})
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        for pixels in frames:
+            container.mux(video.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
         container.mux(video.encode())
     return path
 

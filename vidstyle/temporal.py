@@ -12,14 +12,20 @@ Reimann et al. 2023):
                 backward flows agree, no motion boundary, and the previous input
                 frame warped along the flow matches the current one;
     input    -- the network sees the frame blended with the previous (steadied)
-                input carried along that flow, by a share of strength x weight: grain and
-                compression noise do not reach it, real changes do;
+                input carried along that flow, by a share of strength x trust:
+                grain and compression noise do not reach it, real changes do;
     features -- inside a style network, the encoder's features (a quarter of the
                 frame's size) blended the same way with the previous frame's; the
                 rest of the network then paints one set of crisp strokes from them.
                 Blending the output instead averages two frames' strokes into a
-                softer picture (style loss up to 1.4 times the per-frame output's
-                on the real clips; README, Temporal consistency).
+                softer picture (docs/temporal.md).
+
+Both blends are anchored to the current frame (TemporalBlend): what is carried
+counts only where it agrees with the frame's own values to within a few times
+the frame's own flicker. A recursive carry that trusts its history further
+piles up the small error of every resampling along the motion, and on a flat
+sky under a handheld drift that became streaks, while a thin line the motion's
+trust missed was painted over for several frames.
 
 Where an object moves fast, appears or is uncovered, the weight falls to zero
 and the fresh frame shows; so there is no ghosting behind motion, and the share
@@ -56,9 +62,9 @@ INPUT_SHARE = 0.55
 # for still: a flow guessed across a flat sky moves strokes there that nothing in the picture
 # moves (udnie on big_buck_bunny's slow pan over a sky: flicker 3.6 -> 2.9, losses unchanged).
 STILL_PREFERENCE = 0.05
-# Carried features that differ from the current frame's by more than about three times the features'
-# root mean square (squared: ten times) are new content, not flicker (FeatureBlend).
-FEATURE_CHANGE_TOLERANCE = 10.0
+# Carried values that differ from the current frame's by more than this many times the frame's own
+# flicker are new content, or a carry gone astray: the frame's own values show (TemporalBlend).
+AGREEMENT_TOLERANCE = 3.0
 # Below this mean trust a frame is taken for a new shot (on the real clips,
 # consecutive frames of one shot stay above 0.6, fast phone footage included).
 SCENE_CUT_TRUST = 0.3
@@ -176,13 +182,14 @@ class TemporalConsistency:
         if not 0 <= strength <= 1:
             raise VidstyleError(f"temporal strength must be within 0..1, not {strength:g}")
         self.motion = MotionTracker()
-        self.steady_input = TemporalBlend(strength * INPUT_SHARE)
-        self.steady_features = FeatureBlend(strength)
+        self.steady_input = TemporalBlend(strength * INPUT_SHARE, stride=1)
+        self.steady_features = TemporalBlend(strength, stride=FEATURE_STRIDE)
 
     def prepare(self, frames: np.ndarray) -> tuple[np.ndarray, list[Motion | None]]:
         """(N, H, W, 3) uint8 frames in order: the batch for the network, and each one's motion."""
         motions = [self.motion(frame) for frame in frames]
-        return self.steady_input(frames, motions), motions
+        steadied = self.steady_input(torch.from_numpy(frames).permute(0, 3, 1, 2), motions)
+        return steadied.clamp_(0, 255).round_().to(torch.uint8).permute(0, 2, 3, 1).numpy(), motions
 
     def feature_blend(self, motions: list[Motion | None]) -> Callable[[torch.Tensor], torch.Tensor]:
         """For a batch's frames, the function that blends their features (Stylizer's `between`)."""
@@ -190,88 +197,80 @@ class TemporalConsistency:
 
 
 class TemporalBlend:
-    """Blends each frame with the previous blended frame, warped along the motion, by
-    `strength` x trust (CPU, OpenCV).
+    """Blends each frame's values (the network's input, or its encoder's features: (N, C, h, w),
+    covering the frame at 1/`stride` of its size) with the previous frame's blended values,
+    carried along the motion, by `strength` x trust x agreement.
 
-    Stateful: feed it the frames of one run of consecutive frames in order;
-    a frame without motion (the first, or after a seek) starts afresh."""
+    The blend is anchored to the current frame: agreement falls from 1 to 0 as the
+    carried values depart from the current ones by more than the frame's own values
+    change from the previous frame's (per channel, the median over trusted pixels:
+    the flicker). So the output stays within about the flicker's size of what the
+    frame alone gives: the small error of each carry (resampling, a sub-pixel flow
+    guessed on a flat sky) cannot pile up into streaks or a smeared copy of the
+    past, and a thin line the motion's trust missed shows at once.
 
-    def __init__(self, strength: float):
+    Stateful: feed it the frames of one run of consecutive frames in order; a frame
+    without motion (the first, or after a seek) starts afresh. Values beyond the
+    motions given (a compiled run's short last batch, padded with repeats) pass
+    unchanged and leave no history."""
+
+    def __init__(self, strength: float, stride: int):
         self.strength = strength
-        self.previous: torch.Tensor | None = None  # (H, W, 3) float32: the last blended frame
+        self.stride = stride
+        self.previous: torch.Tensor | None = None  # (1, C, h, w): the last frame's blended values
+        self.previous_own: torch.Tensor | None = None  # (1, C, h, w): its values before blending
 
-    def __call__(self, frames: np.ndarray, motions: list[Motion | None]) -> np.ndarray:
-        """(N, H, W, 3) uint8 frames and each one's motion from the frame before; the blended frames."""
-        blended = torch.from_numpy(frames).float()
-        for index, motion in enumerate(motions):
-            if motion is not None and self.previous is not None and self.strength > 0:
-                trust = torch.from_numpy(motion.weight)[..., None]
-                blended[index] += trust * self.strength * (warp(self.previous, motion.flow) - blended[index])
-            self.previous = blended[index]
-        return blended.clamp_(0, 255).round_().to(torch.uint8).numpy()
-
-
-class FeatureBlend:
-    """Blends a style network's encoder features (N, C, h, w) with the previous frame's,
-    warped along the motion scaled to their size, by `strength` x trust, less where the features
-    changed far more than flicker changes them (`_unchanged`): the
-    network's residual blocks and decoder then paint one set of strokes that
-    follows the scene, where blending two painted frames would average their strokes away.
-
-    Stateful, like TemporalBlend, on the network's device; called with a batch's features and each frame's
-    motion. Features beyond the motions given (a compiled run's short last batch,
-    padded with repeats) pass unchanged and leave no history."""
-
-    def __init__(self, strength: float):
-        self.strength = strength
-        self.previous: torch.Tensor | None = None  # (1, C, h, w): the last frame's blended features
-
-    def __call__(self, features: torch.Tensor, motions: list[Motion | None]) -> torch.Tensor:
-        blended = features.to(torch.float32, copy=True)  # blended in a copy: the caller keeps its features
+    def __call__(self, values: torch.Tensor, motions: list[Motion | None]) -> torch.Tensor:
+        blended = values.to(torch.float32, copy=True)  # blended in a copy: the caller keeps its values
         for index, motion in enumerate(motions):
             current = blended[index:index + 1]
-            if motion is not None and self.previous is not None and self.previous.shape == current.shape:
+            own = current.clone()
+            if (motion is not None and self.previous is not None and self.previous.shape == current.shape
+                    and self.strength > 0):
                 height, width = current.shape[-2:]
-                flow, weight = _at_feature_size(motion, height, width)
+                flow, weight = _at_size(motion, height, width, self.stride)
                 trust = torch.from_numpy(weight).to(current.device)
-                grid = sampling_grid(torch.from_numpy(flow).to(current.device), height, width)
-                # Bicubic: bilinear blurs the features a little more every frame they are carried (shipwreck
-                # on big_buck_bunny, per-frame output = 1: content loss 1.08 bilinear, 1.07 bicubic; flicker 1.35, 1.27).
-                warped = F.grid_sample(self.previous, grid[None], mode="bicubic", padding_mode="border",
-                                       align_corners=True)
-                current += self.strength * trust * _unchanged(warped, current) * (warped - current)
-            self.previous = current.clone()
-        return blended.to(features.dtype)
+                grid = sampling_grid(torch.from_numpy(flow).to(current.device), height, width)[None]
+                carried, carried_own = (F.grid_sample(past, grid, mode="bicubic", padding_mode="border",
+                                                      align_corners=True) for past in (self.previous, self.previous_own))
+                flicker = _flicker(carried_own - own, trust)
+                current += self.strength * trust * _agreement(carried - own, flicker) * (carried - own)
+            self.previous, self.previous_own = current.clone(), own
+        return blended.to(values.dtype) if values.is_floating_point() else blended
 
 
-def _unchanged(carried: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
-    """Per feature pixel (1, 1, h, w), 1 where the carried features are close to the current frame's and
-    falling to 0 where they differ by far more than flicker does: what the motion's trust missed
-    (something that appeared, or a change of light) shows at once instead of lagging behind."""
-    change = (carried - current).square().mean(1, keepdim=True)
-    return torch.exp(change / (-FEATURE_CHANGE_TOLERANCE * current.square().mean().clamp(min=1e-6)))
+def _flicker(change: torch.Tensor, trust: torch.Tensor) -> torch.Tensor:
+    """How far the frame's own values move from the previous frame's where the motion is
+    trusted: the mean square of the change over channels and trusted pixels."""
+    trusted = trust > 0.5
+    squares = change.square().mean(1)[0]
+    return (squares[trusted] if bool(trusted.any()) else squares).mean().clamp(min=1e-8)
 
 
-def _at_feature_size(motion: Motion, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """The motion's flow (in feature pixels) and weight averaged down to the features'
-    height x width. The features cover the frame padded to the network's size multiple:
-    beyond the frame's share of them, edges are repeated."""
+def _agreement(change: torch.Tensor, flicker: torch.Tensor) -> torch.Tensor:
+    """Per pixel (1, 1, h, w), 1 where the carried values differ from the current ones by
+    flicker's size, falling to 0 beyond AGREEMENT_TOLERANCE times it (a Gaussian on their
+    distance in units of the flicker)."""
+    distance = change.square().mean(1, keepdim=True) / flicker
+    # Over a pixel's neighbours: decided pixel by pixel, the gate patches carried and fresh strokes
+    # together (udnie on big_buck_bunny, last third: style loss x1.080 -> x1.070).
+    distance = F.avg_pool2d(distance, 3, stride=1, padding=1, count_include_pad=False)
+    return torch.exp(distance * (-0.5 / AGREEMENT_TOLERANCE ** 2))
+
+
+def _at_size(motion: Motion, height: int, width: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """The motion's flow (in pixels of values at 1/stride of the frame's size) and weight,
+    averaged down to height x width. Features cover the frame padded to the network's size
+    multiple: beyond the frame's share of them, edges are repeated."""
     frame_height, frame_width = motion.weight.shape
-    inner = (min(width, max(1, round(frame_width / FEATURE_STRIDE))), min(height, max(1, round(frame_height / FEATURE_STRIDE))))
-    flow = cv2.resize(motion.flow, inner, interpolation=cv2.INTER_AREA) * np.float32(1 / FEATURE_STRIDE)
-    weight = cv2.resize(motion.weight, inner, interpolation=cv2.INTER_AREA)
+    inner = (min(width, max(1, round(frame_width / stride))), min(height, max(1, round(frame_height / stride))))
+    if inner == (frame_width, frame_height):
+        flow, weight = motion.flow, motion.weight
+    else:
+        flow = cv2.resize(motion.flow, inner, interpolation=cv2.INTER_AREA) * np.float32(1 / stride)
+        weight = cv2.resize(motion.weight, inner, interpolation=cv2.INTER_AREA)
     pad = ((0, height - inner[1]), (0, width - inner[0]))
     return np.pad(flow, pad + ((0, 0),), mode="edge"), np.pad(weight, pad, mode="edge")
-
-
-def warp(image: torch.Tensor, flow: np.ndarray) -> torch.Tensor:
-    """image (H, W, C) float32 on the CPU sampled at each pixel + flow (H, W, 2), bicubic: sharper
-    than bilinear, which blurs a little more every time a frame is carried forward."""
-    height, width = image.shape[:2]
-    grid_x, grid_y = _pixel_grid(height, width)
-    warped = cv2.remap(image.numpy(), grid_x + flow[..., 0], grid_y + flow[..., 1], cv2.INTER_CUBIC,
-                       borderMode=cv2.BORDER_REPLICATE)
-    return torch.from_numpy(warped.reshape(image.shape)).clamp_(0, 255)
 
 
 def sampling_grid(offsets: torch.Tensor, height: int, width: int) -> torch.Tensor:
