@@ -157,11 +157,11 @@ def main() -> None:
     os.environ.update(env)
     import torch
 
-    from workers.jobs import FINAL_STATES, SUCCEEDED, JobStore, connect
+    from vidstyle.workers.jobs import FINAL_STATES, SUCCEEDED, JobStore, connect
     from vidstyle.model import TransformerNet
     from vidstyle.sample import make_sample_video
     from vidstyle.styles import save_style
-    from workers.client import submit_job
+    from vidstyle.workers.client import submit_job
 
     torch.manual_seed(0)
     save_style(TransformerNet(), styles / "chaos.pth", {"name": "chaos", "format": "vidstyle-style/1"})

@@ -59,8 +59,8 @@ def main() -> None:
     import onnxruntime
     from PIL import Image
 
-    from trainer.evaluate import decoded_frames
-    from trainer.gatys import optimise_image
+    from vidstyle.trainer.evaluate import decoded_frames
+    from vidstyle.trainer.gatys import optimise_image
     from vidstyle.formats import parse_size
     from vidstyle.export import FramesInFramesOut, export_style
     from vidstyle.inference import Controls, Stylizer, resolve_device

@@ -64,9 +64,9 @@ def main() -> None:
                                      "--save", ""], stdout=subprocess.DEVNULL)
     workers: list[subprocess.Popen] = []
     try:
-        from workers.jobs import FINAL_STATES, SUCCEEDED, JobStore, connect
+        from vidstyle.workers.jobs import FINAL_STATES, SUCCEEDED, JobStore, connect
         from vidstyle.sample import make_sample_video
-        from workers.client import submit_job
+        from vidstyle.workers.client import submit_job
 
         store = JobStore(connect(url))
         while True:

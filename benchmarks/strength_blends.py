@@ -49,9 +49,9 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
-    from trainer.data import load_sample_photos
-    from trainer.evaluate import PerceptualObjective, decoded_frames
-    from trainer.vgg import load_loss_network
+    from vidstyle.trainer.data import load_sample_photos
+    from vidstyle.trainer.evaluate import PerceptualObjective, decoded_frames
+    from vidstyle.trainer.vgg import load_loss_network
     from vidstyle.formats import parse_size
     from vidstyle.inference import Controls, apply_controls
     from vidstyle.preview import contact_sheet

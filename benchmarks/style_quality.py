@@ -62,9 +62,9 @@ def main() -> None:
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from trainer.evaluate import PerceptualObjective, evaluate_flicker, evaluate_quality, median_iterations
-    from trainer.vgg import load_loss_network
-    from vidstyle.cli import parse_size
+    from vidstyle.trainer.evaluate import PerceptualObjective, evaluate_flicker, evaluate_quality, median_iterations
+    from vidstyle.trainer.vgg import load_loss_network
+    from vidstyle.formats import parse_size
     from vidstyle.inference import Stylizer, resolve_device
     from vidstyle.styles import find_style
 

@@ -41,9 +41,9 @@ def main() -> None:
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from trainer.data import find_images, load_sample_photos, load_style_image
-    from trainer.losses import gram_matrix, style_loss
-    from trainer.vgg import load_loss_network
+    from vidstyle.trainer.data import find_images, load_sample_photos, load_style_image
+    from vidstyle.trainer.losses import gram_matrix, style_loss
+    from vidstyle.trainer.vgg import load_loss_network
 
     images = {p.stem: p for p in find_images(args.style_images)}
     names = args.styles.split(",") if args.styles else sorted(images)

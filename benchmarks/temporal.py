@@ -58,7 +58,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     from vidstyle.inference import Stylizer, resolve_device
-    from vidstyle.pipeline import probe_video, stylize_file
+    from vidstyle.media import probe_video
+    from vidstyle.pipeline import stylize_file
     from vidstyle.styles import find_style
     from vidstyle.temporal import DEFAULT_STRENGTH, MotionTracker, TemporalConsistency
 

@@ -23,9 +23,9 @@ import torch
 @click.option("--iterations", default=3, show_default=True, help="Timed iterations per setting, after one warm-up.")
 @click.option("--threads", default=1, show_default=True)
 def main(vgg_weights: Path, factors: str, sizes: str, batch_size: int, iterations: int, threads: int) -> None:
-    from trainer.config import TrainConfig
-    from trainer.upscale import UpscaleObjective
-    from trainer.vgg import load_loss_network
+    from vidstyle.trainer.config import TrainConfig
+    from vidstyle.trainer.upscale import UpscaleObjective
+    from vidstyle.trainer.vgg import load_loss_network
     from vidstyle.inference import has_native_bf16
 
     torch.set_num_threads(threads)

@@ -49,9 +49,9 @@ def main() -> None:
     for name in ("VIDSTYLE_COMPILE", "VIDSTYLE_WARM_SIZES", "TORCHINDUCTOR_CACHE_DIR"):
         base_env.pop(name, None)
     os.environ.update(base_env)
-    from workers.jobs import FINAL_STATES, SUCCEEDED, JobStore, connect
+    from vidstyle.workers.jobs import FINAL_STATES, SUCCEEDED, JobStore, connect
     from vidstyle.sample import make_sample_video
-    from workers.client import submit_job
+    from vidstyle.workers.client import submit_job
 
     store = JobStore(connect(server.url))
     clip = make_sample_video(storage / "clip.mp4", width=width, height=height, frames=args.frames)

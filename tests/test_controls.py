@@ -12,10 +12,10 @@ from PIL import Image
 
 from conftest import TEST_STYLE, decode, run_cli
 from test_trainer import inputs  # noqa: F401  (a fixture: tiny photos, a style image, a random VGG)
-from trainer.data import load_sample_photos
-from trainer.evaluate import PerceptualObjective
-from trainer.gatys import objective_card, optimise_image, optimise_still
-from trainer.vgg import load_loss_network
+from vidstyle.trainer.data import load_sample_photos
+from vidstyle.trainer.evaluate import PerceptualObjective
+from vidstyle.trainer.gatys import objective_card, optimise_image, optimise_still
+from vidstyle.trainer.vgg import load_loss_network
 from vidstyle.errors import VidstyleError
 from vidstyle.export import FramesInFramesOut, export_onnx
 from vidstyle.inference import Controls, Stylizer, resolve_device

@@ -15,7 +15,7 @@ import yaml
 
 from vidstyle.cli import cli
 from vidstyle.settings import DECLARED
-from workers.jobs import DEFAULT_QUEUE
+from vidstyle.workers.jobs import DEFAULT_QUEUE
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -125,9 +125,9 @@ def test_celery_commands_load_the_vidstyle_app_or_run_flower():
     runs = program("celery")
     assert runs
     for where, argv in runs:
-        loads_app = re.search(r"(^| )(-A|--app)[ =]workers( |$)", shlex.join(argv[1:]))
+        loads_app = re.search(r"(^| )(-A|--app)[ =]vidstyle\.workers( |$)", shlex.join(argv[1:]))
         subcommand = next(arg for arg in argv[1:] if not arg.startswith("-"))
-        assert loads_app or subcommand == "flower", f"{where}: `{shlex.join(argv)}` runs neither -A workers nor flower"
+        assert loads_app or subcommand == "flower", f"{where}: `{shlex.join(argv)}` runs neither -A vidstyle.workers nor flower"
 
 
 def test_every_vidstyle_setting_named_in_deploy_is_one_vidstyle_reads():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from trainer.evaluate import evaluate_flicker
+from vidstyle.trainer.evaluate import evaluate_flicker
 from vidstyle.inference import Stylizer
 from vidstyle.preview import GAP, LABEL_WIDTH, sample_frames
 from vidstyle.sample import make_camera_video, make_sample_video

@@ -25,7 +25,7 @@ from test_cli import _audio_only, _not_a_video, _truncated, assert_clean_failure
 from vidstyle import exposure
 from vidstyle.errors import VidstyleError
 from vidstyle.inference import Controls, Stylizer, resolve_device
-from workers.jobs import CANCELLED, FAILED, FINAL_STATES, RUNNING, SUCCEEDED, Job, JobStore, connect
+from vidstyle.workers.jobs import CANCELLED, FAILED, FINAL_STATES, RUNNING, SUCCEEDED, Job, JobStore, connect
 from vidstyle.sample import make_sample_video
 from vidstyle.styles import find_style
 
@@ -78,7 +78,7 @@ class Fleet:
                 self.kill(process)
 
     def submit(self, source: Path, style: str = TEST_STYLE, **options) -> str:
-        from workers.client import submit_job
+        from vidstyle.workers.client import submit_job
 
         return submit_job(source, style, queue=self.queue, **options).id
 
@@ -86,7 +86,7 @@ class Fleet:
         """A job as a careless or hostile client could queue it, past submit's own checks."""
         import secrets
 
-        from workers.client import enqueue
+        from vidstyle.workers.client import enqueue
 
         job = Job(id=secrets.token_hex(6), input=input_name, output="out.mp4", style=style, queue=self.queue,
                   codec="libx264", crf=18, preset="medium")
@@ -329,8 +329,8 @@ def test_a_worker_refuses_jobs_crafted_in_the_store(fleet: Fleet, tmp_path: Path
 
     from vidstyle.styles import save_style
     from vidstyle.model import TransformerNet
-    from workers.celeryconfig import SEGMENT_TASK_NAME
-    from workers.client import enqueue
+    from vidstyle.workers.celeryconfig import SEGMENT_TASK_NAME
+    from vidstyle.workers.client import enqueue
 
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -355,7 +355,7 @@ def test_a_worker_refuses_jobs_crafted_in_the_store(fleet: Fleet, tmp_path: Path
         if raw:
             fleet.store.redis.hset(f"vidstyle:job:{job.id}", mapping=raw)
         if message:
-            from workers.celery import app
+            from vidstyle.workers.celery import app
 
             app.send_task(message[0], args=[job.id, *message[1:]], queue=fleet.queue)
         else:
@@ -493,11 +493,11 @@ def redeliver_unacknowledged(fleet: Fleet) -> None:
 
 
 def test_the_broker_layout_recovery_reads_is_kombu_s(fleet: Fleet) -> None:
-    # workers.broker reads kombu's private Redis layout; a kombu release that changed it would switch
+    # vidstyle.workers.broker reads kombu's private Redis layout; a kombu release that changed it would switch
     # recovery off without an error, so the pin in pyproject.toml comes with this check.
-    from workers.broker import UNACKED, UNACKED_INDEX, hand_back_stranded, to_front
-    from workers.celery import app
-    from workers.celeryconfig import TASK_NAME
+    from vidstyle.workers.broker import UNACKED, UNACKED_INDEX, hand_back_stranded, to_front
+    from vidstyle.workers.celery import app
+    from vidstyle.workers.celeryconfig import TASK_NAME
 
     def send(name: str) -> str:
         return app.send_task(TASK_NAME, args=[name], queue=fleet.queue).id
@@ -691,7 +691,7 @@ def test_twenty_jobs_on_two_workers_each_run_once(fleet: Fleet) -> None:
 
 
 def test_a_worker_process_keeps_loaded_styles_until_retrained(fleet: Fleet, style_dir: Path) -> None:
-    from workers.tasks import stylizer_for
+    from vidstyle.workers.tasks import stylizer_for
 
     first = stylizer_for(TEST_STYLE)
     assert stylizer_for(TEST_STYLE) is first
@@ -702,7 +702,7 @@ def test_a_worker_process_keeps_loaded_styles_until_retrained(fleet: Fleet, styl
 
 
 def test_progress_reaches_the_record_a_few_times_a_second_at_most(fleet: Fleet) -> None:
-    from workers.tasks import JobProgress
+    from vidstyle.workers.tasks import JobProgress
 
     job = Job(id="progress-test", input="a.mp4", output="b.mp4", style=TEST_STYLE, queue=fleet.queue,
               codec="libx264", crf=18, preset="medium")

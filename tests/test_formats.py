@@ -19,7 +19,7 @@ from vidstyle import cli
 from vidstyle.errors import VidstyleError
 from vidstyle.formats import parse_fps, segment_suffix
 from vidstyle.inference import Stylizer, resolve_device
-from workers.jobs import Job
+from vidstyle.workers.jobs import Job
 from vidstyle.media import EncodeOptions
 from vidstyle.pipeline import stylize_file
 from vidstyle.sample import make_sample_video, sample_frame

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import decode
-from trainer.evaluate import PairMotion, WarpingError
+from vidstyle.trainer.evaluate import PairMotion, WarpingError
 from vidstyle.pipeline import stylize_file
 from vidstyle.segments import join_segments, plan_spans
 from vidstyle.inference import Stylizer

@@ -17,10 +17,10 @@ import torchvision
 from click.testing import CliRunner
 from PIL import Image
 
-from trainer.cli import train, train_upscaler
-from trainer.evaluate import lbfgs_iterations_to_reach
-from trainer import losses
-from trainer.losses import (
+from vidstyle.trainer.cli import train, train_upscaler
+from vidstyle.trainer.evaluate import lbfgs_iterations_to_reach
+from vidstyle.trainer import losses
+from vidstyle.trainer.losses import (
     FLOW_CELLS,
     LOSS_UNITS,
     MAX_FLOW_PX,
@@ -34,10 +34,10 @@ from trainer.losses import (
     stability_loss,
     warp,
 )
-from trainer.config import TrainConfig
-from trainer.upscale import UPSCALE_PIXEL_WEIGHT, degrade, load_upscaler
-from trainer.upscale_eval import psnr, ssim
-from trainer.vgg import TORCHVISION_CONVENTION, InputNormalization
+from vidstyle.trainer.config import TrainConfig
+from vidstyle.trainer.upscale import UPSCALE_PIXEL_WEIGHT, degrade, load_upscaler
+from vidstyle.trainer.upscale_eval import psnr, ssim
+from vidstyle.trainer.vgg import TORCHVISION_CONVENTION, InputNormalization
 from vidstyle.model import UpscalerNet
 from vidstyle.preview import GAP, LABEL_WIDTH
 from vidstyle.styles import find_style
@@ -125,7 +125,7 @@ def test_resumed_run_matches_uninterrupted_run(inputs: dict[str, Path], tmp_path
 def test_sigint_finishes_iteration_and_saves_checkpoint(inputs: dict[str, Path], tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     process = subprocess.Popen(
-        [sys.executable, "-m", "trainer", *train_args(inputs, run_dir, 100_000)],
+        [sys.executable, "-m", "vidstyle.trainer", *train_args(inputs, run_dir, 100_000)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )

@@ -1,3 +1,3 @@
-from trainer.cli import train
+from vidstyle.trainer.cli import train
 
-train(prog_name="python -m trainer")
+train(prog_name="python -m vidstyle.trainer")

@@ -1,4 +1,4 @@
-"""`vidstyle train` (also `python -m trainer`), `vidstyle train-upscaler` and `vidstyle eval`:
+"""`vidstyle train` (also `python -m vidstyle.trainer`), `vidstyle train-upscaler` and `vidstyle eval`:
 train a style or super-resolution network on a folder of photos, and measure it."""
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from typing import Callable
 import click
 import torch
 
-from trainer.losses import STABILITY_MOTIONS
-from trainer.train import TrainConfig
-from trainer.train import train as run_training
-from trainer.upscale import UPSCALE_PIXEL_WEIGHT, UPSCALE_TV_WEIGHT
-from vidstyle.cli import parse_size
+from vidstyle.trainer.losses import STABILITY_MOTIONS
+from vidstyle.trainer.config import TrainConfig
+from vidstyle.trainer.train import train as run_training
+from vidstyle.trainer.upscale import UPSCALE_PIXEL_WEIGHT, UPSCALE_TV_WEIGHT
 from vidstyle.errors import VidstyleError
+from vidstyle.formats import parse_size
 from vidstyle.model import UPSAMPLINGS, UPSCALE_FACTORS
 
 
@@ -163,7 +163,7 @@ def quality(style_name: str, images: Path, style_image: Path, vgg_weights: Path 
     direct optimisation of the same objective needs to reach it, from white
     noise and from the photo itself (Johnson et al. 2016, Figure 5).
     """
-    from trainer.evaluate import evaluate_quality, median_iterations
+    from vidstyle.trainer.evaluate import evaluate_quality, median_iterations
     from vidstyle.styles import find_style
 
     if threads:
@@ -211,8 +211,8 @@ def flicker(video: Path, style_name: str, frames: int | None, size: str | None, 
     next frame by one exact motion fitted to the input's), which on smooth
     footage is far above 1; flicker is then stated as a multiple of that floor.
     """
-    from trainer.evaluate import PerceptualObjective, evaluate_flicker
-    from trainer.vgg import load_loss_network
+    from vidstyle.trainer.evaluate import PerceptualObjective, evaluate_flicker
+    from vidstyle.trainer.vgg import load_loss_network
     from vidstyle.inference import Stylizer, resolve_device
     from vidstyle.styles import find_style
     from vidstyle.temporal import DEFAULT_STRENGTH
@@ -259,10 +259,10 @@ def upscale(factor: str, weights: Path | None, sets: tuple[Path, ...], vgg_weigh
     import shlex
     import sys
 
-    from trainer.upscale import load_upscaler
-    from trainer.upscale_eval import evaluate_upscaler, read_test_set, record_in_card
+    from vidstyle.trainer.upscale import load_upscaler
+    from vidstyle.trainer.upscale_eval import evaluate_upscaler, read_test_set, record_in_card
     from vidstyle.styles import BUILTIN_UPSCALERS_DIR
-    from trainer.vgg import load_loss_network
+    from vidstyle.trainer.vgg import load_loss_network
 
     if threads:
         torch.set_num_threads(threads)

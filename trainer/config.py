@@ -1,5 +1,5 @@
 """A training run's settings: what `vidstyle train` and `vidstyle train-upscaler` pass
-to the training loop (trainer.train) and its objectives (trainer.style, trainer.upscale)."""
+to the training loop (vidstyle.trainer.train) and its objectives (vidstyle.trainer.style, vidstyle.trainer.upscale)."""
 from __future__ import annotations
 
 import itertools
@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.losses import CONTENT_WEIGHT, STYLE_WEIGHT, TV_WEIGHT
+from vidstyle.trainer.losses import CONTENT_WEIGHT, STYLE_WEIGHT, TV_WEIGHT
 
 
 @dataclass
@@ -36,7 +36,7 @@ class TrainConfig:
     style_weight: float = STYLE_WEIGHT
     tv_weight: float = TV_WEIGHT
     stability_weight: float = 0.0
-    # The stability term's motion, one of trainer.losses.STABILITY_MOTIONS.
+    # The stability term's motion, one of vidstyle.trainer.losses.STABILITY_MOTIONS.
     stability_motion: str = "affine"  # nonrigid showed no gain on real footage (docs/training.md)
     # Super-resolution: content_weight weighs the relu2_2 feature term (as for styles), and a
     # per-pixel term keeps colours and PSNR honest.

@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from trainer.data import find_images, load_sample_photos, load_style_image, sha256_file
-from trainer.losses import content_loss, gram_matrix, style_loss, total_variation
-from trainer.vgg import CONTENT_LAYER, LossNetwork, load_loss_network
+from vidstyle.trainer.data import find_images, load_sample_photos, load_style_image, sha256_file
+from vidstyle.trainer.losses import content_loss, gram_matrix, style_loss, total_variation
+from vidstyle.trainer.vgg import CONTENT_LAYER, LossNetwork, load_loss_network
 from vidstyle import exposure
 from vidstyle.errors import VidstyleError
-from vidstyle.pipeline import open_input, partial_file, probe_video
+from vidstyle.media import open_input, partial_file, probe_video
 from vidstyle.preview import contact_sheet
 from vidstyle.styles import Style
 from vidstyle.temporal import DEFAULT_STRENGTH, TemporalConsistency

@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from trainer.evaluate import PerceptualObjective, lbfgs_steps
-from trainer.losses import CONTENT_WEIGHT, STYLE_WEIGHT, TV_WEIGHT
-from trainer.vgg import load_loss_network
+from vidstyle.trainer.evaluate import PerceptualObjective, lbfgs_steps
+from vidstyle.trainer.losses import CONTENT_WEIGHT, STYLE_WEIGHT, TV_WEIGHT
+from vidstyle.trainer.vgg import load_loss_network
 from vidstyle.settings import setting
 from vidstyle.errors import VidstyleError
 from vidstyle.inference import Controls, apply_controls_to_pixels

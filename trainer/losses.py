@@ -27,7 +27,7 @@ _UNITS = (
 STABILITY_MOTIONS = ("affine", "nonrigid")
 _NEXT_FRAME = {"affine": "stylize(warp(x)+noise)", "nonrigid": "stylize(camera(warp(x)))"}
 LOSS_UNITS = _UNITS.format(next_frame=_NEXT_FRAME["affine"])
-# Default weights of the terms, shared by training (trainer.config) and still optimisation (trainer.gatys).
+# Default weights of the terms, shared by training (vidstyle.trainer.config) and still optimisation (vidstyle.trainer.gatys).
 CONTENT_WEIGHT = 1.0
 STYLE_WEIGHT = 2e-4
 TV_WEIGHT = 1e-3  # about 0.3% of the gradient of the other terms at 128 px: a light touch

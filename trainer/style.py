@@ -1,4 +1,4 @@
-"""Style training's objective for the shared loop of trainer.train: TransformerNet against
+"""Style training's objective for the shared loop of vidstyle.trainer.train: TransformerNet against
 content, Gram-matrix style, total variation and optionally temporal stability losses."""
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 from torchvision.utils import save_image
 
-from trainer.config import TrainConfig
-from trainer.data import load_style_image, sha256_file
-from trainer.losses import (
+from vidstyle.trainer.config import TrainConfig
+from vidstyle.trainer.data import load_style_image, sha256_file
+from vidstyle.trainer.losses import (
     content_loss,
     describe_motion,
     gram_matrix,
@@ -18,7 +18,7 @@ from trainer.losses import (
     style_loss,
     total_variation,
 )
-from trainer.vgg import CONTENT_LAYER, LossNetwork
+from vidstyle.trainer.vgg import CONTENT_LAYER, LossNetwork
 from vidstyle.errors import VidstyleError
 from vidstyle.model import TransformerNet
 from vidstyle.styles import Style, find_style
@@ -56,7 +56,7 @@ class StyleObjective:
         return self.parent.load_network().train() if self.parent else TransformerNet()
 
     def loss_terms(self, net: TransformerNet, images: torch.Tensor, autocast: torch.autocast) -> dict[str, torch.Tensor]:
-        """The unweighted loss terms, in the units of trainer.losses; the stability
+        """The unweighted loss terms, in the units of vidstyle.trainer.losses; the stability
         term only when it has a weight.
 
         Only the networks run under autocast: the loss terms (Grams above all,

@@ -1,7 +1,7 @@
 """The training loop: Adam on the weighted loss terms, with a log, sample grids and resumable checkpoints.
 
-One loop for every kind of network: an objective (trainer.style for styles,
-trainer.upscale for super-resolution) brings the network, the loss terms of
+One loop for every kind of network: an objective (vidstyle.trainer.style for styles,
+vidstyle.trainer.upscale for super-resolution) brings the network, the loss terms of
 a batch, the sample grids and its part of the model card.
 
 A run directory holds checkpoint.pt (the latest, written atomically),
@@ -29,11 +29,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from trainer.config import TrainConfig
-from trainer.data import find_images, load_sample_photos, training_batches
-from trainer.style import StyleObjective
-from trainer.upscale import UpscaleObjective
-from trainer.vgg import LossNetwork, load_loss_network
+from vidstyle.trainer.config import TrainConfig
+from vidstyle.trainer.data import find_images, load_sample_photos, training_batches
+from vidstyle.trainer.style import StyleObjective
+from vidstyle.trainer.upscale import UpscaleObjective
+from vidstyle.trainer.vgg import LossNetwork, load_loss_network
 from vidstyle.errors import VidstyleError
 from vidstyle.inference import has_native_bf16
 from vidstyle.styles import save_style
@@ -47,7 +47,7 @@ FINAL_LOSS_WINDOW = 50
 
 # Settings a resumed run must share with the checkpoint, or it would not continue the same run.
 # (The crop size schedule must agree up to the checkpoint; later stages may change.)
-# The objective adds its own (trainer.style.STYLE_IDENTITY, trainer.upscale.UPSCALE_IDENTITY).
+# The objective adds its own (vidstyle.trainer.style.STYLE_IDENTITY, vidstyle.trainer.upscale.UPSCALE_IDENTITY).
 RUN_IDENTITY = ("batch_size", "lr", "holdout", "seed")
 # What a checkpoint written before a setting existed trained with.
 IDENTITY_BEFORE = {"stability_motion": "affine"}
@@ -74,8 +74,8 @@ class StopOnSignal:
 
 
 class Objective(Protocol):
-    """What one kind of training brings to the shared loop: trainer.style.StyleObjective,
-    trainer.upscale.UpscaleObjective."""
+    """What one kind of training brings to the shared loop: vidstyle.trainer.style.StyleObjective,
+    vidstyle.trainer.upscale.UpscaleObjective."""
 
     weights: dict[str, float]  # the weight of each loss term in the total
     identity: dict  # its settings a resumed run must share with the checkpoint

@@ -1,4 +1,4 @@
-"""Super-resolution's objective for the shared loop of trainer.train (Johnson et al. 2016,
+"""Super-resolution's objective for the shared loop of vidstyle.trainer.train (Johnson et al. 2016,
 section 4.2): UpscalerNet learns to undo a blur and downsampling, judged by VGG-16's
 relu2_2 features, total variation and a small per-pixel term."""
 from __future__ import annotations
@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torchvision.utils import save_image
 
-from trainer.config import TrainConfig
-from trainer.data import sha256_file
-from trainer.losses import content_loss, gaussian_blur, total_variation
-from trainer.vgg import CONTENT_LAYER, LossNetwork
+from vidstyle.trainer.config import TrainConfig
+from vidstyle.trainer.data import sha256_file
+from vidstyle.trainer.losses import content_loss, gaussian_blur, total_variation
+from vidstyle.trainer.vgg import CONTENT_LAYER, LossNetwork
 from vidstyle.errors import VidstyleError
 from vidstyle.model import UPSCALE_FACTORS, UpscalerNet
 from vidstyle.styles import Upscaler

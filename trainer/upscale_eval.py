@@ -4,7 +4,7 @@ The protocol of the super-resolution literature: a set is a folder of NAME_HR.pn
 images, optionally with the published low-resolution inputs NAME_LR.png beside them
 (Set5 and Set14 come with x4 ones). Each image is measured with two kinds of input:
 the published one where its size fits the factor, and our own degradation of the
-HR image (trainer.upscale.degrade: the one the network was trained on). Outputs are
+HR image (vidstyle.trainer.upscale.degrade: the one the network was trained on). Outputs are
 rounded to 8 bits, as a saved image would be; PSNR and SSIM are on the luma
 channel Y of ITU-R BT.601 (16..235) with `factor` pixels cropped from every border;
 the feature distance is the mean squared difference of VGG-16 relu2_2 features of
@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from trainer.data import read_rgb, to_tensor
-from trainer.losses import content_loss
-from trainer.upscale import bicubic_upscale, degrade, relu2_2
-from trainer.vgg import LossNetwork
+from vidstyle.trainer.data import read_rgb, to_tensor
+from vidstyle.trainer.losses import content_loss
+from vidstyle.trainer.upscale import bicubic_upscale, degrade, relu2_2
+from vidstyle.trainer.vgg import LossNetwork
 from vidstyle.errors import VidstyleError
 from vidstyle.model import UpscalerNet
 from vidstyle.media import partial_file

@@ -16,7 +16,7 @@ import torch
 import torchvision
 from torch import nn
 
-from trainer.data import sha256_file
+from vidstyle.trainer.data import sha256_file
 from vidstyle.errors import VidstyleError
 
 # Indices in torchvision's vgg16().features of the ReLUs whose outputs the losses use.

@@ -13,7 +13,7 @@ import click
 from tqdm import tqdm
 
 from vidstyle import formats
-from vidstyle.formats import parse_size  # trainer/cli.py still imports it from here, until its owner's work lands
+from vidstyle.formats import parse_size
 from vidstyle.settings import setting
 from vidstyle.errors import VidstyleError
 from vidstyle.sample import make_camera_video, make_sample_video
@@ -27,21 +27,21 @@ if TYPE_CHECKING:  # torch loads only with the commands that run a network
 # and torchvision (seconds to import) load only with the commands that need them,
 # and the fleet commands that only talk to Redis answer at once.
 LAZY_COMMANDS = {
-    "train": "trainer.cli:train",
-    "train-upscaler": "trainer.cli:train_upscaler",
-    "eval": "trainer.cli:evaluate",
-    "status": "workers.cli:status",
-    "watch": "workers.cli:watch",
-    "list": "workers.cli:list_jobs",
-    "cancel": "workers.cli:cancel",
-    "workers": "workers.cli:workers",
-    "worker": "workers.cli:worker",
+    "train": "vidstyle.trainer.cli:train",
+    "train-upscaler": "vidstyle.trainer.cli:train_upscaler",
+    "eval": "vidstyle.trainer.cli:evaluate",
+    "status": "vidstyle.workers.cli:status",
+    "watch": "vidstyle.workers.cli:watch",
+    "list": "vidstyle.workers.cli:list_jobs",
+    "cancel": "vidstyle.workers.cli:cancel",
+    "workers": "vidstyle.workers.cli:workers",
+    "worker": "vidstyle.workers.cli:worker",
 }
 
 
 # What `submit` hands over to: a still optimised after a painting, a job for the fleet.
-OPTIMISE_STILL = "trainer.gatys:optimise_still"
-SUBMIT_TO_FLEET = "workers.cli:submit_to_fleet"
+OPTIMISE_STILL = "vidstyle.trainer.gatys:optimise_still"
+SUBMIT_TO_FLEET = "vidstyle.workers.cli:submit_to_fleet"
 
 
 def load(target: str) -> Callable:

@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from workers.celery import app
+from vidstyle.workers.celery import app
 
 UNACKED, UNACKED_INDEX = "unacked", "unacked_index"  # kombu's defaults (transport options unacked_key, ...)
 

@@ -1,8 +1,8 @@
-"""The Celery app (`celery -A workers worker` finds it here), configured by workers.celeryconfig.
+"""The Celery app (`celery -A vidstyle.workers worker` finds it here), configured by vidstyle.workers.celeryconfig.
 
 As in Celery's own layout, the app names its parts by module path instead of
-importing them: its tasks (workers.tasks) and the worker's heartbeat step
-(workers.heartbeat) load when a worker starts, and they import this app."""
+importing them: its tasks (vidstyle.workers.tasks) and the worker's heartbeat step
+(vidstyle.workers.heartbeat) load when a worker starts, and they import this app."""
 from __future__ import annotations
 
 import os
@@ -13,6 +13,6 @@ from celery import Celery
 # initialise it in the parent (children could not use it), so ask NVML instead.
 os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
 
-app = Celery("vidstyle", include=["workers.tasks"])
-app.config_from_object("workers.celeryconfig")
-app.steps["worker"].add("workers.heartbeat:Heartbeat")
+app = Celery("vidstyle", include=["vidstyle.workers.tasks"])
+app.config_from_object("vidstyle.workers.celeryconfig")
+app.steps["worker"].add("vidstyle.workers.heartbeat:Heartbeat")

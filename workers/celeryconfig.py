@@ -6,7 +6,7 @@ Why each matters for long GPU jobs on a Redis broker:
 - prefetch multiplier 1: a worker holds only the jobs it is running, and the
   rest stay in the queue for idle workers;
 - visibility timeout: Redis hands an unacknowledged job to another worker after
-  this long; recovery does not wait for it (workers.heartbeat takes back the jobs
+  this long; recovery does not wait for it (vidstyle.workers.heartbeat takes back the jobs
   of workers whose presence lapsed), and a message that comes back for a job
   running on a live worker or already finished is dropped, so it only bounds
   how long a stale copy lingers in Redis;
@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from vidstyle.inference import warm_sizes
 from vidstyle.settings import seconds
-from workers.jobs import DEFAULT_QUEUE
-from workers.jobs import broker_url as configured_broker_url
-from workers.jobs import job_store_url
+from vidstyle.workers.jobs import DEFAULT_QUEUE
+from vidstyle.workers.jobs import broker_url as configured_broker_url
+from vidstyle.workers.jobs import job_store_url
 
 TASK_NAME = "vidstyle.stylize"
 SEGMENT_TASK_NAME = "vidstyle.stylize_segment"
@@ -28,7 +28,7 @@ JOIN_TASK_NAME = "vidstyle.join_segments"
 broker_url = configured_broker_url()
 task_serializer = result_serializer = event_serializer = "json"
 accept_content = result_accept_content = ["json"]  # pickle would let whoever can write to Redis run code on workers
-task_ignore_result = True  # outcomes live in the job records (workers.jobs), not in Celery results
+task_ignore_result = True  # outcomes live in the job records (vidstyle.workers.jobs), not in Celery results
 # ...except the segment tasks', which a chord counts to start the join: in the job store's Redis.
 result_backend = job_store_url()
 result_expires = 7 * 24 * 3600
@@ -38,13 +38,13 @@ task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
 worker_concurrency = 1  # a job at a time: one network fills a GPU (`vidstyle worker -c N` for more)
-# A pool process compiles the warm sizes before it reports up (workers.tasks): seconds each from the
+# A pool process compiles the warm sizes before it reports up (vidstyle.workers.tasks): seconds each from the
 # cache `vidstyle worker` fills first, about a minute each without it (Triton's longer); Celery's
 # default 4 s would kill it as failed to start.
 WARM_SECONDS_PER_SIZE = 600.0
 worker_proc_alive_timeout = 4.0 + WARM_SECONDS_PER_SIZE * len(warm_sizes())
 # A job whose broker connection drops runs on: the copy of its message that Redis hands out again
-# finds it running on a live worker and is dropped (workers.tasks). Celery's alternative, killing
+# finds it running on a live worker and is dropped (vidstyle.workers.tasks). Celery's alternative, killing
 # the job, would also record its segment as revoked and so fail the chord of a split job.
 worker_cancel_long_running_tasks_on_connection_loss = False
 

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from vidstyle.errors import VidstyleError
 from vidstyle.settings import setting, use_flag
-from workers.jobs import (AUTO, CANCELLED, DEFAULT_QUEUE, FAILED, FINAL_STATES, RUNNING, STATES, SUCCEEDED, Job, JobStore,
+from vidstyle.workers.jobs import (AUTO, CANCELLED, DEFAULT_QUEUE, FAILED, FINAL_STATES, RUNNING, STATES, SUCCEEDED, Job, JobStore,
                            broker_url, job_store_url)
 
 if TYPE_CHECKING:  # torch: not loaded by the commands that only talk to Redis
@@ -113,7 +113,7 @@ def submit_to_fleet(input_path: Path, style: str | None, *, upscale: str | None,
     """`vidstyle submit` and `vidstyle upscale` with a broker: queue the job (on `queue`, else the default
     one; in segments of `segment_seconds`, else auto), print its id, and with `wait` follow it."""
     from vidstyle.media import EncodeOptions
-    from workers.client import submit_job  # torch (to check the style) and Celery: only here
+    from vidstyle.workers.client import submit_job  # torch (to check the style) and Celery: only here
 
     job = submit_job(input_path, style, upscale=upscale, output=output, encode=EncodeOptions(codec=codec, crf=crf, preset=preset),
                      batch_size=batch_size, queue=queue or DEFAULT_QUEUE, force=force,
@@ -126,7 +126,7 @@ def submit_to_fleet(input_path: Path, style: str | None, *, upscale: str | None,
         click.echo(job.id)
     job = follow(JobStore.from_settings(), job.id, as_json)
     if job.state == SUCCEEDED and not as_json:
-        from workers.storage import storage_root
+        from vidstyle.workers.storage import storage_root
 
         click.echo(str(storage_root() / job.output))
     exit_with_outcome(job)
@@ -230,7 +230,7 @@ def workers(as_json: bool) -> None:
 def warm_compile_cache() -> None:
     """Compile the network for the common frame sizes (VIDSTYLE_WARM_SIZES) into the
     on-disk cache before taking jobs, once, for every pool process to load in seconds
-    (workers.tasks). In a child process: the pool forks from this one, which must not
+    (vidstyle.workers.tasks). In a child process: the pool forks from this one, which must not
     have started torch's threads."""
     import multiprocessing
 
@@ -260,16 +260,16 @@ def warm_compile_cache() -> None:
                    "back on the queue at once (a preempted node) [default: VIDSTYLE_ON_TERM, else finish].")
 def worker(device: str | None, queues: str, concurrency: int, name: str | None, loglevel: str, precision: str | None,
            on_term: str | None) -> None:
-    """Run a worker that takes jobs from the broker (plain `celery -A workers worker` works too)."""
+    """Run a worker that takes jobs from the broker (plain `celery -A vidstyle.workers worker` works too)."""
     broker_url()  # a clear line, not Celery's default of a local AMQP server
     # The flags stand for their settings in this process and in the pool processes it forks.
     for setting_name, value, flag in (("VIDSTYLE_DEVICE", device, "--device"), ("VIDSTYLE_ON_TERM", on_term, "--on-term"),
                                       ("VIDSTYLE_PRECISION", precision, "--precision")):
         if value:
             use_flag(setting_name, value, flag)
-    from workers.celery import app
-    from workers.identity import worker_device
-    from workers.tasks import on_term_setting
+    from vidstyle.workers.celery import app
+    from vidstyle.workers.identity import worker_device
+    from vidstyle.workers.tasks import on_term_setting
 
     worker_device()  # a bad or missing device: one line now, not a traceback from every job
     on_term_setting()  # likewise a bad VIDSTYLE_ON_TERM

@@ -1,5 +1,5 @@
 """Submitting a job to the fleet: check what the client can know (by the rules workers check
-again, workers.job_checks), record the job, enqueue it."""
+again, vidstyle.workers.job_checks), record the job, enqueue it."""
 from __future__ import annotations
 
 import os
@@ -12,14 +12,14 @@ from kombu.exceptions import OperationalError
 from vidstyle import formats
 from vidstyle.errors import VidstyleError
 from vidstyle.inference import Controls
-from workers.jobs import AUTO, DEFAULT_QUEUE, STYLE_TASK, UPSCALE_TASK, Job, JobStore
+from vidstyle.workers.jobs import AUTO, DEFAULT_QUEUE, STYLE_TASK, UPSCALE_TASK, Job, JobStore
 from vidstyle.media import EncodeOptions, check_input, check_output, default_output_path, is_image, output_encoder
 from vidstyle.styles import find_treatment
 from vidstyle.temporal import DEFAULT_STRENGTH
-from workers.celery import app
-from workers.celeryconfig import TASK_NAME
-from workers.job_checks import MAX_SEGMENT_SECONDS, MIN_SEGMENT_SECONDS, check_fields
-from workers.storage import relative_to_storage, storage_root
+from vidstyle.workers.celery import app
+from vidstyle.workers.celeryconfig import TASK_NAME
+from vidstyle.workers.job_checks import MAX_SEGMENT_SECONDS, MIN_SEGMENT_SECONDS, check_fields
+from vidstyle.workers.storage import relative_to_storage, storage_root
 
 
 def submit_job(
@@ -41,7 +41,7 @@ def submit_job(
     by `upscale` (a factor) if given, or only upscaling (style None); return the job record.
 
     segment_seconds: "auto", "off" or a number of seconds: how a long video is
-    split over several workers (see workers.tasks); an image-sequence input is never split."""
+    split over several workers (see vidstyle.workers.tasks); an image-sequence input is never split."""
     segment_seconds = parse_segment_seconds(segment_seconds)
     root = storage_root()
     input_name = relative_to_storage(input_path, root)
@@ -87,7 +87,7 @@ def parse_segment_seconds(value: str) -> str:
 
 def remove_output(path: Path) -> None:
     """`--force` with a broker: the existing output goes here, by the user's hand, since a worker
-    never writes over a file its job did not create (workers.job_checks)."""
+    never writes over a file its job did not create (vidstyle.workers.job_checks)."""
     if formats.is_sequence(path):
         frames = [f for f in path.parent.iterdir() if formats.frame_number(f.name, path) is not None] \
             if path.parent.is_dir() else []

@@ -27,12 +27,12 @@ from celery import bootsteps, signals
 from kombu.exceptions import OperationalError
 
 from vidstyle.errors import VidstyleError
-from workers.broker import hand_back_stranded
-from workers.identity import WORKER_ID_ENV, worker_device, worker_id
-from workers.jobs import (RUNNING, JobStore, WorkerInfo, parse_member, recovery_interval_seconds,
+from vidstyle.workers.broker import hand_back_stranded
+from vidstyle.workers.identity import WORKER_ID_ENV, worker_device, worker_id
+from vidstyle.workers.jobs import (RUNNING, JobStore, WorkerInfo, parse_member, recovery_interval_seconds,
                           worker_lapse_seconds)
-from workers.storage import storage_root
-from workers.tasks import ON_TERM_REQUEUE, on_term_setting, publish_unit, remove_partials, unit_waits
+from vidstyle.workers.storage import storage_root
+from vidstyle.workers.tasks import ON_TERM_REQUEUE, on_term_setting, publish_unit, remove_partials, unit_waits
 
 HEARTBEAT_SECONDS = 2.0
 

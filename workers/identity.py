@@ -1,6 +1,6 @@
 """Who this worker is: its id in the job store (presence, fencing, recovery) and its device.
 
-The id is NAME#RANDOM, drawn when the worker starts (workers.heartbeat sets it
+The id is NAME#RANDOM, drawn when the worker starts (vidstyle.workers.heartbeat sets it
 before the pool starts) and inherited by its pool processes through the
 environment, so names need not be unique."""
 from __future__ import annotations

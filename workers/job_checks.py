@@ -15,9 +15,9 @@ from pathlib import Path
 
 from vidstyle import formats
 from vidstyle.errors import VidstyleError
-from workers.jobs import AUTO, Job
+from vidstyle.workers.jobs import AUTO, Job
 from vidstyle.model import UPSCALE_FACTORS
-from workers.storage import resolve_in_storage
+from vidstyle.workers.storage import resolve_in_storage
 
 MAX_BATCH_SIZE = 1024  # frames per network batch: far past any GPU's memory at video sizes
 MAX_CRF = 63  # the widest scale among the encoders (VP9, AV1)

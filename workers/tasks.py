@@ -3,7 +3,7 @@ or split into segments over several workers.
 
 The message carries only the job id; everything else is in the job record,
 which the worker checks again by its own rules before it touches a file
-(workers.job_checks): an output is created, never written over an existing file.
+(vidstyle.workers.job_checks): an output is created, never written over an existing file.
 
 A long job is split by its first task into keyframe-aligned segments: a Celery
 chord of one task per segment (any worker on the job's queue takes them) whose
@@ -11,12 +11,12 @@ callback joins the segment files into the output without re-encoding. The
 segment files live in a hidden folder beside the output, removed when the job
 ends in any way.
 
-Each start of a task is an attempt (workers.jobs): its temporary file is named
+Each start of a task is an attempt (vidstyle.workers.jobs): its temporary file is named
 after it, and its progress, its final rename and its outcome count only while
 it is its unit's current attempt. A message that comes again for a unit that is
 done or running on a live worker is dropped (celery's Ignore: no result, so a
 chord never counts a segment twice). Units of a worker that died are put back
-by the others (workers.heartbeat, `recover_lost_units`).
+by the others (vidstyle.workers.heartbeat, `recover_lost_units`).
 """
 from __future__ import annotations
 
@@ -42,18 +42,18 @@ from vidstyle import formats
 from vidstyle.settings import setting
 from vidstyle.errors import VidstyleError
 from vidstyle.inference import Controls, Stylizer, compile_warm_sizes, resolve_device, warm_sizes
-from workers.jobs import (AUTO, CANCELLED, FAILED, JOIN, PREEMPTED, QUEUED, RUNNING, SUCCEEDED, WHOLE_JOB, Attempt,
+from vidstyle.workers.jobs import (AUTO, CANCELLED, FAILED, JOIN, PREEMPTED, QUEUED, RUNNING, SUCCEEDED, WHOLE_JOB, Attempt,
                            Job, JobStore, parse_member, segment_unit, worker_lapse_seconds)
 from vidstyle.media import EncodeOptions, Span, is_image, partial_file, partial_path, probe_video
 from vidstyle.pipeline import stylize_file
 from vidstyle.segments import join_segments, plan_spans
 from vidstyle.styles import Treatment, find_treatment
-from workers.celery import app
-from workers.broker import to_front
-from workers.celeryconfig import JOIN_TASK_NAME, SEGMENT_TASK_NAME, TASK_NAME
-from workers.identity import worker_id
-from workers.job_checks import check_new_output, check_span, checked_paths
-from workers.storage import resolve_in_storage, storage_root
+from vidstyle.workers.celery import app
+from vidstyle.workers.broker import to_front
+from vidstyle.workers.celeryconfig import JOIN_TASK_NAME, SEGMENT_TASK_NAME, TASK_NAME
+from vidstyle.workers.identity import worker_id
+from vidstyle.workers.job_checks import check_new_output, check_span, checked_paths
+from vidstyle.workers.storage import resolve_in_storage, storage_root
 
 PROGRESS_INTERVAL_SECONDS = 1 / 3  # job record updates: a few a second, whatever the frame rate
 STYLIZER_CACHE_SIZE = 2  # networks kept per pool process; each is small, its compiled graphs are not
