@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vidstyle.trainer.evaluate import evaluate_flicker
+from vidstyle.trainer.evaluate import evaluate_flicker, frame_count
 from vidstyle.inference import Stylizer
 from vidstyle.preview import GAP, LABEL_WIDTH, sample_frames
 from vidstyle.sample import make_camera_video, make_sample_video
@@ -108,3 +108,9 @@ def test_preview_frames_are_spread_evenly(tmp_path: Path, keyframes: list[int] |
     every = decode(clip)["pixels"]
     # Mid-interval: frames 6, 18, 30 and 42 of 48, found by seeking, not by decoding the whole video.
     assert [frame.tobytes() for frame in sample_frames(clip, 4)] == [every[i].tobytes() for i in (6, 18, 30, 42)]
+
+
+def test_frame_count_of_a_webm_that_does_not_say(tmp_path: Path) -> None:
+    """WebM stores no frame count: the flicker's strip needs the clip's middle and end anyway."""
+    clip = make_sample_video(tmp_path / "clip.webm", width=64, height=48, frames=10, audio=False, codec="libvpx-vp9")
+    assert frame_count(clip) == decode(clip)["frames"] == 10

@@ -192,6 +192,16 @@ class FlickerReport:
     last_third_style_ratio: float | None = None
 
 
+def frame_count(video: Path) -> int:
+    """The video's frames: from the container, or where it does not say (WebM), by counting its
+    video packets, which needs no decoding."""
+    frames = probe_video(video).frames
+    if frames:
+        return frames
+    with open_input(video) as container:
+        return sum(1 for packet in container.demux(video=0) if packet.size)
+
+
 def decoded_frames(path: Path, limit: int | None = None, size: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
     """(H, W, 3) uint8 RGB frames of a video's first video stream, resized to size (width, height) if given."""
     probe_video(path)  # a missing, broken or audio-only file: the pipeline's one-line errors
@@ -299,7 +309,7 @@ def evaluate_flicker(
     errors = {flow: WarpingError(("input", "per frame", "temporal")) for flow in FLOWS}
     floors = {flow: WarpingError(("input", "per frame")) for flow in FLOWS}
     ratios: list[tuple[int, float, float]] = []  # (frame, content, style): temporal / per frame
-    total = min(probe_video(video).frames, limit or sys.maxsize)
+    total = min(frame_count(video), limit or sys.maxsize)
     shown = {index: None for index in strip_frames(total)} if strip is not None else {}
     previous, frames = None, 0
     batch: list[np.ndarray] = []
