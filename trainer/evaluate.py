@@ -34,7 +34,7 @@ from vidstyle.errors import VidstyleError
 from vidstyle.media import open_input, partial_file, probe_video
 from vidstyle.preview import contact_sheet
 from vidstyle.styles import Style
-from vidstyle.temporal import DEFAULT_STRENGTH, TemporalConsistency
+from vidstyle.temporal import DEFAULT_STRENGTH, TemporalConsistency, pixel_grid
 
 
 @dataclass
@@ -238,19 +238,15 @@ class PairMotion:
         (du_dy, du_dx), (dv_dy, dv_dx) = np.gradient(forward[..., 0]), np.gradient(forward[..., 1])
         boundary = du_dx ** 2 + du_dy ** 2 + dv_dx ** 2 + dv_dy ** 2 > 0.01 * squared(forward) + 0.002
         height, width = gray[0].shape
-        grid_x, grid_y = _grid(height, width)
+        grid_x, grid_y = pixel_grid(height, width)
         map_x, map_y = grid_x + forward[..., 0], grid_y + forward[..., 1]
         inside = (map_x >= 0) & (map_x <= width - 1) & (map_y >= 0) & (map_y <= height - 1)
         return cls(forward, backward, inside & consistent & ~boundary)
 
 
-def _grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    return np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
-
-
 def _sample(image: np.ndarray, offsets: np.ndarray, mode: int = cv2.INTER_LINEAR) -> np.ndarray:
     """image sampled at each pixel + offsets (H, W, 2)."""
-    grid_x, grid_y = _grid(*offsets.shape[:2])
+    grid_x, grid_y = pixel_grid(*offsets.shape[:2])
     return cv2.remap(image, grid_x + offsets[..., 0], grid_y + offsets[..., 1], mode, borderMode=cv2.BORDER_REPLICATE)
 
 

@@ -129,7 +129,7 @@ def reliable_motion(
     (sky, walls) give optical flow nothing to hold on to, and there a still
     pixel is the likeliest answer."""
     height, width = now.shape
-    grid_x, grid_y = _pixel_grid(height, width)
+    grid_x, grid_y = pixel_grid(height, width)
     map_x, map_y = grid_x + backward[..., 0], grid_y + backward[..., 1]
 
     def sample(image: np.ndarray) -> np.ndarray:
@@ -162,7 +162,8 @@ def _squared_norm(vectors: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=4)
-def _pixel_grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+def pixel_grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each pixel's x and y (float32), cached: callers must not change them in place."""
     return np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
 
 
@@ -203,8 +204,8 @@ class TemporalBlend:
 
     The blend is anchored to the current frame: agreement falls from 1 to 0 as the
     carried values depart from the current ones by more than the frame's own values
-    change from the previous frame's (per channel, the median over trusted pixels:
-    the flicker). So the output stays within about the flicker's size of what the
+    change from the previous frame's (the mean square over trusted pixels: the
+    flicker). So the output stays within about the flicker's size of what the
     frame alone gives: the small error of each carry (resampling, a sub-pixel flow
     guessed on a flat sky) cannot pile up into streaks or a smeared copy of the
     past, and a thin line the motion's trust missed shows at once.
@@ -224,7 +225,7 @@ class TemporalBlend:
         blended = values.to(torch.float32, copy=True)  # blended in a copy: the caller keeps its values
         for index, motion in enumerate(motions):
             current = blended[index:index + 1]
-            own = current.clone()
+            own = current[:, ::_flicker_step(current)].clone()  # before blending: what _flicker reads
             if (motion is not None and self.previous is not None and self.previous.shape == current.shape
                     and self.strength > 0):
                 height, width = current.shape[-2:]
@@ -233,9 +234,9 @@ class TemporalBlend:
                 grid = sampling_grid(torch.from_numpy(flow).to(current.device), height, width)[None]
                 carried, carried_own = (F.grid_sample(past, grid, mode="bicubic", padding_mode="border",
                                                       align_corners=True) for past in (self.previous, self.previous_own))
-                flicker = _flicker(carried_own - own[:, ::_flicker_step(own)], trust)
-                current += self.strength * trust * _agreement(carried - own, flicker) * (carried - own)
-            self.previous, self.previous_own = current.clone(), own[:, ::_flicker_step(own)]
+                change = carried - current
+                current += self.strength * trust * _agreement(change, _flicker(carried_own - own, trust)) * change
+            self.previous, self.previous_own = current.clone(), own
         return blended.to(values.dtype) if values.is_floating_point() else blended
 
 
