@@ -81,22 +81,32 @@ def run_training_command(name: str, run_dir: Path | None, output: Path | None, *
         raise SystemExit(128 + stopped_by)  # the shell's convention for "ended by signal N"
 
 
+def style_options(command: Callable) -> Callable:
+    """The options of both style trainings: a painting's and any painting's."""
+    options = [
+        click.option("--style-size", type=click.IntRange(min=1), help="Resize the style image's long side to this.  [default: 2 * image size]"),
+        click.option("--init-from", metavar="STYLE",
+                     help="Start from a trained style's weights (name or .pth) instead of random ones: fine-tune it."),
+        click.option("--content-weight", default=TrainConfig.content_weight, show_default=True),
+        click.option("--style-weight", default=TrainConfig.style_weight, show_default=True),
+        click.option("--tv-weight", default=TrainConfig.tv_weight, show_default=True),
+        click.option("--stability-weight", default=TrainConfig.stability_weight, show_default=True,
+                     help="Weight of the temporal stability term; 0 turns it off."),
+        click.option("--stability-motion", type=click.Choice(STABILITY_MOTIONS), default=TrainConfig.stability_motion,
+                     show_default=True,
+                     help="The stability term's motion: a camera move over a still scene (affine), or also parts of "
+                          "the scene moving on their own, light changes, blur and compression (nonrigid)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @click.command()
 @click.argument("style_image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--name", help="Style name.  [default: STYLE_IMAGE's file name without extension]")
 @shared_options
-@click.option("--style-size", type=click.IntRange(min=1), help="Resize the style image's long side to this.  [default: 2 * image size]")
-@click.option("--init-from", metavar="STYLE",
-              help="Start from a trained style's weights (name or .pth) instead of random ones: fine-tune it.")
-@click.option("--content-weight", default=TrainConfig.content_weight, show_default=True)
-@click.option("--style-weight", default=TrainConfig.style_weight, show_default=True)
-@click.option("--tv-weight", default=TrainConfig.tv_weight, show_default=True)
-@click.option("--stability-weight", default=TrainConfig.stability_weight, show_default=True,
-              help="Weight of the temporal stability term; 0 turns it off.")
-@click.option("--stability-motion", type=click.Choice(STABILITY_MOTIONS), default=TrainConfig.stability_motion,
-              show_default=True,
-              help="The stability term's motion: a camera move over a still scene (affine), or also parts of "
-                   "the scene moving on their own, light changes, blur and compression (nonrigid).")
+@style_options
 def train(style_image: Path, name: str | None, **options: object) -> None:
     """Train a fast style transfer network for STYLE_IMAGE (Johnson et al. 2016).
 
@@ -104,6 +114,21 @@ def train(style_image: Path, name: str | None, **options: object) -> None:
     exits; --resume continues exactly where it stopped.
     """
     run_training_command(name or style_image.stem, style_image=style_image, **options)
+
+
+@click.command("train-arbitrary")
+@click.argument("paintings", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--name", default="arbitrary", show_default=True, help="Network name.")
+@shared_options
+@style_options
+def train_arbitrary(paintings: Path, name: str, **options: object) -> None:
+    """Train the any-painting network (Ghiasi et al. 2017) on a folder of PAINTINGS and --dataset's photos.
+
+    Every 8th painting by name is held out of training (the model card lists
+    them). Checkpoints, --resume, the log, sample grids (held-out paintings
+    by photos) and Ctrl-C work as for `vidstyle train`.
+    """
+    run_training_command(name, paintings=paintings, **options)
 
 
 @click.command("train-upscaler")

@@ -16,7 +16,8 @@ class TrainConfig:
     run_dir: Path
     output: Path
     name: str
-    style_image: Path | None = None  # style training; None with a factor
+    style_image: Path | None = None  # style training; None with a factor or paintings
+    paintings: Path | None = None  # any-painting training (vidstyle.trainer.arbitrary): a folder of paintings
     factor: int | None = None  # super-resolution training: the upscale factor of vidstyle.model.UpscalerNet
     vgg_weights: Path | None = None
     image_size: int = 256

@@ -3,6 +3,7 @@ content, Gram-matrix style, total variation and optionally temporal stability lo
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torchvision.utils import save_image
@@ -40,7 +41,7 @@ class StyleObjective:
         self.config = config
         self.loss_net = loss_net
         self.style_size = config.style_size or 2 * config.schedule()[0][0]
-        self.parent = _parent_style(config.init_from)
+        self.parent = parent_style(config.init_from)
         style = load_style_image(config.style_image, self.style_size).to(device)
         with torch.no_grad():
             self.style_grams = [gram_matrix(features) for features in loss_net(style)]
@@ -56,32 +57,7 @@ class StyleObjective:
         return self.parent.load_network().train() if self.parent else TransformerNet()
 
     def loss_terms(self, net: TransformerNet, images: torch.Tensor, autocast: torch.autocast) -> dict[str, torch.Tensor]:
-        """The unweighted loss terms, in the units of vidstyle.trainer.losses; the stability
-        term only when it has a weight.
-
-        Only the networks run under autocast: the loss terms (Grams above all,
-        sums over 10^4..10^5 products) are computed in float32.
-        """
-        def stylize(x: torch.Tensor) -> torch.Tensor:
-            with autocast:
-                return net(x).float()
-
-        def loss_features(x: torch.Tensor, num_layers: int = len(self.style_grams)) -> list[torch.Tensor]:
-            with autocast:
-                return [f.float() for f in self.loss_net(x, num_layers=num_layers)]
-
-        stylized = stylize(images)
-        with torch.no_grad():
-            content_target = loss_features(images, CONTENT_LAYER + 1)[CONTENT_LAYER]
-        features = loss_features(stylized)
-        terms = {
-            "content": content_loss(features[CONTENT_LAYER], content_target),
-            "style": style_loss(features, self.style_grams),
-            "tv": total_variation(stylized),
-        }
-        if self.config.stability_weight > 0:
-            terms["stability"] = stability_loss(stylize, images, stylized, self.config.stability_motion)
-        return terms
+        return perceptual_terms(net, self.loss_net, images, self.style_grams, autocast, self.config)
 
     def save_samples(self, net: TransformerNet, photos: torch.Tensor, path: Path) -> None:
         with torch.no_grad():
@@ -122,7 +98,41 @@ class StyleObjective:
         return text
 
 
-def _parent_style(init_from: str | None) -> Style | None:
+def perceptual_terms(
+    stylize: Callable[[torch.Tensor], torch.Tensor], loss_net: LossNetwork, images: torch.Tensor,
+    style_grams: list[torch.Tensor], autocast: torch.autocast, config: TrainConfig,
+) -> dict[str, torch.Tensor]:
+    """The unweighted loss terms of stylize(images), in the units of vidstyle.trainer.losses; the
+    stability term only when it has a weight.
+
+    Only the networks run under autocast: the loss terms (Grams above all,
+    sums over 10^4..10^5 products) are computed in float32.
+    """
+    def stylized_in_autocast(x: torch.Tensor) -> torch.Tensor:
+        with autocast:
+            return stylize(x).float()
+
+    stylized = stylized_in_autocast(images)
+    with torch.no_grad():
+        content_target = loss_features(loss_net, images, autocast, CONTENT_LAYER + 1)[CONTENT_LAYER]
+    features = loss_features(loss_net, stylized, autocast, len(style_grams))
+    terms = {
+        "content": content_loss(features[CONTENT_LAYER], content_target),
+        "style": style_loss(features, style_grams),
+        "tv": total_variation(stylized),
+    }
+    if config.stability_weight > 0:
+        terms["stability"] = stability_loss(stylized_in_autocast, images, stylized, config.stability_motion)
+    return terms
+
+
+def loss_features(loss_net: LossNetwork, x: torch.Tensor, autocast: torch.autocast, num_layers: int) -> list[torch.Tensor]:
+    """The loss network's features of x, computed under autocast, in float32."""
+    with autocast:
+        return [f.float() for f in loss_net(x, num_layers=num_layers)]
+
+
+def parent_style(init_from: str | None) -> Style | None:
     """The trained style a fine-tuning run starts from."""
     if init_from is None:
         return None

@@ -1,7 +1,7 @@
 """The training loop: Adam on the weighted loss terms, with a log, sample grids and resumable checkpoints.
 
 One loop for every kind of network: an objective (vidstyle.trainer.style for styles,
-vidstyle.trainer.upscale for super-resolution) brings the network, the loss terms of
+vidstyle.trainer.arbitrary for any painting, vidstyle.trainer.upscale for super-resolution) brings the network, the loss terms of
 a batch, the sample grids and its part of the model card.
 
 A run directory holds checkpoint.pt (the latest, written atomically),
@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from vidstyle.trainer.arbitrary import ArbitraryStyleObjective
 from vidstyle.trainer.config import TrainConfig
 from vidstyle.trainer.data import find_images, load_sample_photos, training_batches
 from vidstyle.trainer.style import StyleObjective
@@ -100,6 +101,8 @@ class Objective(Protocol):
 def make_objective(config: TrainConfig, loss_net: LossNetwork, device: torch.device) -> Objective:
     if config.factor is not None:
         return UpscaleObjective(config, loss_net)
+    if config.paintings is not None:
+        return ArbitraryStyleObjective(config, loss_net, device)
     return StyleObjective(config, loss_net, device)
 
 

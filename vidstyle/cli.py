@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # torch loads only with the commands that run a network
 # and the fleet commands that only talk to Redis answer at once.
 LAZY_COMMANDS = {
     "train": "vidstyle.trainer.cli:train",
+    "train-arbitrary": "vidstyle.trainer.cli:train_arbitrary",
     "train-upscaler": "vidstyle.trainer.cli:train_upscaler",
     "eval": "vidstyle.trainer.cli:evaluate",
     "status": "vidstyle.workers.cli:status",

@@ -95,6 +95,83 @@ class TransformerNet(nn.Module):
         return self.decoder(self.residuals(features))
 
 
+class StylePredictor(nn.Module):
+    """A painting in, its style code out: the style prediction network of Ghiasi et al. (2017),
+    small and trained from scratch with the transformer (no VGG weights in it).
+
+    Four stride-2 3x3 convolutions; the code is a linear map of the mean and standard deviation
+    of each channel of the last three (the feature statistics that carry a texture, after Huang
+    and Belongie 2017). No normalisation: it would remove exactly those statistics.
+    """
+
+    code_size = 100  # Ghiasi et al.'s bottleneck
+    widths = (32, 64, 128, 256)
+
+    def __init__(self):
+        super().__init__()
+        layers, channels = [], 3
+        for width in self.widths:
+            layers.append(nn.Sequential(ConvLayer(channels, width, 3, stride=2), nn.ReLU(inplace=True)))
+            channels = width
+        self.levels = nn.ModuleList(layers)
+        self.bottleneck = nn.Linear(2 * sum(self.widths[1:]), self.code_size)
+
+    def forward(self, painting: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) paintings, 0..255 -> (N, code_size)."""
+        x, statistics = painting / 127.5 - 1, []
+        for index, level in enumerate(self.levels):
+            x = level(x)
+            if index:
+                statistics += [x.mean(dim=(2, 3)), x.std(dim=(2, 3))]
+        return self.bottleneck(torch.cat(statistics, dim=1))
+
+
+class ArbitraryStyleNet(nn.Module):
+    """Any painting in one pass (Ghiasi et al. 2017): a TransformerNet whose instance norms take
+    their scales and shifts from the painting's style code instead of from per-style weights.
+
+    The code is computed once per painting; `for_painting` then bakes it into a plain TransformerNet,
+    so the pipeline, the temporal stage, tiles and export run it as they run any style.
+    """
+
+    def __init__(self, transformer: TransformerNet | None = None):
+        super().__init__()
+        self.predictor = StylePredictor()
+        self.transformer = transformer or TransformerNet()
+        self.norms = [name for name, module in self.transformer.named_modules() if isinstance(module, nn.InstanceNorm2d)]
+        channels = [self.transformer.get_submodule(name).num_features for name in self.norms]
+        self.splits = [size for size in channels for _ in ("weight", "bias")]
+        self.head = nn.Linear(StylePredictor.code_size, sum(self.splits))
+        # Starts as the transformer's own style whatever the painting: its norms' parameters as the
+        # head's bias, a zero weight; training then learns how paintings move them.
+        nn.init.zeros_(self.head.weight)
+        with torch.no_grad():
+            self.head.bias.copy_(torch.cat([parameter.flatten() for parameter in self.norm_parameters(None).values()]))
+
+    def style_code(self, painting: torch.Tensor) -> torch.Tensor:
+        return self.predictor(painting)
+
+    def norm_parameters(self, code: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The instance norms' weights and biases for a (1, code_size) style code, by parameter
+        name in the transformer; with None, the transformer's own."""
+        names = [f"{norm}.{kind}" for norm in self.norms for kind in ("weight", "bias")]
+        if code is None:
+            return {name: self.transformer.get_parameter(name) for name in names}
+        return dict(zip(names, self.head(code)[0].split(self.splits)))
+
+    def forward(self, x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(self.transformer, self.norm_parameters(code), (x,))
+
+    def for_painting(self, painting: torch.Tensor) -> TransformerNet:
+        """A TransformerNet that paints in this (1, 3, H, W) painting's style."""
+        styled = TransformerNet()
+        styled.load_state_dict(self.transformer.state_dict())
+        with torch.no_grad():
+            for name, value in self.norm_parameters(self.style_code(painting)).items():
+                styled.get_parameter(name).copy_(value)
+        return styled.eval()
+
+
 UPSCALE_FACTORS = (2, 4, 8)
 UPSAMPLINGS = ("nearest", "bilinear")
 
