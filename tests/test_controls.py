@@ -163,10 +163,10 @@ def test_optimisation_lowers_the_objective(inputs: dict[str, Path]) -> None:  # 
             pytest.approx(result.final_objective, rel=1e-4)
 
 
-def test_submit_style_image_writes_a_still_and_refuses_videos(tmp_path: Path,
-                                                              inputs: dict[str, Path]) -> None:  # noqa: F811
+def test_submit_optimise_writes_a_still_and_refuses_videos(tmp_path: Path,
+                                                           inputs: dict[str, Path]) -> None:  # noqa: F811
     photo = muted_photo(tmp_path / "photo.png")
-    done = run_cli("submit", photo, "--style-image", inputs["style"], "--vgg-weights", inputs["vgg"],
+    done = run_cli("submit", photo, "--style-image", inputs["style"], "--optimise", "--vgg-weights", inputs["vgg"],
                    "--size", "32", "--iterations", "3")
     assert done.returncode == 0, done.stderr
     written = tmp_path / "photo.style.png"

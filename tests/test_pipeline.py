@@ -12,7 +12,7 @@ from PIL import Image
 from conftest import TEST_STYLE, decode
 from vidstyle.errors import VidstyleError
 from vidstyle.inference import SpaceToDepthConv, Stylizer, SubpixelUpsampleConv, resolve_device
-from vidstyle.model import TransformerNet
+from vidstyle.model import CompactTransformerNet, TransformerNet
 from vidstyle.pipeline import stylize_file
 from vidstyle.sample import make_sample_video
 from vidstyle.segments import join_segments, plan_spans
@@ -123,9 +123,11 @@ def test_subpixel_upsample_conv_matches_upsample_then_conv() -> None:
 
 @pytest.mark.parametrize("size", [(64, 48), (67, 45)])
 @pytest.mark.parametrize("whole_frame_pixels", [None, 0], ids=["whole", "strips"])
-def test_stylizer_matches_the_network_at_any_size(size: tuple[int, int], whole_frame_pixels: int | None) -> None:
+@pytest.mark.parametrize("network", [TransformerNet, CompactTransformerNet])
+def test_stylizer_matches_the_network_at_any_size(size: tuple[int, int], whole_frame_pixels: int | None,
+                                                   network: type[torch.nn.Module]) -> None:
     torch.manual_seed(0)
-    net = TransformerNet().eval()
+    net = network().eval()
     width, height = size
     frames = np.random.default_rng(0).integers(0, 255, (2, height, width, 3), dtype=np.uint8)
     with torch.no_grad():
@@ -139,9 +141,10 @@ def test_stylizer_matches_the_network_at_any_size(size: tuple[int, int], whole_f
 
 
 @pytest.mark.parametrize("size", [(70, 44), (96, 64)])
-def test_strips_compute_the_whole_network(size: tuple[int, int]) -> None:
+@pytest.mark.parametrize("network", ["full", "compact"])
+def test_strips_compute_the_whole_network(size: tuple[int, int], network: str) -> None:
     # Trained weights: their instance-norm statistics are what tiles would get wrong.
-    net = find_style("udnie").load_network()
+    net = find_style("udnie", network).load_network()
     width, height = size
     x = torch.rand(2, 3, height, width, generator=torch.Generator().manual_seed(0)) * 255
     with torch.no_grad():

@@ -33,6 +33,11 @@ class TrainConfig:
     final_lr: float | None = None
     # A trained style (name or .pth) to start from instead of random weights: fine-tuning.
     init_from: str | None = None
+    # Distillation (vidstyle.trainer.distill): the style (name or .pth) whose TransformerNet a
+    # CompactTransformerNet learns from, and the weights of the terms that compare it with the teacher.
+    teacher: str | None = None
+    teacher_pixel_weight: float = 0.0
+    teacher_feature_weight: float = 0.0
     content_weight: float = CONTENT_WEIGHT
     style_weight: float = STYLE_WEIGHT
     tv_weight: float = TV_WEIGHT

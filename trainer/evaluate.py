@@ -33,7 +33,7 @@ from vidstyle import exposure
 from vidstyle.errors import VidstyleError
 from vidstyle.media import open_input, partial_file, probe_video
 from vidstyle.preview import contact_sheet
-from vidstyle.styles import Style
+from vidstyle.styles import Painting, Style
 from vidstyle.temporal import DEFAULT_STRENGTH, TemporalConsistency, pixel_grid
 
 
@@ -110,16 +110,17 @@ def lbfgs_iterations_to_reach(
 
 
 def evaluate_quality(
-    style: Style, style_image: Path, images: Path, vgg_weights: Path | None, size: int = 256, limit: int | None = None,
+    style: Style | Painting, style_image: Path, images: Path, vgg_weights: Path | None, size: int = 256, limit: int | None = None,
     max_iterations: int = 300, held_out: int | None = None, seed: int = 0,
 ) -> list[QualityResult]:
-    """Scores the style's network on the photos under images (centre crops of size x size):
-    the last held_out of them by path (those the trainer's --holdout left out) or all, then the first limit."""
+    """Scores the style's network (or the any-painting network's for a Painting) on the photos under images
+    (centre crops of size x size): the last held_out of them by path (those the trainer's --holdout left
+    out) or all, then the first limit."""
     card = style.card
     missing = [key for key in ("content_weight", "style_weight", "tv_weight", "style_size") if key not in card]
     if missing:
         raise VidstyleError(f"style {style.name}: its model card lacks {', '.join(missing)}; cannot recompute its objective")
-    if card.get("style_image_sha256") not in (None, sha256_file(style_image)):
+    if isinstance(style, Style) and card.get("style_image_sha256") not in (None, sha256_file(style_image)):
         raise VidstyleError(f"{style_image} is not the image style {style.name} was trained on "
                             f"(its sha256 differs from the model card's)")
     paths = find_images(images)

@@ -1,8 +1,8 @@
-"""Any painting on a still, by optimisation (Gatys et al. 2015): no network is
-trained; the image itself is optimised with L-BFGS against the training
-objective of `vidstyle train` (the same content, style and total-variation
-terms, units, default weights and VGG-16 weights). Seconds per iteration rather
-than milliseconds per frame: for videos, train a style instead.
+"""Any painting on a still, by optimisation (Gatys et al. 2015; `vidstyle submit --style-image P
+--optimise`): no network; the image itself is optimised with L-BFGS against the training
+objective of `vidstyle train` (the same content, style and total-variation terms, units,
+default weights and VGG-16 weights). Seconds per iteration rather than milliseconds per
+frame: the best a still can get, where the any-painting network is the fast way.
 """
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from tqdm import tqdm
 from vidstyle.trainer.evaluate import PerceptualObjective, lbfgs_steps
 from vidstyle.trainer.losses import CONTENT_WEIGHT, STYLE_WEIGHT, TV_WEIGHT
 from vidstyle.trainer.vgg import load_loss_network
-from vidstyle.settings import setting
 from vidstyle.errors import VidstyleError
 from vidstyle.inference import Controls, apply_controls_to_pixels
 from vidstyle.media import check_output, is_image, partial_file
@@ -41,15 +40,6 @@ def objective_card(size: int) -> dict:
     return {"content_weight": CONTENT_WEIGHT, "style_weight": STYLE_WEIGHT, "tv_weight": TV_WEIGHT, "style_size": size}
 
 
-def vgg_weights_path(given: Path | None) -> Path:
-    """--vgg-weights, else the VIDSTYLE_VGG_WEIGHTS setting: never a download."""
-    path = given or setting("VIDSTYLE_VGG_WEIGHTS")
-    if not path:
-        raise VidstyleError("optimising needs the VGG-16 weights the trainer uses: --vgg-weights FILE "
-                            "or VIDSTYLE_VGG_WEIGHTS (a vgg16().features state dict with its JSON sidecar)")
-    return Path(path)
-
-
 def train_command(style_image: Path, vgg_weights: Path | None, size: int) -> str:
     """The `vidstyle train` command for a network of the same painting, objective and VGG weights."""
     card = objective_card(size)
@@ -61,7 +51,7 @@ def train_command(style_image: Path, vgg_weights: Path | None, size: int) -> str
     return shlex.join(parts)
 
 
-def optimise_image(photo: np.ndarray, style_image: Path, vgg_weights: Path, iterations: int, init: str = "photo",
+def optimise_image(photo: np.ndarray, style_image: Path, vgg_weights: Path | None, iterations: int, init: str = "photo",
                    seed: int = 0) -> Optimised:
     """photo, (H, W, 3) uint8 RGB, restyled after style_image by `iterations` of L-BFGS
     from the photo itself or from white noise, with a progress bar."""
@@ -93,14 +83,14 @@ def optimise_image(photo: np.ndarray, style_image: Path, vgg_weights: Path, iter
     return Optimised(result[0].permute(1, 2, 0).to(torch.uint8).numpy(), start, final)
 
 
-def optimise_still(input_path: Path, output_path: Path, style_image: Path, *, vgg_weights: Path | None,
+def optimise_still(input_path: Path, output_path: Path, style_image: Path, *, vgg_weights: Path | None = None,
                    size: int = 512, iterations: int = 100, init: str = "photo", controls: Controls = Controls(),
                    force: bool = False) -> Path:
     """`vidstyle submit PHOTO --style-image PAINTING`: the photo, its long side resized to `size`,
     optimised after the painting, with the artist's controls; written atomically to output_path."""
     if not is_image(input_path):
-        raise VidstyleError(f"optimising takes minutes per frame, so it is for stills: for a video, train a style for "
-                            f"this painting instead, then submit with --style NAME: "
+        raise VidstyleError("optimising takes minutes per frame, so it is for stills: for a video, drop --optimise "
+                            "(the any-painting network, one pass a frame), or train a style for this painting: "
                             f"{train_command(style_image, vgg_weights, size)}")
     if not style_image.is_file():
         raise VidstyleError(f"style image not found: {style_image}")
@@ -108,13 +98,12 @@ def optimise_still(input_path: Path, output_path: Path, style_image: Path, *, vg
     if image_format not in ("JPEG", "PNG", "WEBP", "TIFF"):
         raise VidstyleError(f"cannot write an image with suffix '{output_path.suffix}' (use .jpg, .png, .webp or .tif)")
     check_output(output_path, force)
-    weights = vgg_weights_path(vgg_weights)
     photo = Image.fromarray(sample_frames(input_path, 1)[0])
     scale = size / max(photo.size)
     photo = photo.resize((max(1, round(photo.width * scale)), max(1, round(photo.height * scale))),
                          Image.Resampling.LANCZOS)
     pixels = np.asarray(photo)
-    result = optimise_image(pixels, style_image, weights, iterations, init)
+    result = optimise_image(pixels, style_image, vgg_weights, iterations, init)
     with partial_file(output_path) as partial:
         Image.fromarray(apply_controls_to_pixels(pixels, result.pixels, controls)).save(partial, format=image_format,
                                                                                          quality=95)

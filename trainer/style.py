@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torchvision.utils import save_image
 
 from vidstyle.trainer.config import TrainConfig
@@ -34,6 +35,7 @@ class StyleObjective:
     """The style image's Grams, the loss terms of a batch of photos, samples and the card's style entries."""
 
     resize_crops = True
+    network_class: type[torch.nn.Module] = TransformerNet  # what a run from random weights trains
 
     def __init__(self, config: TrainConfig, loss_net: LossNetwork, device: torch.device):
         if config.style_image is None:
@@ -54,7 +56,7 @@ class StyleObjective:
         }
 
     def network(self) -> TransformerNet:
-        return self.parent.load_network().train() if self.parent else TransformerNet()
+        return self.parent.load_network().train() if self.parent else self.network_class()
 
     def loss_terms(self, net: TransformerNet, images: torch.Tensor, autocast: torch.autocast) -> dict[str, torch.Tensor]:
         return perceptual_terms(net, self.loss_net, images, self.style_grams, autocast, self.config)
@@ -101,9 +103,13 @@ class StyleObjective:
 def perceptual_terms(
     stylize: Callable[[torch.Tensor], torch.Tensor], loss_net: LossNetwork, images: torch.Tensor,
     style_grams: list[torch.Tensor], autocast: torch.autocast, config: TrainConfig,
+    teacher: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The unweighted loss terms of stylize(images), in the units of vidstyle.trainer.losses; the
-    stability term only when it has a weight.
+    stability term only when it has a weight. With a teacher (distillation, vidstyle.trainer.distill),
+    also how far the output is from teacher(images): in pixels (mean squared difference), and in the
+    loss network's features the style term reads (the sum over its layers of their mean squared
+    difference), from the same forward pass as the style term.
 
     Only the networks run under autocast: the loss terms (Grams above all,
     sums over 10^4..10^5 products) are computed in float32.
@@ -121,6 +127,13 @@ def perceptual_terms(
         "style": style_loss(features, style_grams),
         "tv": total_variation(stylized),
     }
+    if teacher is not None:
+        with torch.no_grad():
+            with autocast:
+                taught = teacher(images).float()
+            taught_features = loss_features(loss_net, taught, autocast, len(style_grams))
+        terms["teacher_pixels"] = F.mse_loss(stylized, taught)
+        terms["teacher_features"] = sum(content_loss(mine, theirs) for mine, theirs in zip(features, taught_features))
     if config.stability_weight > 0:
         terms["stability"] = stability_loss(stylized_in_autocast, images, stylized, config.stability_motion)
     return terms

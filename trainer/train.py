@@ -1,7 +1,7 @@
 """The training loop: Adam on the weighted loss terms, with a log, sample grids and resumable checkpoints.
 
 One loop for every kind of network: an objective (vidstyle.trainer.style for styles,
-vidstyle.trainer.arbitrary for any painting, vidstyle.trainer.upscale for super-resolution) brings the network, the loss terms of
+vidstyle.trainer.distill for a style's compact network, vidstyle.trainer.arbitrary for any painting, vidstyle.trainer.upscale for super-resolution) brings the network, the loss terms of
 a batch, the sample grids and its part of the model card.
 
 A run directory holds checkpoint.pt (the latest, written atomically),
@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from vidstyle.trainer.arbitrary import ArbitraryStyleObjective
 from vidstyle.trainer.config import TrainConfig
+from vidstyle.trainer.distill import DistillObjective
 from vidstyle.trainer.data import find_images, load_sample_photos, training_batches
 from vidstyle.trainer.style import StyleObjective
 from vidstyle.trainer.upscale import UpscaleObjective
@@ -103,6 +104,8 @@ def make_objective(config: TrainConfig, loss_net: LossNetwork, device: torch.dev
         return UpscaleObjective(config, loss_net)
     if config.paintings is not None:
         return ArbitraryStyleObjective(config, loss_net, device)
+    if config.teacher is not None:
+        return DistillObjective(config, loss_net, device)
     return StyleObjective(config, loss_net, device)
 
 

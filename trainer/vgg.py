@@ -18,6 +18,7 @@ from torch import nn
 
 from vidstyle.trainer.data import sha256_file
 from vidstyle.errors import VidstyleError
+from vidstyle.settings import setting
 
 # Indices in torchvision's vgg16().features of the ReLUs whose outputs the losses use.
 FEATURE_LAYERS = {"relu1_2": 3, "relu2_2": 8, "relu3_3": 15, "relu4_3": 22}
@@ -91,8 +92,10 @@ class LossNetwork(nn.Module):
 
 
 def load_loss_network(weights_path: Path | None = None) -> LossNetwork:
-    """VGG-16 features from a state dict file with a JSON sidecar, or torchvision's
-    IMAGENET1K_V1 weights (downloaded on first use) when no file is given."""
+    """VGG-16 features from a state dict file with a JSON sidecar: weights_path (--vgg-weights), else
+    the VIDSTYLE_VGG_WEIGHTS setting, else torchvision's IMAGENET1K_V1 weights (downloaded on first
+    use). One rule for training, evaluation and optimising a still."""
+    weights_path = weights_path or setting("VIDSTYLE_VGG_WEIGHTS")
     # On the meta device: the weights come from the file, so initialising (and
     # allocating the unused 500 MB classifier) would be wasted time.
     with torch.device("meta"):

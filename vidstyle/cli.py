@@ -30,6 +30,7 @@ LAZY_COMMANDS = {
     "train": "vidstyle.trainer.cli:train",
     "train-arbitrary": "vidstyle.trainer.cli:train_arbitrary",
     "train-upscaler": "vidstyle.trainer.cli:train_upscaler",
+    "distill": "vidstyle.trainer.cli:distill",
     "eval": "vidstyle.trainer.cli:evaluate",
     "status": "vidstyle.workers.cli:status",
     "watch": "vidstyle.workers.cli:watch",
@@ -103,11 +104,17 @@ def run_options(command: Callable) -> Callable:
     return command
 
 
+# vidstyle.model.NETWORKS, spelled out here: importing the model would load torch for every command.
+NETWORK_OPTION = click.option(
+    "--network", type=click.Choice(["auto", "full", "compact"]), default="auto", show_default=True,
+    help="A style's network: compact (distilled, several times faster on a CPU), full, or auto: the compact one "
+         "where the style has one.")
+
+
 @cli.command()
 @click.option("--style", "-s", help="Style name (see `vidstyle styles`) or path to a .pth weights file.")
 @click.option("--style-image", type=click.Path(path_type=Path),
-              help="Instead of --style, for a still: any painting, by optimising the image itself (Gatys et al.; "
-                   "minutes). Needs --vgg-weights.")
+              help="Instead of --style: any painting (an image file), in one pass by the any-painting network, no training.")
 @click.option("--strength", default=1.0, show_default=True, type=click.FloatRange(0, 1),
               help="How much of the style: 0 is the input, 1 the full style.")
 @click.option("--preserve-colors", is_flag=True, help="Keep the input's colours: the style's luminance, the input's chroma.")
@@ -118,43 +125,48 @@ def run_options(command: Callable) -> Callable:
               help="Videos: carry each output frame into the next along the optical flow, so strokes do not flicker.")
 @click.option("--temporal-strength", type=click.FloatRange(0, 1),
               help="How much of each frame comes from the previous one where the motion is reliable, 0..1 [default: 0.9].")
+@click.option("--optimise", is_flag=True,
+              help="With --style-image, for a still: optimise the image itself after the painting (Gatys et al.; "
+                   "minutes, the best quality) instead of the network's one pass.")
 @click.option("--vgg-weights", type=click.Path(path_type=Path),
-              help="With --style-image: the loss network's weights, as for `vidstyle train` [default: VIDSTYLE_VGG_WEIGHTS].")
-@click.option("--iterations", type=click.IntRange(1), help="With --style-image: L-BFGS iterations [default: 100].")
+              help="With --optimise: the loss network's weights, as for `vidstyle train` "
+                   "[default: VIDSTYLE_VGG_WEIGHTS, else torchvision's published weights].")
+@click.option("--iterations", type=click.IntRange(1), help="With --optimise: L-BFGS iterations [default: 100].")
 @click.option("--size", type=click.IntRange(16),
-              help="With --style-image: the output's long side in pixels, the photo resized to it [default: 512].")
+              help="With --optimise: the output's long side in pixels, the photo resized to it [default: 512].")
 @click.option("--init", type=click.Choice(["photo", "noise"]),
-              help="With --style-image: start from the photo or from white noise [default: photo].")
+              help="With --optimise: start from the photo or from white noise [default: photo].")
+@NETWORK_OPTION
 @run_options
 def submit(style: str | None, style_image: Path | None, strength: float, preserve_colors: bool, upscale: str | None,
-           temporal: bool, temporal_strength: float | None, vgg_weights: Path | None, iterations: int | None,
-           size: int | None, init: str | None, **options) -> None:
-    """Stylize a video (or a still image) with a trained style, or a still after any painting.
+           temporal: bool, temporal_strength: float | None, optimise: bool, vgg_weights: Path | None,
+           iterations: int | None, size: int | None, init: str | None, network: str, **options) -> None:
+    """Stylize a video, an image sequence or a still with a trained style, or after any painting.
 
     With a broker configured (VIDSTYLE_BROKER_URL) the job goes to the worker
-    fleet instead: its id is printed at once (see `vidstyle watch`); a
-    --style-image optimisation always runs here."""
+    fleet instead: its id is printed at once (see `vidstyle watch`); an
+    --optimise run always runs here."""
     from vidstyle.inference import Controls
     from vidstyle.temporal import DEFAULT_STRENGTH
 
     if (style is None) == (style_image is None):
-        raise VidstyleError("name a trained style (--style) or a painting to optimise a still after (--style-image)")
+        raise VidstyleError("name a trained style (--style) or any painting (--style-image)")
     controls = Controls(strength=strength, preserve_colors=preserve_colors)
-    optimisation = {"size": size, "iterations": iterations, "init": init}
-    if style_image is not None:
-        if upscale:
-            raise VidstyleError("--upscale goes with --style; upscale an optimised still with `vidstyle upscale`")
+    optimisation = {"size": size, "iterations": iterations, "init": init, "vgg_weights": vgg_weights}
+    if optimise:
+        if style_image is None or upscale:
+            raise VidstyleError("--optimise optimises a still after --style-image; upscale its result with `vidstyle upscale`")
         optimise_still = load(OPTIMISE_STILL)
         input_path = options["input_path"]
         output = options["output"] or input_path.with_name(f"{input_path.stem}.{style_image.stem}{input_path.suffix}")
         given = {name: value for name, value in optimisation.items() if value is not None}
-        click.echo(str(optimise_still(input_path, output, style_image, vgg_weights=vgg_weights, controls=controls,
-                                      force=options["force"], **given)))
+        click.echo(str(optimise_still(input_path, output, style_image, controls=controls, force=options["force"], **given)))
         return
-    if vgg_weights or any(value is not None for value in optimisation.values()):
-        raise VidstyleError("--vgg-weights, --iterations, --size and --init go with --style-image")
+    if any(value is not None for value in optimisation.values()):
+        raise VidstyleError("--vgg-weights, --iterations, --size and --init go with --optimise")
     blend = (DEFAULT_STRENGTH if temporal_strength is None else temporal_strength) if temporal else 0.0
-    run(style=style, upscale=upscale, temporal_strength=blend, controls=controls, **options)
+    run(style=style, painting=style_image, upscale=upscale, temporal_strength=blend, controls=controls,
+        network=network, **options)
 
 
 @cli.command()
@@ -166,13 +178,14 @@ def upscale(factor: str, **options) -> None:
 
     With a broker configured (VIDSTYLE_BROKER_URL) the job goes to the worker fleet instead."""
     # No temporal stage: the upscaler is local and draws no strokes of its own to flicker (see docs/super-resolution.md).
-    run(style=None, upscale=factor, temporal_strength=0.0, **options)
+    run(style=None, painting=None, upscale=factor, temporal_strength=0.0, **options)
 
 
-def run(input_path: Path, style: str | None, upscale: str | None, temporal_strength: float, output: Path | None,
-        batch_size: int | None, device: str | None, codec: str | None, crf: int, preset: str,
+def run(input_path: Path, style: str | None, painting: Path | None, upscale: str | None, temporal_strength: float,
+        output: Path | None, batch_size: int | None, device: str | None, codec: str | None, crf: int, preset: str,
         compile_network: bool | None, precision: str | None, fps: str | None, force: bool, queue: str | None,
-        segment_seconds: str | None, wait: bool, as_json: bool, controls: Controls | None = None) -> None:
+        segment_seconds: str | None, wait: bool, as_json: bool, controls: Controls | None = None,
+        network: str | None = None) -> None:
     """`submit` and `upscale`: here through the pipeline, or with a broker on the fleet."""
     from vidstyle.inference import Controls
 
@@ -185,10 +198,10 @@ def run(input_path: Path, style: str | None, upscale: str | None, temporal_stren
         if device or compile_network is not None or precision:
             raise VidstyleError("with a broker, the device, compilation and precision are worker settings "
                                 "(vidstyle worker --device --precision, VIDSTYLE_COMPILE)")
-        load(SUBMIT_TO_FLEET)(input_path, style, upscale=upscale, output=output, batch_size=batch_size, codec=codec,
-                              crf=crf, preset=preset, force=force, queue=queue, segment_seconds=segment_seconds,
+        load(SUBMIT_TO_FLEET)(input_path, style, painting=painting, upscale=upscale, output=output,
+                              batch_size=batch_size, codec=codec, crf=crf, preset=preset, force=force, queue=queue, segment_seconds=segment_seconds,
                               temporal_strength=temporal_strength, sequence_fps=sequence_fps, controls=controls,
-                              wait=wait, as_json=as_json)
+                              wait=wait, as_json=as_json, network=network)
         return
     if queue or as_json or segment_seconds:
         raise VidstyleError("--queue, --segment-seconds and --json need a broker (VIDSTYLE_BROKER_URL); "
@@ -199,7 +212,7 @@ def run(input_path: Path, style: str | None, upscale: str | None, temporal_stren
     from vidstyle.pipeline import stylize_file
     from vidstyle.styles import find_treatment
 
-    chosen = find_treatment(style, upscale)
+    chosen = find_treatment(style, upscale, painting, network)
     output = output or default_output_path(input_path, chosen.name)
     stylizer = Stylizer(chosen.load_network(), resolve_device(device), compile=compile_network, precision=precision)
     # The bar appears with the first stylized batch, so a run that fails at once shows only its error.
@@ -225,19 +238,27 @@ def styles() -> None:
     if not found:
         click.echo("no styles installed (add a folder of NAME.pth + NAME.json to VIDSTYLE_STYLES_PATH)")
     for name, style in sorted(found.items()):
-        card = style.card
-        parts = [f"{k} {card[k]}" for k in ("style_image", "image_size", "iterations") if k in card]
-        # The measured quality and flicker (benchmarks/style_quality.py --record) help pick a style.
-        evaluation = card.get("evaluation", {})
-        parts += [f"{label} {evaluation[k]:g}" for k, label in (
-            ("median_lbfgs_iterations_from_noise", "L-BFGS equivalent"), ("mean_flicker_ratio", "flicker")) if k in evaluation]
-        click.echo(f"{name:<16} {', '.join(parts) or '(no model card)'}  {style.weights_path}")
+        click.echo(f"{name:<16} {_style_figures(style.card) or '(no model card)'}  {style.weights_path}")
+        compact = style.compact()
+        if compact is not None:  # run by default: `--network full` picks the line above
+            click.echo(f"{'  compact':<16} {_style_figures(compact.card) or '(no model card)'}  {compact.weights_path}")
     for factor, upscaler in sorted(available_upscalers().items()):
         # The measured quality (`vidstyle eval upscale --record` writes it), whatever its layout.
         figures = _figures(upscaler.card.get("evaluation", {}))
         click.echo(f"{upscaler.name + ' upscaler':<16} {'' if figures else '(not evaluated)  '}{upscaler.weights_path}")
         for line in figures:
             click.echo(f"    {line}")
+
+
+def _style_figures(card: dict) -> str:
+    """A style's line: its painting and training, and the measured quality, flicker and speed
+    (benchmarks/style_quality.py --record, benchmarks/compact.py) that help pick a style."""
+    parts = [f"{k} {card[k]}" for k in ("style_image", "image_size", "iterations") if k in card]
+    evaluation = card.get("evaluation", {})
+    parts += [f"{label} {evaluation[k]:g}" for k, label in (
+        ("median_lbfgs_iterations_from_noise", "L-BFGS equivalent"), ("mean_flicker_ratio", "flicker"),
+        ("frames_per_second_640x360", "frames/s at 640x360")) if k in evaluation]
+    return ", ".join(parts)
 
 
 def _figures(evaluation: dict) -> list[str]:
@@ -258,6 +279,8 @@ def _figures(evaluation: dict) -> list[str]:
 @cli.command()
 @click.argument("input_path", metavar="VIDEO_OR_IMAGE", type=click.Path(path_type=Path))
 @click.option("--styles", help="Comma-separated style names or .pth files [default: every installed style].")
+@click.option("--style-image", "paintings", multiple=True, type=click.Path(path_type=Path),
+              help="Any painting (repeatable): a row each, by the any-painting network.")
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="PNG to write (replaced if it exists) [default: INPUT.preview.png].")
 @click.option("--frames", default=4, show_default=True, type=click.IntRange(1, 16), help="Frames spread over the video.")
 @click.option("--height", default=180, show_default=True, type=click.IntRange(16), help="Thumbnail height in pixels.")
@@ -265,13 +288,16 @@ def _figures(evaluation: dict) -> list[str]:
 @click.option("--strength", "strengths", default="1", show_default=True,
               help="Comma-separated strengths (0..1), a row each: 0.25,0.5,1.")
 @click.option("--preserve-colors", is_flag=True, help="Under each row, the same with the input's colours kept.")
-def preview(input_path: Path, styles: str | None, output: Path | None, frames: int, height: int, device: str | None,
-            strengths: str, preserve_colors: bool) -> None:
+@NETWORK_OPTION
+def preview(input_path: Path, styles: str | None, paintings: tuple[Path, ...], output: Path | None, frames: int,
+            height: int, device: str | None, strengths: str, preserve_colors: bool, network: str) -> None:
     """Write a contact sheet: a few frames of the input by every style, to pick one by looking."""
     from vidstyle.preview import write_preview
-    from vidstyle.styles import available_styles, find_style
+    from vidstyle.styles import available_styles, find_style, find_treatment
 
-    chosen = [find_style(name.strip()) for name in styles.split(",")] if styles else list(available_styles().values())
+    chosen = [find_style(name.strip(), network) for name in styles.split(",")] if styles else \
+        [] if paintings else [style.with_network(network) for style in available_styles().values()]
+    chosen += [find_treatment(painting=painting).style for painting in paintings]
     if not chosen:
         raise VidstyleError("no styles installed to preview")
     output = output or input_path.with_name(f"{input_path.stem}.preview.png")
@@ -280,15 +306,20 @@ def preview(input_path: Path, styles: str | None, output: Path | None, frames: i
 
 
 @cli.command()
-@click.argument("style")
+@click.argument("style", required=False)
+@click.option("--style-image", type=click.Path(path_type=Path),
+              help="Instead of STYLE: any painting, its style code baked into the exported network.")
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="The .onnx file [default: STYLE.onnx here].")
 @click.option("--force", "-f", is_flag=True, help="Overwrite an existing output.")
-def export(style: str, output: Path | None, force: bool) -> None:
-    """Export a style (name or .pth) to ONNX: RGB float 0..255 NCHW in and out, any frame size."""
+@NETWORK_OPTION
+def export(style: str | None, style_image: Path | None, output: Path | None, force: bool, network: str) -> None:
+    """Export a style (name or .pth), or any painting's, to ONNX: RGB float 0..255 NCHW in and out, any frame size."""
     from vidstyle.export import export_style
-    from vidstyle.styles import find_style
+    from vidstyle.styles import find_treatment
 
-    chosen = find_style(style)
+    if (style is None) == (style_image is None):
+        raise VidstyleError("name a trained style (STYLE) or any painting (--style-image)")
+    chosen = find_treatment(style, painting=style_image, network=network)
     click.echo(str(export_style(chosen.load_network(), output or Path(f"{chosen.name}.onnx"), force=force)))
 
 

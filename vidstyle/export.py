@@ -17,7 +17,7 @@ from torch import nn
 
 from vidstyle.errors import VidstyleError
 from vidstyle.inference import MIN_SIDE
-from vidstyle.model import TransformerNet, pad_to_multiple
+from vidstyle.model import CompactTransformerNet, TransformerNet, pad_to_multiple
 from vidstyle.media import check_output, partial_file
 
 OPSET = 18  # onnxruntime 1.14 (2023) on; the dynamo exporter's own
@@ -27,13 +27,13 @@ EXAMPLE_SIDE = 64
 class FramesInFramesOut(nn.Module):
     """A style network as `vidstyle submit` runs it: any frame size in, the same size out, 0..255."""
 
-    def __init__(self, net: TransformerNet):
+    def __init__(self, net: TransformerNet | CompactTransformerNet):
         super().__init__()
         self.net = net
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         height, width = image.shape[-2:]
-        return self.net(pad_to_multiple(image, TransformerNet.size_multiple, MIN_SIDE))[..., :height, :width].clamp(0, 255)
+        return self.net(pad_to_multiple(image, self.net.size_multiple, MIN_SIDE))[..., :height, :width].clamp(0, 255)
 
 
 def export_onnx(module: nn.Module, example: torch.Tensor, output_path: Path, *, min_side: int = 2,
@@ -57,7 +57,7 @@ def export_onnx(module: nn.Module, example: torch.Tensor, output_path: Path, *, 
     return output_path
 
 
-def export_style(net: TransformerNet, output_path: Path, force: bool = False) -> Path:
+def export_style(net: TransformerNet | CompactTransformerNet, output_path: Path, force: bool = False) -> Path:
     """A style network as ONNX that takes any frame of MIN_SIDE pixels a side or more."""
     example = torch.rand(2, 3, EXAMPLE_SIDE, EXAMPLE_SIDE) * 255
     return export_onnx(FramesInFramesOut(net), example, output_path, min_side=MIN_SIDE, force=force)

@@ -431,7 +431,7 @@ def run_in_parts(net: nn.Module, x: torch.Tensor,
     if isinstance(net, UpscalerNet):
         return upscale_in_tiles(net, x)
     if isinstance(net, StyleThenUpscale):
-        styled = stylize_in_strips(net.style, pad_to_multiple(x, TransformerNet.size_multiple), between=between)
+        styled = stylize_in_strips(net.style, pad_to_multiple(x, net.style.size_multiple), between=between)
         return upscale_in_tiles(net.upscaler, net.stylized(styled, *x.shape[-2:]))
     return stylize_in_strips(net, x, between=between)
 

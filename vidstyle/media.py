@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vidstyle import formats
 from vidstyle.errors import VidstyleError
@@ -70,6 +73,46 @@ def default_output_path(input_path: Path, style_name: str) -> Path:
 def is_image(path: Path) -> bool:
     """A still image (an image sequence, shot/frame_%04d.png, is a video)."""
     return path.suffix.lower() in IMAGE_SUFFIXES and not formats.is_sequence(path)
+
+
+@dataclass(frozen=True)
+class Still:
+    pixels: np.ndarray  # (H, W, 3) uint8 RGB
+    alpha: np.ndarray | None  # (H, W) uint16 (formats.alpha_plane's scale), where not fully opaque
+    deep: bool  # more than 8 bits a sample: written back so where the output's format holds it
+
+
+def read_still(path: Path, reduce_to: int | None = None) -> Still:
+    """A still image as the network takes it: EXIF orientation applied, any mode (greyscale,
+    palette, CMYK, 16-bit) made 8-bit RGB, its transparency apart. reduce_to: a JPEG may be
+    decoded at a fraction of its size (1/2 to 1/8) that still has at least this many pixels a side."""
+    # A 16-bit PNG or TIFF is decoded by FFmpeg (Pillow reads 8 bits of it, or none).
+    deep = formats.deep_image(path)
+    if deep is not None:
+        return Still(formats.rgb_pixels(deep), formats.used_alpha(deep), deep=True)
+    try:
+        with warnings.catch_warnings():
+            # A large scan is a user's file, not an attack: Pillow's warning past 89 Mpixels is noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+        with opened:
+            if reduce_to:
+                opened.draft("RGB", (reduce_to, reduce_to))
+            # Phones store portrait photos sideways plus an EXIF flag: apply it.
+            image = ImageOps.exif_transpose(opened)
+            return Still(np.array(image.convert("RGB")), _transparency(image), deep=False)
+    except Image.DecompressionBombError as exc:
+        raise VidstyleError(f"{path} has more pixels than vidstyle reads ({exc})") from exc
+    except (UnidentifiedImageError, OSError) as exc:
+        raise VidstyleError(f"not a readable image: {path}") from exc
+
+
+def _transparency(image: Image.Image) -> np.ndarray | None:
+    """The image's alpha channel (uint16, as formats.alpha_plane), if it has one that is not fully opaque."""
+    if image.mode not in ("RGBA", "LA", "PA") and "transparency" not in image.info:
+        return None
+    alpha = image.convert("RGBA").getchannel("A")
+    return np.asarray(alpha, np.uint16) * 257 if alpha.getextrema()[0] < 255 else None
 
 
 def check_input(input_path: Path) -> None:

@@ -95,6 +95,80 @@ class TransformerNet(nn.Module):
         return self.decoder(self.residuals(features))
 
 
+def conv_norm_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
+    """A zero-padded 3x3 convolution, instance norm, ReLU: CompactTransformerNet's layer."""
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, stride, padding=1),
+                         nn.InstanceNorm2d(out_channels, affine=True), nn.ReLU(inplace=True))
+
+
+class SeparableResidualBlock(nn.Module):
+    """ResidualBlock with depthwise-separable convolutions (MobileNet's): each 3x3 convolution
+    becomes a 3x3 per channel then a 1x1 across channels, an eighth of the arithmetic at 64 channels."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+
+        def separable() -> list[nn.Module]:
+            return [nn.Conv2d(channels, channels, 3, padding=1, groups=channels), nn.Conv2d(channels, channels, 1)]
+
+        self.body = nn.Sequential(*separable(), nn.InstanceNorm2d(channels, affine=True), nn.ReLU(inplace=True),
+                                  *separable(), nn.InstanceNorm2d(channels, affine=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class ShuffleToPixels(nn.PixelShuffle):
+    """CompactTransformerNet's last step: each 2x2 block's 12 channels put in place, read as pixel values
+    with 0 at mid grey and +-1 at the ends of 0..255 (unclamped). TransformerNet's 9x9 output layer sums
+    2,592 inputs and soon reaches the pixel range; this one sums 288, and unscaled it stayed dark for
+    hundreds of iterations of Adam's small steps."""
+
+    def __init__(self):
+        super().__init__(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 127.5 + 127.5 * super().forward(x)
+
+
+class CompactTransformerNet(nn.Module):
+    """A style network for CPUs, distilled from a style's TransformerNet (vidstyle.trainer.distill):
+    the same encoder/render split, feature stride and size multiple, at 19.5 kFLOP (9.8k
+    multiply-adds) per pixel against TransformerNet's 308 kFLOP; 91k parameters against 1.7M.
+
+    Where the arithmetic went, each choice measured on this project's 2-core CPU (docs/compact.md):
+    - earlier downsampling: a stride-2 3x3 convolution on the input, none at full resolution;
+    - 64 channels at a quarter of the size (not 128), in depthwise-separable residual blocks;
+    - no activation at full resolution: the last convolution, at half the size, draws each 2x2 block
+      of output pixels as 12 channels, put in place by a pixel shuffle (Shi et al. 2016);
+    - zero padding inside the convolutions: a separate reflection pad copies every activation and
+      cost more than the convolutions themselves.
+    """
+
+    factor = 1
+    size_multiple = 4  # two stride-2 convolutions, an x2 upsampling and an x2 pixel shuffle
+    feature_stride = 4  # as TransformerNet's, so that the temporal stage blends either alike
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Sequential(conv_norm_relu(3, 32, stride=2), conv_norm_relu(32, 64, stride=2))
+        self.residuals = nn.Sequential(*(SeparableResidualBlock(64) for _ in range(5)))
+        self.decoder = nn.Sequential(
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            conv_norm_relu(64, 32),
+            nn.Conv2d(32, 3 * 4, 3, padding=1),
+            ShuffleToPixels(),
+        )
+
+    forward = TransformerNet.forward
+    encode = TransformerNet.encode
+    render = TransformerNet.render
+
+
+STYLE_NETWORKS = {"full": TransformerNet, "compact": CompactTransformerNet}  # by a model card's "network"
+NETWORKS = ("auto", *STYLE_NETWORKS)  # --network: "auto" runs a style's compact network where it has one
+
+
 class StylePredictor(nn.Module):
     """A painting in, its style code out: the style prediction network of Ghiasi et al. (2017),
     small and trained from scratch with the transformer (no VGG weights in it).
@@ -258,7 +332,7 @@ class StyleThenUpscale(nn.Module):
 
     size_multiple = 1  # the style network's own padding is done here, and cropped before upscaling
 
-    def __init__(self, style: TransformerNet, upscaler: UpscalerNet):
+    def __init__(self, style: TransformerNet | CompactTransformerNet, upscaler: UpscalerNet):
         super().__init__()
         self.style, self.upscaler = style, upscaler
         self.factor = upscaler.factor
@@ -267,7 +341,7 @@ class StyleThenUpscale(nn.Module):
         return self.render(self.encode(x), *x.shape[-2:])
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.style.encode(pad_to_multiple(x, TransformerNet.size_multiple))
+        return self.style.encode(pad_to_multiple(x, self.style.size_multiple))
 
     def render(self, features: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """The upscaled output of an input of height x width from its style network's features."""

@@ -28,13 +28,13 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from vidstyle import exposure, formats
 from vidstyle.errors import VidstyleError
 from vidstyle.inference import BT601_LUMA, Controls, Stylizer, default_batch_size, luma_weights
 from vidstyle.media import (EncodeOptions, Span, VideoInfo, check_input, check_output, is_image, open_input,
-                            output_encoder, partial_file, partial_sequence, probe_video)
+                            output_encoder, partial_file, partial_sequence, probe_video, read_still)
 from vidstyle.passthrough import AudioRoute, add_audio_stream, add_subtitle_stream
 from vidstyle.temporal import DEFAULT_STRENGTH, Motion, TemporalConsistency
 
@@ -104,20 +104,8 @@ def stylize_file(
 
 
 def _stylize_image(input_path: Path, partial: Path, suffix: str, stylizer: Stylizer, controls: Controls) -> None:
-    # A 16-bit PNG or TIFF is decoded by FFmpeg (Pillow reads 8 bits of it, or none), and
-    # written back 16-bit where the output's format holds it.
-    deep = formats.deep_image(input_path)
-    if deep is not None:
-        pixels, alpha = formats.rgb_pixels(deep), formats.used_alpha(deep)
-    else:
-        try:
-            with Image.open(input_path) as opened:
-                # Phones store portrait photos sideways plus an EXIF flag: apply it.
-                image = ImageOps.exif_transpose(opened)
-                pixels = np.array(image.convert("RGB"))
-                alpha = _transparency(image)
-        except (UnidentifiedImageError, OSError) as exc:
-            raise VidstyleError(f"not a readable image: {input_path}") from exc
+    still = read_still(input_path)
+    pixels, alpha = still.pixels, still.alpha
     stylized = stylizer(pixels[None], controls)[0]
     if alpha is not None:
         alpha = _matching_alpha(alpha, stylized)
@@ -125,7 +113,7 @@ def _stylize_image(input_path: Path, partial: Path, suffix: str, stylizer: Styli
     if alpha is not None and image_format not in ALPHA_IMAGE_FORMATS:
         log.warning(f"{image_format or suffix} holds no transparency: {input_path.name}'s is dropped")
         alpha = None
-    if deep is not None and image_format in formats.DEEP_IMAGE_ENCODERS:
+    if still.deep and image_format in formats.DEEP_IMAGE_ENCODERS:
         formats.write_image(partial, formats.DEEP_IMAGE_ENCODERS[image_format], stylized, alpha, bit_depth=16)
         return
     out = Image.fromarray(stylized)
@@ -146,14 +134,6 @@ def _matching_alpha(alpha: np.ndarray, rgb: np.ndarray) -> np.ndarray:
     if alpha.shape == (height, width):
         return alpha
     return cv2.resize(alpha, (width, height), interpolation=cv2.INTER_CUBIC)
-
-
-def _transparency(image: Image.Image) -> np.ndarray | None:
-    """The image's alpha channel (uint16, as formats.alpha_plane), if it has one that is not fully opaque."""
-    if image.mode not in ("RGBA", "LA", "PA") and "transparency" not in image.info:
-        return None
-    alpha = image.convert("RGBA").getchannel("A")
-    return np.asarray(alpha, np.uint16) * 257 if alpha.getextrema()[0] < 255 else None
 
 
 class _Stop(Exception):

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import av
 import numpy as np
-from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from vidstyle.errors import VidstyleError
 from vidstyle.inference import BT601_LUMA, Controls, Stylizer, apply_controls_to_pixels, luma_weights, resolve_device
-from vidstyle.media import check_input, is_image, open_input, partial_file, probe_video
-from vidstyle.styles import Style
+from vidstyle.media import check_input, is_image, open_input, partial_file, probe_video, read_still
+from vidstyle.styles import Painting, Style
 
 LABEL_WIDTH = 120
 GAP = 4
@@ -25,11 +25,7 @@ GAP = 4
 def sample_frames(path: Path, count: int) -> list[np.ndarray]:
     """count (H, W, 3) uint8 RGB frames spread evenly over a video, or the image itself."""
     if is_image(path):
-        try:
-            with Image.open(path) as image:
-                return [np.array(ImageOps.exif_transpose(image).convert("RGB"))]
-        except (UnidentifiedImageError, OSError) as exc:
-            raise VidstyleError(f"not a readable image: {path}") from exc
+        return [read_still(path).pixels]
     check_input(path)  # (an image sequence too)
     probe_video(path)  # a clear error for what is not a decodable video
     picked: list[np.ndarray] = []
@@ -69,7 +65,7 @@ def contact_sheet(rows: list[tuple[str, list[np.ndarray]]], thumb_height: int) -
 
 
 def write_preview(
-    input_path: Path, output_path: Path, styles: list[Style], frames: int = 4, thumb_height: int = 180,
+    input_path: Path, output_path: Path, styles: list[Style | Painting], frames: int = 4, thumb_height: int = 180,
     device: str | None = None, strengths: tuple[float, ...] = (1.0,), preserve_colors: bool = False,
 ) -> Path:
     """The input's frames in the first row, then a row per style and strength (and with

@@ -21,13 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vidstyle.model import ConvLayer, ResidualBlock, TransformerNet
+from vidstyle.model import CompactTransformerNet, ConvLayer, ResidualBlock, SeparableResidualBlock, TransformerNet
 
 # Output pixels per strip: tens of MB of working memory per layer.
 STRIP_PIXELS = 1 << 18
 
 
-def stylize_in_strips(net: TransformerNet, x: torch.Tensor, strip_pixels: int = STRIP_PIXELS,
+def stylize_in_strips(net: TransformerNet | CompactTransformerNet, x: torch.Tensor, strip_pixels: int = STRIP_PIXELS,
                       between: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """net(x) for (N, 3, H, W) x, with the working memory of a strip of strip_pixels output pixels per layer;
     `between` (the temporal stage's feature blend) takes the encoder's features, as in Stylizer."""
@@ -52,13 +52,15 @@ def _run(layers: Iterable[nn.Module], x: torch.Tensor, strip_pixels: int) -> tor
         if isinstance(layer, nn.Upsample):
             # Folded into the next convolution's reads: the upsampled activation is 4x the memory.
             upsample = int(layer.scale_factor)
-        elif isinstance(layer, ConvLayer):
+        elif isinstance(layer, (ConvLayer, nn.Conv2d)):
             x, upsample = _conv_in_strips(layer, x, upsample, strip_pixels), 1
+        elif isinstance(layer, nn.PixelShuffle):  # moves pixels, computes nothing: whole
+            x = layer(x)
         elif isinstance(layer, nn.InstanceNorm2d):
             _instance_norm_(layer, x, strip_pixels)
         elif isinstance(layer, nn.ReLU):
             x.relu_()
-        elif isinstance(layer, ResidualBlock):
+        elif isinstance(layer, (ResidualBlock, SeparableResidualBlock)):
             x = x + _run(_layers([layer.body]), x, strip_pixels)
         else:
             raise TypeError(f"stylize_in_strips does not know the layer {layer!r}")
@@ -71,10 +73,13 @@ def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
     return torch.where(index >= size, 2 * (size - 1) - index, index)
 
 
-def _conv_in_strips(layer: ConvLayer, x: torch.Tensor, upsample: int, strip_pixels: int) -> torch.Tensor:
-    """layer(upsample_nearest(x)), a strip of output rows at a time."""
-    conv = layer.conv
-    kernel, stride, pad = conv.kernel_size[0], conv.stride[0], layer.pad.padding[0]
+def _conv_in_strips(layer: ConvLayer | nn.Conv2d, x: torch.Tensor, upsample: int, strip_pixels: int) -> torch.Tensor:
+    """layer(upsample_nearest(x)), a strip of output rows at a time; a ConvLayer reflection padded,
+    an nn.Conv2d zero padded by its own padding (CompactTransformerNet's)."""
+    reflect = isinstance(layer, ConvLayer)
+    conv = layer.conv if reflect else layer
+    kernel, stride = conv.kernel_size[0], conv.stride[0]
+    pad = layer.pad.padding[0] if reflect else conv.padding[0]
     height, width = x.shape[-2] * upsample, x.shape[-1] * upsample
     out_height = (height + 2 * pad - kernel) // stride + 1
     rows_per_strip = max(1, strip_pixels // ((width + 2 * pad - kernel) // stride + 1))
@@ -82,11 +87,19 @@ def _conv_in_strips(layer: ConvLayer, x: torch.Tensor, upsample: int, strip_pixe
     for first in range(0, out_height, rows_per_strip):
         last = min(out_height, first + rows_per_strip)
         # Rows of the padded (and upsampled) input that this strip's outputs read.
-        rows = _reflect(torch.arange(first * stride, (last - 1) * stride + kernel) - pad, height) // upsample
-        strip = x.index_select(2, rows.to(x.device))
+        rows = torch.arange(first * stride, (last - 1) * stride + kernel) - pad
+        if reflect:
+            rows = _reflect(rows, height)
+        above, below = int((rows < 0).sum()), int((rows >= height).sum())  # zero padding's rows
+        rows = rows[(rows >= 0) & (rows < height)]
+        strip = x.index_select(2, (rows // upsample).to(x.device))
         if upsample > 1:
             strip = strip.repeat_interleave(upsample, dim=3)
-        result = conv(F.pad(strip, (pad, pad, 0, 0), mode="reflect"))
+        if reflect:
+            result = conv(F.pad(strip, (pad, pad, 0, 0), mode="reflect"))
+        else:  # zero rows beyond the top and bottom; the columns zero padded by the convolution itself
+            result = F.conv2d(F.pad(strip, (0, 0, above, below)), conv.weight, conv.bias, stride, (0, pad),
+                              groups=conv.groups)
         if out is None:  # the dtype is autocast's
             out = result.new_empty(*result.shape[:2], out_height, result.shape[3])
         out[:, :, first:last] = result

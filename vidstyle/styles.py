@@ -27,11 +27,16 @@ import torch
 
 from vidstyle.settings import setting
 from vidstyle.errors import VidstyleError
-from vidstyle.model import UPSCALE_FACTORS, StyleThenUpscale, TransformerNet, UpscalerNet
+from vidstyle.model import (NETWORKS, STYLE_NETWORKS, UPSCALE_FACTORS, ArbitraryStyleNet, CompactTransformerNet, StyleThenUpscale,
+                            TransformerNet, UpscalerNet)
+from vidstyle.paintings import read_painting
 
 BUILTIN_DIR = Path(__file__).with_name("styles")
 BUILTIN_UPSCALERS_DIR = Path(__file__).with_name("upscalers")
+ARBITRARY_WEIGHTS = Path(__file__).with_name("arbitrary") / "arbitrary.pth"
 UPSCALE_TASK = "upscale"  # a model card's "task" for an upscaler (a style's card has none)
+# A style's compact network (vidstyle distill) lives in this folder beside its weights: compact/NAME.pth + .json.
+COMPACT_FOLDER = "compact"
 STYLES_PATH_ENV = "VIDSTYLE_STYLES_PATH"
 
 
@@ -41,9 +46,65 @@ class Style:
     weights_path: Path
     card: dict = field(default_factory=dict)
 
+    @property
+    def network(self) -> str:
+        """Which network the weights are for: "full" (TransformerNet) or "compact" (CompactTransformerNet)."""
+        return self.card.get("network", "full")
+
+    def load_network(self) -> TransformerNet | CompactTransformerNet:
+        """Build the style's network in fp32 with its weights, in eval mode."""
+        if self.network not in STYLE_NETWORKS:
+            raise VidstyleError(f"style {self.name}: its model card's network {self.network!r} is none of "
+                                f"{', '.join(STYLE_NETWORKS)}")
+        return _load_into(STYLE_NETWORKS[self.network](), load_state(self.weights_path, "style"), self.weights_path, "style")
+
+    def compact(self) -> Style | None:
+        """This style's compact network, where it has one: compact/NAME.pth beside its weights."""
+        weights = self.weights_path.parent / COMPACT_FOLDER / self.weights_path.name
+        return _style_from_weights(weights, _read_card(weights)) if weights.is_file() else None
+
+    def with_network(self, network: str) -> Style:
+        """The style run with `network` (one of NETWORKS): "compact" needs a compact network,
+        "auto" takes it where there is one."""
+        if network not in NETWORKS:
+            raise VidstyleError(f"--network must be one of {', '.join(NETWORKS)}, not {network!r}")
+        if self.network != "full":  # named by the path of its compact weights
+            if network == "full":
+                raise VidstyleError(f"{self.weights_path} is a {self.network} network; name the style's full one")
+            return self
+        if network == "full":
+            return self
+        compact = self.compact()
+        if compact is None and network == "compact":
+            raise VidstyleError(f"style {self.name} has no compact network (make one with `vidstyle distill {self.name}`)")
+        return compact or self
+
+
+@dataclass
+class Painting:
+    """Any painting as a style, through the any-painting network: its style code is computed
+    once, here, and baked into a TransformerNet that the pipeline runs as it runs any style."""
+
+    path: Path
+    weights_path: Path = ARBITRARY_WEIGHTS
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    @property
+    def card(self) -> dict:
+        return _read_card(self.weights_path)
+
+    def read(self) -> torch.Tensor:
+        """The painting as the network takes it; a one-line error for a bad file."""
+        return read_painting(self.path, self.card.get("style_size", 256))
+
     def load_network(self) -> TransformerNet:
-        """Build a TransformerNet in fp32 with this style's weights, in eval mode."""
-        return _load_into(TransformerNet(), load_state(self.weights_path, "style"), self.weights_path, "style")
+        painting = self.read()
+        net = _load_into(ArbitraryStyleNet(), load_state(self.weights_path, "any-painting network"),
+                         self.weights_path, "any-painting network")
+        return net.for_painting(painting)
 
 
 @dataclass
@@ -150,14 +211,16 @@ def available_upscalers() -> dict[int, Upscaler]:
     return {upscaler.factor: upscaler for upscaler in found}
 
 
-def find_style(name_or_path: str) -> Style:
-    """A style by registry name, or by the path of its weights file."""
+def find_style(name_or_path: str, network: str | None = None) -> Style:
+    """A style by registry name, or by the path of its weights file; with a `network` (one of
+    NETWORKS), its network chosen so (Style.with_network), else the weights as named."""
     if _is_path(name_or_path):
         weights = _existing(name_or_path, "style")
-        return _style_from_weights(weights, _read_card(weights))
+        style = _style_from_weights(weights, _read_card(weights))
+        return style.with_network(network) if network else style
     styles = available_styles()
     if name_or_path in styles:
-        return styles[name_or_path]
+        return styles[name_or_path].with_network(network) if network else styles[name_or_path]
     names = ", ".join(sorted(styles)) or "none installed"
     raise VidstyleError(f"unknown style '{name_or_path}' (available: {names})")
 
@@ -207,7 +270,7 @@ def _existing(path: str, what: str) -> Path:
 class Treatment:
     """What a run does to every frame: a style, an upscale, or a style then an upscale."""
 
-    style: Style | None = None
+    style: Style | Painting | None = None
     upscaler: Upscaler | None = None
 
     @property
@@ -227,9 +290,18 @@ class Treatment:
         return StyleThenUpscale(self.style.load_network(), self.upscaler.load_network())
 
 
-def find_treatment(style: str | None = None, upscale: str | None = None) -> Treatment:
-    """The style (a name or .pth) and upscaler (a factor or .pth) a run applies; at least one."""
-    if style is None and upscale is None:
+def find_treatment(style: str | None = None, upscale: str | None = None, painting: Path | None = None,
+                   network: str | None = None) -> Treatment:
+    """The style (a name or .pth, or any painting's file) and upscaler (a factor or .pth) a run
+    applies; at least one; the style's network chosen by `network` as in find_style. A painting is
+    read now: a bad one fails before any frame is decoded."""
+    if painting is not None and network == "compact":
+        raise VidstyleError("any painting runs on the any-painting network; --network compact is for trained styles")
+    if style is not None and painting is not None:
+        raise VidstyleError("name a trained style (--style) or any painting (--style-image), not both")
+    if style is None and painting is None and upscale is None:
         raise VidstyleError("nothing to do: name a style, an upscale factor, or both")
-    return Treatment(find_style(style) if style is not None else None,
-                     find_upscaler(upscale) if upscale is not None else None)
+    chosen = find_style(style, network) if style is not None else Painting(Path(painting)) if painting is not None else None
+    if isinstance(chosen, Painting):
+        chosen.read()
+    return Treatment(chosen, find_upscaler(upscale) if upscale is not None else None)

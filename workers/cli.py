@@ -106,19 +106,19 @@ def follow(store: JobStore, job_id: str, as_json: bool) -> Job:
 
 
 @reports_unreachable_servers
-def submit_to_fleet(input_path: Path, style: str | None, *, upscale: str | None, output: Path | None,
-                    batch_size: int | None, codec: str,
-                    crf: int, preset: str, force: bool, queue: str | None, segment_seconds: str | None,
-                    temporal_strength: float, sequence_fps: Fraction, controls: Controls, wait: bool, as_json: bool) -> None:
+def submit_to_fleet(input_path: Path, style: str | None, *, painting: Path | None, upscale: str | None,
+                    output: Path | None, batch_size: int | None, codec: str, crf: int, preset: str, force: bool,
+                    queue: str | None, segment_seconds: str | None, temporal_strength: float, sequence_fps: Fraction, controls: Controls, wait: bool, as_json: bool,
+                    network: str | None = None) -> None:
     """`vidstyle submit` and `vidstyle upscale` with a broker: queue the job (on `queue`, else the default
     one; in segments of `segment_seconds`, else auto), print its id, and with `wait` follow it."""
     from vidstyle.media import EncodeOptions
     from vidstyle.workers.client import submit_job  # torch (to check the style) and Celery: only here
 
-    job = submit_job(input_path, style, upscale=upscale, output=output, encode=EncodeOptions(codec=codec, crf=crf, preset=preset),
-                     batch_size=batch_size, queue=queue or DEFAULT_QUEUE, force=force,
+    job = submit_job(input_path, style, painting=painting, upscale=upscale, output=output,
+                     encode=EncodeOptions(codec=codec, crf=crf, preset=preset), batch_size=batch_size, queue=queue or DEFAULT_QUEUE, force=force,
                      segment_seconds=segment_seconds or AUTO,
-                     temporal_strength=temporal_strength, sequence_fps=sequence_fps, controls=controls)
+                     temporal_strength=temporal_strength, sequence_fps=sequence_fps, controls=controls, network=network)
     if not wait:
         click.echo(json.dumps(job.to_dict()) if as_json else job.id)
         return

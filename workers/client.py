@@ -2,8 +2,10 @@
 again, vidstyle.workers.job_checks), record the job, enqueue it."""
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
+import shutil
 from fractions import Fraction
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from vidstyle.styles import find_treatment
 from vidstyle.temporal import DEFAULT_STRENGTH
 from vidstyle.workers.celery import app
 from vidstyle.workers.celeryconfig import TASK_NAME
-from vidstyle.workers.job_checks import MAX_SEGMENT_SECONDS, MIN_SEGMENT_SECONDS, check_fields
+from vidstyle.workers.job_checks import MAX_SEGMENT_SECONDS, MIN_SEGMENT_SECONDS, PAINTINGS_FOLDER, check_fields
 from vidstyle.workers.storage import relative_to_storage, storage_root
 
 
@@ -26,6 +28,7 @@ def submit_job(
     input_path: Path,
     style: str | None,
     *,
+    painting: Path | None = None,
     upscale: str | None = None,
     output: Path | None = None,
     encode: EncodeOptions = EncodeOptions(),
@@ -36,9 +39,11 @@ def submit_job(
     temporal_strength: float = DEFAULT_STRENGTH,
     sequence_fps: Fraction = formats.DEFAULT_SEQUENCE_FPS,
     controls: Controls = Controls(),
+    network: str | None = None,
 ) -> Job:
-    """Queue `input_path` (under the storage root) for stylizing with `style`, then upscaling
-    by `upscale` (a factor) if given, or only upscaling (style None); return the job record.
+    """Queue `input_path` (under the storage root) for stylizing with `style` or any `painting`
+    (a file anywhere: a copy travels with the job), then upscaling by `upscale` (a factor) if
+    given, or only upscaling (neither); return the job record.
 
     segment_seconds: "auto", "off" or a number of seconds: how a long video is
     split over several workers (see vidstyle.workers.tasks); an image-sequence input is never split."""
@@ -49,7 +54,7 @@ def submit_job(
     for name, what in ((style, "--style names an installed style"), (upscale, "the factor names an installed upscaler")):
         if name is not None and (name.endswith(".pth") or os.sep in name):
             raise VidstyleError(f"with a broker, {what} (see `vidstyle styles`), not a file: {name}")
-    chosen = find_treatment(style, upscale)
+    chosen = find_treatment(style, upscale, painting, network)  # a bad painting fails here, before anything is stored
     output = output or default_output_path(input_path, chosen.name)
     output_name = relative_to_storage(output, root)
     if formats.is_sequence(output) and "/" not in output_name:  # its folder would be the storage root
@@ -59,10 +64,12 @@ def submit_job(
     codec = (encode.codec or "") if is_image(input_path) else output_encoder(input_path, output, encode.codec, sequence_fps)
     job = Job(id=secrets.token_hex(6), input=input_name, output=output_name, style=style or "", queue=queue,
               codec=codec, crf=encode.crf, preset=encode.preset, batch_size=batch_size or 0,
-              task=STYLE_TASK if style is not None else UPSCALE_TASK,
+              painting=store_painting(painting, root) if painting is not None else "",
+              painting_name=painting.name if painting is not None else "",
+              task=STYLE_TASK if style is not None or painting is not None else UPSCALE_TASK,
               factor=chosen.upscaler.factor if chosen.upscaler is not None else 0,
               segment_seconds=segment_seconds, temporal_strength=temporal_strength, sequence_fps=str(sequence_fps),
-              strength=controls.strength, preserve_colors=controls.preserve_colors)
+              strength=controls.strength, preserve_colors=controls.preserve_colors, network=network or "auto")
     check_fields(job)
     store = JobStore.from_settings()
     store.create(job)
@@ -70,6 +77,20 @@ def submit_job(
         remove_output(root / output_name)
     enqueue(job, store)
     return job
+
+
+def store_painting(painting: Path, root: Path) -> str:
+    """The painting copied under the storage root, named by its content (one copy however many jobs
+    use it), written under a temporary name then renamed; returns its storage-relative name."""
+    digest = hashlib.sha256(painting.read_bytes()).hexdigest()
+    name = f"{PAINTINGS_FOLDER}/{digest}{painting.suffix.lower() or '.img'}"
+    stored = root / name
+    if not stored.is_file():
+        stored.parent.mkdir(exist_ok=True)
+        partial = stored.with_name(f".{stored.name}.{secrets.token_hex(4)}.part")
+        shutil.copyfile(painting, partial)
+        os.replace(partial, stored)
+    return name
 
 
 def parse_segment_seconds(value: str) -> str:

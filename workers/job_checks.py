@@ -16,7 +16,7 @@ from pathlib import Path
 from vidstyle import formats
 from vidstyle.errors import VidstyleError
 from vidstyle.workers.jobs import AUTO, Job
-from vidstyle.model import UPSCALE_FACTORS
+from vidstyle.model import NETWORKS, UPSCALE_FACTORS
 from vidstyle.workers.storage import resolve_in_storage
 
 MAX_BATCH_SIZE = 1024  # frames per network batch: far past any GPU's memory at video sizes
@@ -27,6 +27,9 @@ MAX_SEGMENTS = 10_000  # tasks one job may put on the queue
 JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 QUEUE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 ENCODER_WORD = re.compile(r"[A-Za-z0-9_-]{0,32}")  # a codec or preset name; "" where there is none
+# A painting travels as a copy named by its content (vidstyle.workers.client.store_painting).
+PAINTINGS_FOLDER = ".paintings"
+STORED_PAINTING = re.compile(re.escape(PAINTINGS_FOLDER) + r"/[0-9a-f]{64}\.[a-z0-9]{1,5}")
 
 
 def check_fields(job: Job) -> None:
@@ -37,8 +40,14 @@ def check_fields(job: Job) -> None:
         raise VidstyleError(f"style '{job.style}' is a file; a job names an installed style")
     if job.factor and job.factor not in UPSCALE_FACTORS:
         raise VidstyleError(f"upscale factor {job.factor} is none of {', '.join(map(str, UPSCALE_FACTORS))}")
-    if not job.style and not job.factor:
-        raise VidstyleError("the job names neither a style nor an upscale factor")
+    if job.painting and not STORED_PAINTING.fullmatch(job.painting):
+        raise VidstyleError(f"painting '{job.painting}' is not a painting's copy in {PAINTINGS_FOLDER}/")
+    if job.style and job.painting:
+        raise VidstyleError("the job names both a style and a painting")
+    if job.network not in NETWORKS:
+        raise VidstyleError(f"network '{job.network}' is none of {', '.join(NETWORKS)}")
+    if not job.style and not job.painting and not job.factor:
+        raise VidstyleError("the job names neither a style, a painting nor an upscale factor")
     for name, value in (("queue", job.queue), ("codec", job.codec), ("preset", job.preset)):
         pattern = QUEUE if name == "queue" else ENCODER_WORD
         if not pattern.fullmatch(value):

@@ -28,6 +28,7 @@ import json
 import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -243,7 +244,7 @@ class Job:
     id: str
     input: str
     output: str
-    style: str  # "" for an upscale
+    style: str  # an installed style's name; "" for an upscale or a painting
     queue: str
     codec: str
     crf: int
@@ -252,6 +253,9 @@ class Job:
     # "style": its style, then an upscale by `factor` where that is set; "upscale": by `factor` alone.
     task: str = STYLE_TASK
     factor: int = 0  # the upscale factor (an installed upscaler); 0: none
+    # Any painting instead of a style: its copy under the storage root (vidstyle.workers.client.store_painting).
+    painting: str = ""
+    painting_name: str = ""  # the file's name as the user gave it, for output names and listings
     # Split a long video over several workers: "auto" (from its length and the
     # live workers), "off", or about this many seconds per segment.
     segment_seconds: str = AUTO
@@ -260,6 +264,7 @@ class Job:
     sequence_fps: str = ""  # an image-sequence input's frame rate, "24000/1001" say ("": vidstyle.formats' default)
     strength: float = 1.0  # the artist's controls (vidstyle.inference.Controls)
     preserve_colors: bool = False
+    network: str = "auto"  # a style's network: vidstyle.model.NETWORKS, chosen again on the worker
     join_seconds: float = 0.0  # how long joining the segments took
     state: str = QUEUED
     frames_done: int = 0
@@ -283,8 +288,9 @@ class Job:
 
     @property
     def treatment(self) -> str:
-        """What it does to each frame, as output names say it: udnie, x4, udnie.x4."""
-        return ".".join(filter(None, (self.style, f"x{self.factor}" if self.factor else "")))
+        """What it does to each frame, as output names say it: udnie, x4, udnie.x4 (a painting by its file's stem)."""
+        style = self.style or Path(self.painting_name).stem
+        return ".".join(filter(None, (style, f"x{self.factor}" if self.factor else "")))
 
     def to_record(self) -> dict[str, str]:
         return {name: _format(value) for name, value in dataclasses.asdict(self).items()}

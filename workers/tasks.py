@@ -47,7 +47,7 @@ from vidstyle.workers.jobs import (AUTO, CANCELLED, FAILED, JOIN, PREEMPTED, QUE
 from vidstyle.media import EncodeOptions, Span, is_image, partial_file, partial_path, probe_video
 from vidstyle.pipeline import stylize_file
 from vidstyle.segments import join_segments, plan_spans
-from vidstyle.styles import Treatment, find_treatment
+from vidstyle.styles import Painting, Treatment, find_treatment
 from vidstyle.workers.celery import app
 from vidstyle.workers.broker import to_front
 from vidstyle.workers.celeryconfig import JOIN_TASK_NAME, SEGMENT_TASK_NAME, TASK_NAME
@@ -170,23 +170,28 @@ def compile_warm_sizes_here(**_: object) -> None:
 
 
 @functools.lru_cache(maxsize=STYLIZER_CACHE_SIZE)
-def _cached_stylizer(style_path: Path | None, upscaler_path: Path | None, modified_ns: tuple[int, ...],
-                     device: str) -> Stylizer:
-    """Keyed by the weights files and their mtimes too, so a retrained style is reloaded."""
-    treatment = find_treatment(style_path and str(style_path), upscaler_path and str(upscaler_path))
+def _cached_stylizer(style_path: Path | None, upscaler_path: Path | None, painting_path: Path | None,
+                     modified_ns: tuple[int, ...], device: str) -> Stylizer:
+    """Keyed by the files and their mtimes too, so a retrained style is reloaded."""
+    treatment = find_treatment(style_path and str(style_path), upscaler_path and str(upscaler_path), painting_path)
     return Stylizer(treatment.load_network(), resolve_device(device))
 
 
-def job_treatment(style: str, factor: int = 0) -> Treatment:
-    """A job's style ("" for none) and upscale factor (0 for none), as installed on this worker."""
-    return find_treatment(style or None, str(factor) if factor else None)
+def job_treatment(job: Job, root: Path) -> Treatment:
+    """A job's style or painting and upscale factor, as installed on this worker; the painting is read
+    now (a copy that vanished from the storage root fails the job with that line)."""
+    painting = resolve_in_storage(job.painting, root) if job.painting else None
+    return find_treatment(job.style or None, str(job.factor) if job.factor else None, painting, job.network)
 
 
-def stylizer_for(style: str, factor: int = 0) -> Stylizer:
-    treatment = job_treatment(style, factor)
-    style_path, upscaler_path = (part.weights_path if part else None for part in (treatment.style, treatment.upscaler))
-    modified = tuple(path.stat().st_mtime_ns for path in treatment.weights_paths)
-    return _cached_stylizer(style_path, upscaler_path, modified, str(resolve_device(setting("VIDSTYLE_DEVICE"))))
+def stylizer_for(job: Job, root: Path) -> Stylizer:
+    treatment = job_treatment(job, root)
+    painting_path = treatment.style.path if isinstance(treatment.style, Painting) else None
+    style_path = None if treatment.style is None or painting_path else treatment.style.weights_path
+    upscaler_path = treatment.upscaler and treatment.upscaler.weights_path
+    modified = tuple(path.stat().st_mtime_ns for path in [*treatment.weights_paths, *filter(None, [painting_path])])
+    return _cached_stylizer(style_path, upscaler_path, painting_path, modified,
+                            str(resolve_device(setting("VIDSTYLE_DEVICE"))))
 
 
 def job_controls(job: Job) -> Controls:
@@ -404,7 +409,7 @@ def stylize(self: Task, job_id: str) -> str:
     root = storage_root()
     input_path, output_path = checked_paths(job, root)
     remove_partials(job, WHOLE_JOB, root)  # of earlier attempts that died
-    job_treatment(job.style, job.factor)  # an unknown style or factor fails first, whatever the input
+    job_treatment(job, root)  # an unknown style or factor, or a bad painting, fails first, whatever the input
     spans = _plan(job, input_path, store)
     if len(spans) > 1:
         bounds = [[span.start, span.end, span.frames] for span in spans]
@@ -414,7 +419,7 @@ def stylize(self: Task, job_id: str) -> str:
 
     def work() -> str:
         progress = JobProgress(store, attempt)
-        stylize_file(input_path, output_path, stylizer_for(job.style, job.factor), batch_size=job.batch_size or None,
+        stylize_file(input_path, output_path, stylizer_for(job, root), batch_size=job.batch_size or None,
                      encode=EncodeOptions(codec=job.codec, crf=job.crf, preset=job.preset),
                      on_progress=progress, partial_token=attempt.partial_token,
                      before_commit=functools.partial(before_commit, progress, output_path, job.output),
@@ -502,7 +507,7 @@ def stylize_segment(self: Task, job_id: str, index: int, start: int | None, end:
 
     def work() -> str:
         progress = JobProgress(store, attempt, segment=index)
-        stylize_file(input_path, segment_path, stylizer_for(job.style, job.factor), batch_size=job.batch_size or None,
+        stylize_file(input_path, segment_path, stylizer_for(job, root), batch_size=job.batch_size or None,
                      encode=EncodeOptions(codec=job.codec, crf=job.crf, preset=job.preset), force=True,
                      on_progress=progress, partial_token=attempt.partial_token, span=Span(start, end, frames),
                      before_commit=progress.before_commit, temporal_strength=job.temporal_strength,

@@ -1,0 +1,97 @@
+"""Distillation's objective for the shared loop of vidstyle.trainer.train: a style's
+CompactTransformerNet learns from its TransformerNet (the teacher).
+
+The loss is the teacher's output, in pixels and in the loss network's features, plus the
+style's own objective (content, style, total variation and stability, with the teacher's
+weights): the student copies what the teacher draws where it can, and where it cannot,
+it is still held to what the style asks for rather than to a blurred copy.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torchvision.utils import save_image
+
+from vidstyle.trainer.config import TrainConfig
+from vidstyle.trainer.data import sha256_file
+from vidstyle.trainer.style import StyleObjective, perceptual_terms
+from vidstyle.trainer.vgg import LossNetwork
+from vidstyle.errors import VidstyleError
+from vidstyle.model import CompactTransformerNet
+from vidstyle.styles import Style, find_style
+
+# The teacher's perceptual objective, which the student is held to as well: a distillation takes
+# these from the teacher's model card rather than from options.
+TEACHER_SETTINGS = ("content_weight", "style_weight", "tv_weight", "stability_weight", "stability_motion", "style_size")
+# Chosen on udnie against the teacher's figures (docs/compact.md): the pixel term pulls the
+# student onto the teacher's strokes, the feature term keeps it from blurring where it falls short.
+TEACHER_PIXEL_WEIGHT = 20.0
+TEACHER_FEATURE_WEIGHT = 1.0
+
+
+def teacher_style(name: str) -> Style:
+    """The full-size style a compact network is distilled from."""
+    teacher = find_style(name)
+    if teacher.card.get("network", "full") != "full":
+        raise VidstyleError(f"style {name} is a compact network already; distill from a full one")
+    return teacher
+
+
+def teacher_settings(teacher: Style, style_image: Path) -> dict:
+    """The TrainConfig settings of the teacher's own objective, from its model card; its
+    painting must be the one it was trained on."""
+    card = teacher.card
+    missing = [key for key in TEACHER_SETTINGS if key not in card and key != "stability_motion"]
+    if missing:
+        raise VidstyleError(f"style {teacher.name}'s model card lacks {', '.join(missing)}: it cannot be distilled")
+    if card.get("style_image_sha256") != sha256_file(style_image):
+        raise VidstyleError(f"{style_image} is not the painting style {teacher.name} was trained on "
+                            f"({card.get('style_image', 'unknown')}, by its model card's sha256)")
+    return {key: card[key] for key in TEACHER_SETTINGS if card.get(key) is not None}
+
+
+class DistillObjective(StyleObjective):
+    """The style objective with the teacher's output as a target: its network is compact, its
+    samples show the teacher beside the student, its card names the teacher."""
+
+    network_class = CompactTransformerNet
+
+    def __init__(self, config: TrainConfig, loss_net: LossNetwork, device: torch.device):
+        super().__init__(config, loss_net, device)
+        self.teacher = teacher_style(config.teacher)
+        self.teacher_net = self.teacher.load_network().to(device).requires_grad_(False)
+        self.weights |= {"teacher_pixels": config.teacher_pixel_weight, "teacher_features": config.teacher_feature_weight}
+        self.identity |= {
+            "teacher_sha256": sha256_file(self.teacher.weights_path),
+            "teacher_pixel_weight": config.teacher_pixel_weight,
+            "teacher_feature_weight": config.teacher_feature_weight,
+        }
+
+    def loss_terms(self, net: CompactTransformerNet, images: torch.Tensor, autocast: torch.autocast) -> dict[str, torch.Tensor]:
+        return perceptual_terms(net, self.loss_net, images, self.style_grams, autocast, self.config, teacher=self.teacher_net)
+
+    def save_samples(self, net: CompactTransformerNet, photos: torch.Tensor, path: Path) -> None:
+        with torch.no_grad():
+            taught, stylized = self.teacher_net(photos).clamp(0, 255), net(photos).clamp(0, 255)
+        # Rows of (original, teacher, student).
+        save_image(torch.stack([photos, taught, stylized], dim=1).flatten(0, 1) / 255, path, nrow=3)
+
+    def card(self) -> dict:
+        return super().card() | {
+            "network": "compact",
+            "teacher": {"name": self.teacher.name, "weights_sha256": self.identity["teacher_sha256"],
+                        "iterations": self.teacher.card.get("iterations")},
+            "teacher_pixel_weight": self.config.teacher_pixel_weight,
+            "teacher_feature_weight": self.config.teacher_feature_weight,
+        }
+
+    def recipe(self, precision: str) -> str:
+        config = self.config
+        return (f"Distilled from style {self.teacher.name}'s TransformerNet (weights sha256 "
+                f"{self.identity['teacher_sha256'][:12]}...) into vidstyle's CompactTransformerNet: the teacher's "
+                f"output as a target (pixels, weight {config.teacher_pixel_weight:g}; VGG-16 relu1_2..relu4_3 "
+                f"features, weight {config.teacher_feature_weight:g}) plus the teacher's own objective "
+                f"(content {config.content_weight:g}, style {config.style_weight:g}, tv {config.tv_weight:g}, "
+                f"stability {config.stability_weight:g}); {config.describe_schedule('random resized crops')}; "
+                f"style image long side {self.style_size} px, networks in {precision}.")
