@@ -13,7 +13,9 @@ from PIL import Image
 
 from conftest import decode, run_cli
 from test_cli import assert_clean_failure
+from test_controls import run_onnx
 from test_fleet import Fleet, fleet, tiny_clip  # noqa: F401
+from vidstyle.export import FramesInFramesOut
 from vidstyle.model import ArbitraryStyleNet, StylePredictor
 from vidstyle.paintings import MIN_PAINTING_SIDE, read_painting
 from vidstyle.pipeline import stylize_file
@@ -150,6 +152,14 @@ def test_a_still_an_export_and_a_preview_take_any_painting(tmp_path: Path) -> No
                     "-o", tmp_path / "sheet.png")
     assert sheet.returncode == 0, sheet.stderr
     assert Image.open(tmp_path / "sheet.png").height > 32
+
+    # Exported with the painting's code baked in: the same pixels from onnxruntime.
+    exported = run_cli("export", "--style-image", painting, "-o", tmp_path / "stripes.onnx")
+    assert exported.returncode == 0, exported.stderr
+    frame = np.array(Image.open(tmp_path / "photo.png")).transpose(2, 0, 1)[None].astype(np.float32)
+    with torch.no_grad():
+        expected = FramesInFramesOut(Painting(painting).load_network())(torch.from_numpy(frame)).numpy()
+    assert np.abs(run_onnx(tmp_path / "stripes.onnx", frame) - expected).max() < 0.5
 
 
 def test_a_painting_job_on_the_fleet_comes_back_frame_exact(fleet: Fleet, tmp_path: Path) -> None:  # noqa: F811
