@@ -17,7 +17,7 @@ from test_cli import assert_clean_failure
 from test_pipeline import IdentityStylizer
 from vidstyle import cli
 from vidstyle.errors import VidstyleError
-from vidstyle.formats import parse_fps, segment_suffix
+from vidstyle.formats import check_frame_size, parse_fps, segment_suffix
 from vidstyle.inference import Stylizer, resolve_device
 from vidstyle.workers.jobs import Job
 from vidstyle.media import EncodeOptions
@@ -229,6 +229,9 @@ def _with_gap(pattern: Path, *missing: int) -> Path:
      "WebM (.webm) cannot hold h264 video ('libx264'): it takes libvpx-vp9, libsvtav1"),
     (lambda tmp: make_sample_video(tmp / "in.mp4", width=3, height=5, frames=2), ["-o", "out.mp4", "--codec", "libx265"],
      "libx265 cannot encode frames smaller than 16x16 (this video is 3x5)"),
+    (lambda tmp: make_sample_video(tmp / "in.mp4", width=1040, height=16, frames=2),
+     ["-o", "out.mp4", "--upscale", "4", "--codec", "h264_nvenc"],
+     "h264_nvenc cannot encode 4160x64 frames (at most 4096 pixels a side and 16.8 million pixels); use --codec hevc_nvenc"),
     (lambda tmp: make_sequence(tmp / "shot").with_name("take_%04d.png"), ["-o", "out.mp4"],
      "no files match the image sequence"),
     (lambda tmp: _with_gap(make_sequence(tmp / "shot", frames=7), 1003, 1004), ["-o", "out.mp4"], "has gaps: frame_1003.png, frame_1004.png missing (between frames 1001 and 1007)"),
@@ -240,7 +243,8 @@ def _with_gap(pattern: Path, *missing: int) -> Path:
      "holds frames of frame_%04d.png (use --force to replace them)"),
     (lambda tmp: make_sample_video(tmp / "in.mp4", **SIZE), ["-o", "out.png"], "or an image sequence such as"),
 ], ids=["zero-bytes", "header-only", "truncated-mkv", "truncated-flv", "truncated-mp4", "truncated-mp4-faststart", "cover-art-only", "directory", "unknown-suffix",
-        "codec-the-container-cannot-hold", "frames-too-small-for-the-encoder", "sequence-matching-no-files",
+        "codec-the-container-cannot-hold", "frames-too-small-for-the-encoder", "frames-too-large-for-the-encoder",
+        "sequence-matching-no-files",
         "sequence-with-a-gap", "fps-for-a-video", "fps-not-a-rate", "sequence-into-a-folder-of-other-files",
         "sequence-output-exists", "video-to-one-image"])
 def test_bad_input_is_one_line_and_leaves_nothing(tmp_path: Path, make_input, args: list[str], expected: str) -> None:
@@ -251,6 +255,15 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path: Path, make_input, ar
     assert_clean_failure(result, expected)
     assert result.returncode == 1
     assert set(tmp_path.rglob("*")) == before
+
+
+def test_an_x4_upscale_of_1080p_fits_the_software_encoders_and_not_h264_nvenc() -> None:
+    for encoder in ("libx264", "libx265", "libvpx-vp9", "libsvtav1", "prores_ks", "hevc_nvenc"):
+        check_frame_size(encoder, 7680, 4320)
+    with pytest.raises(VidstyleError, match="use --codec hevc_nvenc"):
+        check_frame_size("h264_nvenc", 7680, 4320)
+    with pytest.raises(VidstyleError, match="libx264 cannot encode 15360x8640 frames .* use --codec libvpx-vp9"):
+        check_frame_size("libx264", 15360, 8640)  # beyond H.264's highest level, and HEVC's
 
 
 def test_an_unexpected_error_is_one_line_naming_it(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:

@@ -189,11 +189,32 @@ def segment_suffix(encoder: str) -> str:
     return ".mp4" if av.Codec(encoder, "w").canonical_name in CONTAINERS[".mp4"].video else ".mov"
 
 
+# The largest frames each encoder writes as a stream decoders accept: (longest side, samples a frame).
+# H.264's highest level (6.2) holds 139,264 macroblocks (8192x4352) and HEVC's 35,651,584 samples, each
+# at most sqrt(8 x that) a side; NVENC's H.264 stops at 4096 a side, its HEVC and AV1 at 8192; MPEG-4
+# Part 2 below 8192. An upscale x4 of 1080p (7680x4320) fits every one but h264_nvenc.
+MAX_FRAME = {"libx264": (16880, 139264 * 256), "libx265": (16888, 35651584), "h264_nvenc": (4096, 4096 * 4096),
+             "hevc_nvenc": (8192, 8192 * 8192), "av1_nvenc": (8192, 8192 * 8192), "mpeg4": (8191, 8191 * 8191)}
+LARGE_FRAME_ENCODERS = ("libx265", "libvpx-vp9", "libsvtav1")  # what to suggest instead, in this order
+
+
 def check_frame_size(encoder: str, width: int, height: int) -> None:
+    """Refuses, before any work, a frame size the encoder cannot write, naming one that can."""
     smallest = MIN_SIDE.get(encoder, 1)
     if width < smallest or height < smallest:
         raise VidstyleError(f"{encoder} cannot encode frames smaller than {smallest}x{smallest} (this video is "
                             f"{width}x{height}); use libx264 or libvpx-vp9")
+    if not _fits(encoder, width, height):
+        candidates = ("hevc_nvenc",) * encoder.endswith("_nvenc") + LARGE_FRAME_ENCODERS  # a GPU user keeps the GPU
+        instead = next(other for other in candidates if _fits(other, width, height))
+        side, samples = MAX_FRAME[encoder]
+        raise VidstyleError(f"{encoder} cannot encode {width}x{height} frames (at most {side} pixels a side and "
+                            f"{samples / 1e6:.1f} million pixels); use --codec {instead}")
+
+
+def _fits(encoder: str, width: int, height: int) -> bool:
+    side, samples = MAX_FRAME.get(encoder, (65536, 65536 * 65536))
+    return max(width, height) <= side and width * height <= samples
 
 
 # Encoders that store RGB (image sequences): (8-bit, 8-bit with alpha, 16-bit, 16-bit with alpha).
