@@ -378,6 +378,7 @@ def test_a_worker_refuses_jobs_crafted_in_the_store(fleet: Fleet, tmp_path: Path
         craft(crf=10**9): "crf 1e+09 is outside 0..63",
         craft(batch_size=10**9): "batch size 1e+09 is outside 0..1024",
         craft(factor=3): "upscale factor 3 is none of",
+        craft(network="small"): "network 'small' is none of auto, full, compact",
         craft(strength=7.0): "strength 7 is outside 0..1",
         craft(temporal_strength=float("nan")): "temporal strength nan is outside",
         craft(segment_seconds="1e-9"): "segment seconds 1e-09 is outside",
