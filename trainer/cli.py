@@ -8,9 +8,10 @@ from typing import Callable
 
 import click
 import torch
+from click.core import ParameterSource
 
 from vidstyle.trainer.losses import STABILITY_MOTIONS
-from vidstyle.trainer.config import TrainConfig
+from vidstyle.trainer.config import DEFAULT_RECIPE, RECIPES, TrainConfig
 from vidstyle.trainer.distill import TEACHER_FEATURE_WEIGHT, TEACHER_PIXEL_WEIGHT
 from vidstyle.trainer.train import train as run_training
 from vidstyle.trainer.upscale import UPSCALE_PIXEL_WEIGHT, UPSCALE_TV_WEIGHT
@@ -50,7 +51,8 @@ def shared_options(command: Callable) -> Callable:
         click.option("--batch-size", default=TrainConfig.batch_size, type=click.IntRange(min=1), show_default=True),
         click.option("--lr", default=TrainConfig.lr, show_default=True),
         click.option("--final-lr", type=click.FloatRange(min=0),
-                     help="Decay the learning rate to this along a half cosine over the last stage.  [default: constant --lr]"),
+                     help="Decay the learning rate to this along a half cosine over the last stage.  "
+                          "[default: `train`'s --recipe's; otherwise constant --lr]"),
         click.option("--holdout", default=TrainConfig.holdout, type=click.IntRange(min=0), show_default=True,
                      help="Leave the last N photos (sorted by path) out of training; sample grids show the first of them."),
         click.option("--log-every", default=TrainConfig.log_every, type=click.IntRange(min=1), show_default=True),
@@ -70,8 +72,51 @@ def shared_options(command: Callable) -> Callable:
     return command
 
 
-def run_training_command(name: str, run_dir: Path | None, output: Path | None, **settings: object) -> None:
-    """Train with the shared loop; a bad input is a one-line error, a signal the exit status 128 + N."""
+def fleet_options(command: Callable) -> Callable:
+    """The options of a training that runs on the fleet instead of here."""
+    options = [
+        click.option("--submit", is_flag=True,
+                     help="Queue the training on the fleet (VIDSTYLE_BROKER_URL, VIDSTYLE_STORAGE) and print its id: the "
+                          "painting travels with it, --dataset and --vgg-weights must be under the storage root, and "
+                          "the network is published as NAME in the fleet's styles folder."),
+        click.option("--queue", help="With --submit: the queue to put it on  [default: vidstyle-training]."),
+        click.option("--wait", is_flag=True, help="With --submit: follow it with a progress bar; exit with its outcome."),
+        click.option("--json", "as_json", is_flag=True, help="With --submit: print the job record as JSON."),
+        click.option("--force", is_flag=True, help="With --submit: replace the published style of this name once trained."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+# Where and how a run runs on this machine: on the fleet, the worker decides.
+MACHINE_OPTIONS = ("run_dir", "output", "resume", "threads", "workers", "device")
+
+
+def given(name: str) -> bool:
+    """Whether the running command's option `name` was given, not left at its default."""
+    return click.get_current_context().get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+
+
+def run_training_command(name: str, run_dir: Path | None, output: Path | None, submit: bool = False,
+                         queue: str | None = None, wait: bool = False, as_json: bool = False, force: bool = False,
+                         **settings: object) -> None:
+    """Train with the shared loop, here or with `submit` on the fleet; a bad input is a one-line error,
+    a signal the exit status 128 + N."""
+    if submit:
+        local = [f"--{option.replace('_', '-')}" for option in MACHINE_OPTIONS if given(option)]
+        if local:
+            raise click.UsageError(f"{', '.join(local)}: a worker decides where and how a training on the fleet runs")
+        from vidstyle.workers.cli import submit_training_to_fleet  # Celery and Redis: only here
+
+        recipe = {key: value for key, value in settings.items() if key not in MACHINE_OPTIONS}
+        try:
+            submit_training_to_fleet(name, recipe, queue=queue, wait=wait, as_json=as_json, force=force)
+        except VidstyleError as exc:
+            raise click.ClickException(str(exc)) from exc
+        return
+    if queue or wait or as_json or force:
+        raise click.UsageError("--queue, --wait, --json and --force go with --submit")
     run_dir = run_dir or Path("runs") / name
     config = TrainConfig(name=name, run_dir=run_dir, output=output or run_dir / f"{name}.pth", **settings)
     try:
@@ -106,14 +151,23 @@ def style_options(command: Callable) -> Callable:
 @click.command()
 @click.argument("style_image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--name", help="Style name.  [default: STYLE_IMAGE's file name without extension]")
+@click.option("--recipe", type=click.Choice(list(RECIPES)), default=DEFAULT_RECIPE, show_default=True,
+              help="The schedule, unless --curriculum, --iterations or --image-size give one: builtin, the built-in "
+                   "styles' (128:1600,256:200, lr decayed to 1e-5), or paper, Johnson et al.'s (256:40000, lr constant).")
 @shared_options
 @style_options
-def train(style_image: Path, name: str | None, **options: object) -> None:
+@fleet_options
+def train(style_image: Path, name: str | None, recipe: str, **options: object) -> None:
     """Train a fast style transfer network for STYLE_IMAGE (Johnson et al. 2016).
 
     Ctrl-C or SIGTERM finishes the current iteration, saves a checkpoint and
-    exits; --resume continues exactly where it stopped.
+    exits; --resume continues exactly where it stopped. With --submit it runs
+    on the fleet instead (see `vidstyle status`, `watch`, `cancel`).
     """
+    if not any(given(option) for option in ("curriculum", "iterations", "image_size")):
+        options["curriculum"] = RECIPES[recipe].curriculum
+        if options["final_lr"] is None:
+            options["final_lr"] = RECIPES[recipe].final_lr
     run_training_command(name or style_image.stem, style_image=style_image, **options)
 
 
@@ -181,6 +235,7 @@ def distill(style: str, style_image: Path, run_dir: Path | None, **options: obje
 @click.option("--upsampling", type=click.Choice(UPSAMPLINGS),
               help="How features are enlarged between octaves; bilinear has no block grid at the factor's period, "
                    "and --init-from a network of the other kind fine-tunes it to this one.  [default: nearest, or --init-from's]")
+@fleet_options
 def train_upscaler(factor: str, name: str | None, **options: object) -> None:
     """Train a super-resolution network (Johnson et al. 2016, section 4.2) on a folder of photos.
 

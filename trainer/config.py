@@ -7,7 +7,22 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from vidstyle.trainer.losses import CONTENT_WEIGHT, STYLE_WEIGHT, TV_WEIGHT
+from vidstyle.trainer.losses import CONTENT_WEIGHT, STABILITY_WEIGHT, STYLE_WEIGHT, TV_WEIGHT
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A training schedule by name (`vidstyle train --recipe`): its crop size stages and final lr."""
+
+    curriculum: tuple[tuple[int, int], ...]
+    final_lr: float | None
+
+
+# "builtin": the schedule that made the built-in styles (docs/training.md), about an hour on one CPU
+# thread; "paper": Johnson et al.'s, 40,000 iterations at 256 px (two epochs of COCO at batch 4), lr
+# constant, for a GPU. The style image's size follows the first stage (TrainConfig.style_size).
+RECIPES = {"builtin": Recipe(((128, 1600), (256, 200)), 1e-5), "paper": Recipe(((256, 40_000),), None)}
+DEFAULT_RECIPE = "builtin"
 
 
 @dataclass
@@ -41,7 +56,7 @@ class TrainConfig:
     content_weight: float = CONTENT_WEIGHT
     style_weight: float = STYLE_WEIGHT
     tv_weight: float = TV_WEIGHT
-    stability_weight: float = 0.0
+    stability_weight: float = STABILITY_WEIGHT
     # The stability term's motion, one of vidstyle.trainer.losses.STABILITY_MOTIONS.
     stability_motion: str = "affine"  # nonrigid showed no gain on real footage (docs/training.md)
     # Super-resolution: content_weight weighs the relu2_2 feature term (as for styles), and a
@@ -59,6 +74,7 @@ class TrainConfig:
     log_every: int = 10
     sample_every: int = 500
     checkpoint_every: int = 500
+    checkpoint_seconds: float | None = None  # also a checkpoint once this long has passed since the last
     resume: bool = False
     threads: int | None = None
     workers: int = 2

@@ -31,6 +31,7 @@ LOSS_UNITS = _UNITS.format(next_frame=_NEXT_FRAME["affine"])
 CONTENT_WEIGHT = 1.0
 STYLE_WEIGHT = 2e-4
 TV_WEIGHT = 1e-3  # about 0.3% of the gradient of the other terms at 128 px: a light touch
+STABILITY_WEIGHT = 200.0  # every built-in style's: flicker 0.22x for 1.08x the style loss (docs/training.md)
 
 
 def loss_units(motion: str) -> str:

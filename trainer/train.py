@@ -20,6 +20,7 @@ import signal
 import sys
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean
 from typing import Callable, Iterator, Protocol
@@ -53,6 +54,19 @@ FINAL_LOSS_WINDOW = 50
 RUN_IDENTITY = ("batch_size", "lr", "holdout", "seed")
 # What a checkpoint written before a setting existed trained with.
 IDENTITY_BEFORE = {"stability_motion": "affine"}
+# What train() returns when its on_iteration asked it to stop (a signal returns its number).
+STOPPED_BY_CALLER = 0
+
+
+@dataclass(frozen=True)
+class TrainingProgress:
+    """What the loop tells its on_iteration after each iteration (a fleet job's record shows it)."""
+
+    iteration: int
+    iterations: int
+    losses: dict[str, float]
+    elapsed_s: float  # of the whole run, resumed attempts included
+    sample: Path | None  # the latest sample grid, None before the first
 
 
 class StopOnSignal:
@@ -109,9 +123,10 @@ def make_objective(config: TrainConfig, loss_net: LossNetwork, device: torch.dev
     return StyleObjective(config, loss_net, device)
 
 
-def train(config: TrainConfig) -> int | None:
-    """Train and save the network; returns None, or the number of the signal that
-    stopped training early after saving a checkpoint."""
+def train(config: TrainConfig, on_iteration: Callable[[TrainingProgress], bool] | None = None) -> int | None:
+    """Train and save the network; returns None, or after saving a checkpoint when stopped early,
+    the number of the signal that stopped it, or STOPPED_BY_CALLER when `on_iteration`, called
+    after each iteration, returned True."""
     if config.threads:
         torch.set_num_threads(config.threads)
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -157,13 +172,16 @@ def train(config: TrainConfig) -> int | None:
     elif checkpoint_path.exists():
         raise VidstyleError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --run-dir")
     _truncate_log(log_path, iteration)
+    latest_sample = max((run_dir / "samples").glob("iter_*.png"), default=None)
 
     batches = _scheduled_batches(schedule, iteration, train_paths, config, objective.resize_crops,
                                  pin_memory=device.type == "cuda")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    progress = tqdm(total=iterations, initial=iteration, unit="it", desc=config.name)
+    # A caller with on_iteration shows progress its own way (a fleet job's record), not in a log a line per iteration.
+    progress = tqdm(total=iterations, initial=iteration, unit="it", desc=config.name, disable=on_iteration is not None)
     with open(log_path, "a") as log, StopOnSignal() as stop:
         started = time.monotonic() - elapsed_s
+        last_checkpoint = time.monotonic()
         for iteration, images in batches:
             terms = objective.loss_terms(net, images.to(device), autocast)
             total = sum(objective.weights[name] * value for name, value in terms.items())
@@ -184,8 +202,14 @@ def train(config: TrainConfig) -> int | None:
                 log.flush()
             finished = iteration == iterations
             if iteration % config.sample_every == 0 or finished:
-                objective.save_samples(net, sample_photos, run_dir / "samples" / f"iter_{iteration:06d}.png")
-            if iteration % config.checkpoint_every == 0 or finished or stop.signum:
+                latest_sample = run_dir / "samples" / f"iter_{iteration:06d}.png"
+                objective.save_samples(net, sample_photos, latest_sample)
+            stop_asked = on_iteration is not None and on_iteration(
+                TrainingProgress(iteration, iterations, losses, elapsed_s, latest_sample))
+            # The time bound keeps what a killed run loses small whatever an iteration costs on the device.
+            checkpoint_due = (config.checkpoint_seconds is not None
+                              and time.monotonic() - last_checkpoint >= config.checkpoint_seconds)
+            if iteration % config.checkpoint_every == 0 or finished or stop.signum or stop_asked or checkpoint_due:
                 _save_checkpoint(checkpoint_path, {
                     "iteration": iteration,
                     "images_consumed": images_consumed,
@@ -197,11 +221,13 @@ def train(config: TrainConfig) -> int | None:
                     "identity": identity,
                     "schedule": schedule,
                 })
-            if stop.signum:
+                last_checkpoint = time.monotonic()
+            if stop.signum or stop_asked:
                 progress.close()
-                print(f"{signal.Signals(stop.signum).name}: stopped after iteration {iteration}; "
+                why = signal.Signals(stop.signum).name if stop.signum else "stop asked"
+                print(f"{why}: stopped after iteration {iteration}; "
                       f"checkpoint {checkpoint_path}; continue with --resume", file=sys.stderr)
-                return stop.signum
+                return stop.signum or STOPPED_BY_CALLER
     progress.close()
 
     card = objective.card() | {

@@ -61,8 +61,11 @@ SETTINGS = (
             "`auto` (fp16 on CUDA, bf16 on CPUs with native bf16) or `fp32`"),
     Setting("VIDSTYLE_CACHE_DIR", "path", None, BOTH,
             "where compiled networks are cached (default: $XDG_CACHE_HOME/vidstyle)"),
-    Setting("VIDSTYLE_VGG_WEIGHTS", "path", None, CLIENT,
-            "VGG-16 weights for training, `eval` and --optimise (default: torchvision's, downloaded)"),
+    Setting("VIDSTYLE_VGG_WEIGHTS", "path", None, BOTH,
+            "VGG-16 weights for training, `eval` and --optimise (default: torchvision's, downloaded; "
+            "a worker never downloads: its training jobs need this or `train --vgg-weights`)"),
+    Setting("VIDSTYLE_CHECKPOINT_SECONDS", "seconds", "120", WORKER,
+            "a training job writes a checkpoint at least this often, so a lost worker loses at most this much"),
     Setting("VIDSTYLE_DEBUG", "switch", "0", CLIENT, "`1`: show the traceback of an unexpected error"),
     Setting("VIDSTYLE_CONFIG", "path", None, BOTH,
             "the config file (default: ~/.config/vidstyle/config.toml)", in_file=False),

@@ -5,8 +5,9 @@ A style is two files side by side: ``NAME.pth`` (a ``state_dict`` of
 and ``NAME.json`` (the model card: style name, training settings, checksum of
 the source style image). Styles are looked up in the package's own ``styles/``
 folder, then in every folder listed in ``VIDSTYLE_STYLES_PATH`` (os.pathsep
-separated) or the config file's ``styles_path``; ``--style path/to/NAME.pth``
-names a file directly.
+separated) or the config file's ``styles_path``, then in the fleet's ``styles/``
+under the storage root (VIDSTYLE_STORAGE); ``--style path/to/NAME.pth`` names a
+file directly.
 
 An upscaler is the same pair for :class:`vidstyle.model.UpscalerNet`, named by
 its factor: ``x4.pth`` and ``x4.json``, whose card says ``"task": "upscale"``
@@ -38,6 +39,9 @@ UPSCALE_TASK = "upscale"  # a model card's "task" for an upscaler (a style's car
 # A style's compact network (vidstyle distill) lives in this folder beside its weights: compact/NAME.pth + .json.
 COMPACT_FOLDER = "compact"
 STYLES_PATH_ENV = "VIDSTYLE_STYLES_PATH"
+# The fleet's styles folder, under the shared storage root (VIDSTYLE_STORAGE): where trainings on the
+# fleet publish (vidstyle.workers.training), searched by every client and worker that shares the storage.
+FLEET_STYLES_FOLDER = "styles"
 
 
 @dataclass
@@ -157,8 +161,12 @@ def _first_line(exc: BaseException) -> str:
 
 
 def style_dirs() -> list[Path]:
+    """Where styles are looked for, each shadowing the one before: the built-in ones, VIDSTYLE_STYLES_PATH's,
+    then the fleet's (its trainings may replace any name, with `--force`). Read at each call, so a style
+    published meanwhile is found without a restart."""
     extra = [Path(p).expanduser() for p in (setting(STYLES_PATH_ENV) or "").split(os.pathsep) if p]
-    return [BUILTIN_DIR, *extra]
+    storage = setting("VIDSTYLE_STORAGE")
+    return [BUILTIN_DIR, *extra, *([Path(storage).expanduser() / FLEET_STYLES_FOLDER] if storage else [])]
 
 
 def _read_card(weights: Path) -> dict:

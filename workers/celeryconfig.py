@@ -24,6 +24,7 @@ from vidstyle.workers.jobs import job_store_url
 TASK_NAME = "vidstyle.stylize"
 SEGMENT_TASK_NAME = "vidstyle.stylize_segment"
 JOIN_TASK_NAME = "vidstyle.join_segments"
+TRAIN_TASK_NAME = "vidstyle.train"  # a training job (vidstyle.workers.training)
 
 broker_url = configured_broker_url()
 task_serializer = result_serializer = event_serializer = "json"

@@ -1,5 +1,5 @@
 """Fleet commands: `vidstyle status/watch/list/cancel/workers/worker`, and
-`vidstyle submit` when a broker is configured.
+`vidstyle submit` when a broker is configured (`vidstyle train --submit` too).
 
 Only Redis is needed to follow jobs, so these import neither torch nor the
 Celery app until a command needs them: they answer at once.
@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 from vidstyle.errors import VidstyleError
 from vidstyle.settings import setting, use_flag
-from vidstyle.workers.jobs import (AUTO, CANCELLED, DEFAULT_QUEUE, FAILED, FINAL_STATES, RUNNING, STATES, SUCCEEDED, Job, JobStore,
-                           broker_url, job_store_url)
+from vidstyle.workers.jobs import (AUTO, CANCELLED, DEFAULT_QUEUE, FAILED, FINAL_STATES, RUNNING, STATES, SUCCEEDED,
+                                   TRAINING_QUEUE, Job, JobStore, broker_url, job_store_url)
 
 if TYPE_CHECKING:  # torch: not loaded by the commands that only talk to Redis
     from vidstyle.inference import Controls
@@ -61,9 +61,17 @@ def _when(timestamp: float) -> str:
 
 
 def _progress(job: Job) -> str:
-    if not job.frames_total:  # not known (MKV, WebM, FLV state no frame count)
-        return str(job.frames_done) if job.frames_done else "-"
-    return f"{job.frames_done}/{job.frames_total} ({100 * job.frames_done // job.frames_total}%)"
+    done, total = job.done_and_total
+    if not total:  # not known (MKV, WebM, FLV state no frame count)
+        return str(done) if done else "-"
+    return f"{done}/{total}{' it' if job.is_training else ''} ({100 * done // total}%)"
+
+
+def _speed(job: Job) -> str:
+    if job.state != RUNNING:
+        return "-"
+    rate = f"{job.iterations_per_second:.2f} it/s" if job.is_training else f"{job.fps:.1f} fps"
+    return f"{rate}, ETA {job.eta_seconds:.0f} s"
 
 
 def exit_with_outcome(job: Job) -> None:
@@ -95,13 +103,15 @@ def follow(store: JobStore, job_id: str, as_json: bool) -> Job:
         return job
     with tqdm(unit="frame", desc=job_id) as bar:
         for job in poll(store, job_id):
-            if job.frames_done < bar.n:  # a redelivered job starts again from its first frame
+            done, total = job.done_and_total
+            bar.unit = "it" if job.is_training else "frame"
+            if done < bar.n:  # a redelivered job starts again from its first frame (a training, from its checkpoint)
                 bar.reset()
-            bar.total = job.frames_total or bar.total
+            bar.total = total or bar.total
             postfix = job.state + (f" on {job.worker}" if job.worker else "")
             if postfix != bar.postfix:
                 bar.set_postfix_str(postfix)
-            bar.update(job.frames_done - bar.n)
+            bar.update(done - bar.n)
     return job
 
 
@@ -119,6 +129,23 @@ def submit_to_fleet(input_path: Path, style: str | None, *, painting: Path | Non
                      encode=EncodeOptions(codec=codec, crf=crf, preset=preset), batch_size=batch_size, queue=queue or DEFAULT_QUEUE, force=force,
                      segment_seconds=segment_seconds or AUTO,
                      temporal_strength=temporal_strength, sequence_fps=sequence_fps, controls=controls, network=network)
+    report_submitted(job, wait, as_json)
+
+
+@reports_unreachable_servers
+def submit_training_to_fleet(name: str, settings: dict, *, queue: str | None, wait: bool, as_json: bool,
+                             force: bool) -> None:
+    """`vidstyle train --submit` (and `train-upscaler`): queue the training of `name` with `settings`
+    (vidstyle.trainer.config.TrainConfig's) on `queue`, else the training queue; print its id, and
+    with `wait` follow it."""
+    from vidstyle.workers.client import submit_training  # torch and Celery: only here
+
+    report_submitted(submit_training(name, settings, queue=queue or TRAINING_QUEUE, force=force), wait, as_json)
+
+
+def report_submitted(job: Job, wait: bool, as_json: bool) -> None:
+    """Print a queued job's id (its record with `as_json`); with `wait`, follow it, print its output's
+    path when it succeeds and exit with how it ended."""
     if not wait:
         click.echo(json.dumps(job.to_dict()) if as_json else job.id)
         return
@@ -145,9 +172,11 @@ def status(job_id: str, as_json: bool) -> None:
         click.echo(json.dumps({**job.to_dict(), "attempt_history": history}))
         return
     rows = {
-        "job": job.id, "state": job.state, "progress": _progress(job),
-        "speed": f"{job.fps:.1f} fps, ETA {job.eta_seconds:.0f} s" if job.state == RUNNING else "-",
-        "input": job.input, "output": job.output, "task": f"{job.task} {job.treatment}", "queue": job.queue,
+        "job": job.id, "state": job.state, "progress": _progress(job), "speed": _speed(job),
+        **({"losses": ", ".join(f"{name} {value:.4g}" for name, value in job.to_dict()["losses"].items()) or "-",
+            "sample": job.sample or "-"} if job.is_training else {}),
+        "input": job.input, "output": job.output, "task": job.treatment if job.is_training else f"{job.task} {job.treatment}",
+        "queue": job.queue,
         "worker": job.worker or "-", "attempts": str(job.attempts),
         "segments": f"{job.segments} on {len(set(store.segment_workers(job.id).values()))} workers"
                     + (f", joined in {job.join_seconds:.1f} s" if job.join_seconds else "") if job.segments else "-",
@@ -247,7 +276,8 @@ def warm_compile_cache() -> None:
 
 @click.command()
 @click.option("--device", help="cpu, cuda or cuda:N for this worker's networks [default: cuda when available].")
-@click.option("--queues", "-Q", default=DEFAULT_QUEUE, show_default=True, help="Comma-separated queues to take jobs from.")
+@click.option("--queues", "-Q", default=f"{DEFAULT_QUEUE},{TRAINING_QUEUE}", show_default=True,
+              help="Comma-separated queues to take jobs from: stylizing's and training's by default.")
 @click.option("--concurrency", "-c", default=1, show_default=True, type=click.IntRange(1),
               help="Jobs at once (pool processes); one per GPU is usual.")
 @click.option("--name", "-n", help="Worker name, NAME@HOST (%h is this host) [default: vidstyle[-DEVICE]@%h]; "

@@ -1,8 +1,9 @@
-"""Submitting a job to the fleet: check what the client can know (by the rules workers check
-again, vidstyle.workers.job_checks), record the job, enqueue it."""
+"""Submitting a job to the fleet, a stylizing or a training: check what the client can know (by the
+rules workers check again, vidstyle.workers.job_checks), record the job, enqueue it."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 import shutil
@@ -14,13 +15,17 @@ from kombu.exceptions import OperationalError
 from vidstyle import formats
 from vidstyle.errors import VidstyleError
 from vidstyle.inference import Controls
-from vidstyle.workers.jobs import AUTO, DEFAULT_QUEUE, STYLE_TASK, UPSCALE_TASK, Job, JobStore
+from vidstyle.trainer.data import load_style_image
+from vidstyle.workers.jobs import (AUTO, DEFAULT_QUEUE, STYLE_TASK, TRAIN_STYLE_TASK, TRAIN_UPSCALER_TASK, TRAINING_QUEUE,
+                                   UPSCALE_TASK, Job, JobStore)
 from vidstyle.media import EncodeOptions, check_input, check_output, default_output_path, is_image, output_encoder
-from vidstyle.styles import find_treatment
+from vidstyle.styles import available_styles, available_upscalers, find_style, find_treatment
 from vidstyle.temporal import DEFAULT_STRENGTH
 from vidstyle.workers.celery import app
-from vidstyle.workers.celeryconfig import TASK_NAME
-from vidstyle.workers.job_checks import MAX_SEGMENT_SECONDS, MIN_SEGMENT_SECONDS, PAINTINGS_FOLDER, check_fields
+from vidstyle.workers.celeryconfig import TASK_NAME, TRAIN_TASK_NAME
+from vidstyle.workers.job_checks import (MAX_SEGMENT_SECONDS, MIN_SEGMENT_SECONDS, PAINTINGS_FOLDER, RECIPE_CHECKS,
+                                         check_dataset, check_fields, check_style_name, check_training_fields,
+                                         published_weights)
 from vidstyle.workers.storage import relative_to_storage, storage_root
 
 
@@ -79,6 +84,50 @@ def submit_job(
     return job
 
 
+def submit_training(name: str, settings: dict, *, queue: str = TRAINING_QUEUE, force: bool = False) -> Job:
+    """Queue a training of `name` on the fleet. `settings` are vidstyle.trainer.config.TrainConfig's
+    as `vidstyle train` or `train-upscaler` gives them: the painting (`style_image`, a file anywhere:
+    a copy travels with the job) or the `factor`, the `dataset` and `vgg_weights` (both under the
+    storage root) and the recipe. Whatever is wrong fails here and nothing is queued: a name with
+    path characters or already taken (unless `force`), a painting that is no image, a dataset outside
+    the storage root or with fewer photos than a batch."""
+    root = storage_root()
+    settings = dict(settings)
+    painting, factor = settings.pop("style_image", None), settings.pop("factor", None)
+    task = TRAIN_STYLE_TASK if factor is None else TRAIN_UPSCALER_TASK
+    check_style_name(name)
+    taken = {*available_styles(), *(upscaler.name for upscaler in available_upscalers().values())}
+    if not force and (name in taken or (root / published_weights(name)).exists()):
+        raise VidstyleError(f"a style or upscaler named '{name}' exists (see `vidstyle styles`): choose another "
+                            "--name, or --force to replace it once trained")
+    size, iterations = settings.pop("image_size"), settings.pop("iterations")
+    settings["curriculum"] = [list(stage) for stage in settings["curriculum"] or ((size, iterations),)]
+    dataset, vgg_weights = settings.pop("dataset"), settings.pop("vgg_weights", None)
+    others = [key for key, value in settings.items() if key not in RECIPE_CHECKS[task] and value is not None]
+    if others:
+        raise VidstyleError(f"{', '.join('--' + key.replace('_', '-') for key in others)}: not taken by a training on the fleet")
+    recipe = {key: value for key, value in settings.items() if key in RECIPE_CHECKS[task]}
+    if recipe.get("init_from") is not None:
+        find_style(recipe["init_from"])  # an installed style, by name: the workers look it up so too
+    if painting is not None:
+        load_style_image(painting, 64)  # an image at all, read as the worker will
+    vgg_name = relative_to_storage(vgg_weights, root) if vgg_weights else ""
+    if vgg_name and not (root / vgg_name).is_file():
+        raise VidstyleError(f"VGG weights not found: {vgg_weights}")
+    dataset_name = relative_to_storage(dataset, root)
+    check_dataset(dataset_name, root, recipe.get("batch_size", 1), recipe.get("holdout", 0))
+    job = Job(id=secrets.token_hex(6), input=dataset_name, output=published_weights(name), style=name, queue=queue,
+              codec="", crf=0, preset="", task=task, factor=factor or 0,
+              painting=store_painting(painting, root) if painting is not None else "",
+              painting_name=painting.name if painting is not None else "", recipe=json.dumps(recipe),
+              vgg_weights=vgg_name, replace=force, iterations=sum(stage[1] for stage in recipe["curriculum"]))
+    check_training_fields(job)
+    store = JobStore.from_settings()
+    store.create(job)
+    enqueue(job, store, TRAIN_TASK_NAME)
+    return job
+
+
 def store_painting(painting: Path, root: Path) -> str:
     """The painting copied under the storage root, named by its content (one copy however many jobs
     use it), written under a temporary name then renamed; returns its storage-relative name."""
@@ -120,10 +169,10 @@ def remove_output(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def enqueue(job: Job, store: JobStore) -> None:
+def enqueue(job: Job, store: JobStore, task_name: str = TASK_NAME) -> None:
     """Publish the job's message; a job that could not be queued is no job at all."""
     try:
-        app.send_task(TASK_NAME, args=[job.id], task_id=job.id, queue=job.queue)
+        app.send_task(task_name, args=[job.id], task_id=job.id, queue=job.queue)
     except OperationalError:
         store.delete(job.id)
         raise

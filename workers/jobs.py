@@ -41,7 +41,13 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded"
 STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED)
 DEFAULT_QUEUE = "vidstyle"
+# Training jobs wait on a queue of their own, so that a studio can keep some GPUs for them
+# (`vidstyle worker --queues`); a worker started plainly takes both.
+TRAINING_QUEUE = "vidstyle-training"
 STYLE_TASK, UPSCALE_TASK = "style", "upscale"  # what a job does to each frame (Job.task)
+# What a training job makes (Job.task): a style from a painting, or an upscaler (vidstyle.workers.training).
+TRAIN_STYLE_TASK, TRAIN_UPSCALER_TASK = "train", "train-upscaler"
+TRAINING_TASKS = (TRAIN_STYLE_TASK, TRAIN_UPSCALER_TASK)
 JOB_PREFIX, JOB_INDEX, WORKER_PREFIX = "vidstyle:job:", "vidstyle:jobs", "vidstyle:worker:"
 ACTIVE_UNITS, REQUEUED_UNITS = "vidstyle:active", "vidstyle:requeued"
 WHOLE_JOB, JOIN = "", "join:"  # unit prefixes; a segment's is segment_unit(N)
@@ -238,8 +244,10 @@ def parse_member(member: str) -> tuple[str, str]:
 
 @dataclass
 class Job:
-    """One stylization or upscaling job. Paths are relative to the storage root, which
-    each client and worker mounts wherever it likes (VIDSTYLE_STORAGE)."""
+    """One stylization or upscaling job, or one training (`task` in TRAINING_TASKS: `input` is the
+    folder of photos, `style` the name it is published under, `output` its weights in the fleet's
+    styles folder). Paths are relative to the storage root, which each client and worker mounts
+    wherever it likes (VIDSTYLE_STORAGE)."""
 
     id: str
     input: str
@@ -266,6 +274,17 @@ class Job:
     preserve_colors: bool = False
     network: str = "auto"  # a style's network: vidstyle.model.NETWORKS, chosen again on the worker
     join_seconds: float = 0.0  # how long joining the segments took
+    # A training's settings (JSON: vidstyle.trainer.config.TrainConfig's fields that define the run),
+    # its VGG-16 weights under the storage root ("": the worker's VIDSTYLE_VGG_WEIGHTS), whether it
+    # may replace a published style of its name (submit --force), and its progress.
+    recipe: str = ""
+    vgg_weights: str = ""
+    replace: bool = False
+    iteration: int = 0
+    iterations: int = 0
+    losses: str = ""  # JSON: the loss terms of the last iteration reported
+    iterations_per_second: float = 0.0
+    sample: str = ""  # the latest sample grid, under the storage root
     state: str = QUEUED
     frames_done: int = 0
     frames_total: int = 0
@@ -287,8 +306,20 @@ class Job:
                       for name, value in record.items() if name in types})
 
     @property
+    def is_training(self) -> bool:
+        return self.task in TRAINING_TASKS
+
+    @property
+    def done_and_total(self) -> tuple[int, int]:
+        """Its progress: iterations of a training, frames of any other job."""
+        return (self.iteration, self.iterations) if self.is_training else (self.frames_done, self.frames_total)
+
+    @property
     def treatment(self) -> str:
-        """What it does to each frame, as output names say it: udnie, x4, udnie.x4 (a painting by its file's stem)."""
+        """What it does to each frame, as output names say it: udnie, x4, udnie.x4 (a painting by its file's
+        stem); for a training, what it makes: train NAME."""
+        if self.is_training:
+            return f"{self.task} {self.style}"
         style = self.style or Path(self.painting_name).stem
         return ".".join(filter(None, (style, f"x{self.factor}" if self.factor else "")))
 
@@ -296,7 +327,18 @@ class Job:
         return {name: _format(value) for name, value in dataclasses.asdict(self).items()}
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        fields = dataclasses.asdict(self)
+        for name in ("recipe", "losses"):  # JSON in the record, objects to a reader of JSON
+            fields[name] = _json_object(fields[name])
+        return fields
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _parse(type_name: str, value: str, name: str, record: str) -> object:
@@ -514,8 +556,18 @@ class JobStore:
     def report_progress(self, attempt: Attempt, done: int, total: int, fps: float, eta_seconds: float) -> str:
         """Record progress of a running job: 'go', 'stop' (cancel requested, or the job
         ended) or 'fenced' (a newer attempt owns it)."""
-        applied, state = self.transition(attempt.job_id, (RUNNING,), fence=attempt, frames_done=done,
-                                         frames_total=total, fps=round(fps, 2), eta_seconds=round(eta_seconds, 1))
+        return self._report(attempt, frames_done=done, frames_total=total, fps=round(fps, 2),
+                            eta_seconds=round(eta_seconds, 1))
+
+    def report_training(self, attempt: Attempt, iteration: int, iterations: int, losses: dict[str, float],
+                        iterations_per_second: float, eta_seconds: float, sample: str) -> str:
+        """Record progress of a running training, as report_progress does a job's frames."""
+        return self._report(attempt, iteration=iteration, iterations=iterations, losses=json.dumps(losses),
+                            iterations_per_second=round(iterations_per_second, 3),
+                            eta_seconds=round(eta_seconds, 1), sample=sample)
+
+    def _report(self, attempt: Attempt, **fields: object) -> str:
+        applied, state = self.transition(attempt.job_id, (RUNNING,), fence=attempt, **fields)
         if state == "fenced":
             return "fenced"
         if not applied or self.redis.hget(JOB_PREFIX + attempt.job_id, "cancel_requested") == "1":

@@ -50,7 +50,7 @@ from vidstyle.segments import join_segments, plan_spans
 from vidstyle.styles import Painting, Treatment, find_treatment
 from vidstyle.workers.celery import app
 from vidstyle.workers.broker import to_front
-from vidstyle.workers.celeryconfig import JOIN_TASK_NAME, SEGMENT_TASK_NAME, TASK_NAME
+from vidstyle.workers.celeryconfig import JOIN_TASK_NAME, SEGMENT_TASK_NAME, TASK_NAME, TRAIN_TASK_NAME
 from vidstyle.workers.identity import worker_id
 from vidstyle.workers.job_checks import check_new_output, check_span, checked_paths
 from vidstyle.workers.storage import resolve_in_storage, storage_root
@@ -63,6 +63,10 @@ STYLIZER_CACHE_SIZE = 2  # networks kept per pool process; each is small, its co
 TRANSIENT_ERRORS = (OSError, redis.ConnectionError, redis.TimeoutError, OperationalError)
 # OSErrors that a retry would only repeat.
 PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+# How a job's task is retried after a transient error, and which failures are expected (logged without a traceback).
+RETRIED_TASK = {"throws": (VidstyleError, SoftTimeLimitExceeded), "autoretry_for": TRANSIENT_ERRORS,
+                "dont_autoretry_for": PERMANENT_OS_ERRORS, "retry_backoff": 5, "retry_backoff_max": 300,
+                "retry_jitter": True, "max_retries": 5}
 
 logger = logging.getLogger(__name__)
 
@@ -108,35 +112,28 @@ class AttemptFenced(AttemptEnded):
     than a worker's presence lasts (it would be taken over): its work is discarded."""
 
 
-class JobProgress:
-    """The pipeline's on_progress callback for one attempt of a job, or of one
-    segment: frames, fps and ETA to the job record at a bounded rate, and a stop
-    when the user cancels the job (or another segment failed), when the worker
-    is preempted, or when the attempt is fenced. Also the check before the
-    final rename (`before_commit`)."""
+class AttemptReporter:
+    """One attempt's progress to the job record, at a bounded rate, and what the record says back:
+    JobCancelled when the user cancels the job (or it ended otherwise), AttemptFenced when another
+    attempt owns it. Also the check before the final rename (`before_commit`)."""
 
-    def __init__(self, store: JobStore, attempt: Attempt, segment: int | None = None) -> None:
-        self.store, self.attempt, self.segment = store, attempt, segment
+    def __init__(self, store: JobStore, attempt: Attempt) -> None:
+        self.store, self.attempt = store, attempt
         self.started = self.last_contact = time.monotonic()
         self.last_report = float("-inf")
-        self.done = 0
         self.lapse = worker_lapse_seconds()
 
-    def __call__(self, done: int, total: int) -> None:
-        if preempted.is_set():
-            raise JobPreempted
-        now = time.monotonic()
-        self.done = done
-        # (The last batch of a known total is always reported; 0 is an unknown total, see complete.)
-        if now - self.last_report < PROGRESS_INTERVAL_SECONDS and (done < total or not total):
-            return
+    def due(self, now: float, last: bool) -> bool:
+        """Whether to report now: a few times a second, and always the `last` step."""
+        if now - self.last_report < PROGRESS_INTERVAL_SECONDS and not last:
+            return False
         self.last_report = now
+        return True
+
+    def send(self, report: Callable[[], str]) -> None:
+        """Run `report` (a JobStore report: 'go', 'stop' or 'fenced') and act on its verdict."""
         try:
-            if self.segment is not None:
-                verdict = self.store.report_segment_progress(self.attempt, self.segment, done)
-            else:
-                fps = done / max(now - self.started, 1e-6)
-                verdict = self.store.report_progress(self.attempt, done, total, fps, (total - done) / fps if fps and total else 0.0)
+            verdict = report()
         except redis.RedisError as exc:
             if time.monotonic() - self.last_contact > self.lapse:
                 raise AttemptFenced(f"job store unreachable for more than {self.lapse:g} s ({exc})") from exc
@@ -151,6 +148,32 @@ class JobProgress:
     def before_commit(self) -> None:
         if not self.store.is_current(self.attempt):
             raise AttemptFenced("another worker took it over before the output was renamed into place")
+
+
+class JobProgress(AttemptReporter):
+    """The pipeline's on_progress callback for one attempt of a job, or of one segment: frames,
+    fps and ETA to the job record, and a stop when the user cancels the job (or another segment
+    failed), when the worker is preempted, or when the attempt is fenced."""
+
+    def __init__(self, store: JobStore, attempt: Attempt, segment: int | None = None) -> None:
+        super().__init__(store, attempt)
+        self.segment = segment
+        self.done = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        if preempted.is_set():
+            raise JobPreempted
+        now = time.monotonic()
+        self.done = done
+        # (The last batch of a known total is always reported; 0 is an unknown total, see complete.)
+        if not self.due(now, last=bool(total) and done >= total):
+            return
+        if self.segment is not None:
+            self.send(lambda: self.store.report_segment_progress(self.attempt, self.segment, done))
+        else:
+            fps = done / max(now - self.started, 1e-6)
+            self.send(lambda: self.store.report_progress(self.attempt, done, total, fps,
+                                                         (total - done) / fps if fps and total else 0.0))
 
     def complete(self) -> None:
         """The job ran to its end: the frames done are the total (which MKV or WebM do not state before)."""
@@ -206,7 +229,7 @@ def failure_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _final(state: str, error: str = "") -> dict:
+def final_fields(state: str, error: str = "") -> dict:
     return {"state": state, "error": error, "finished_at": time.time(), "eta_seconds": 0.0}
 
 
@@ -247,7 +270,7 @@ def _fail_quietly(task_id: str, job_id: str, reason: str) -> bool:
             return True
         # Not only while running: a job whose retries ran out was queued by its last attempt.
         return store.end_unit(attempt, "failed", running_only=False, unit_fields=_unit_done(attempt),
-                              job_fields=_final(FAILED, reason))
+                              job_fields=final_fields(FAILED, reason))
     except redis.RedisError as exc:
         logger.warning("job %s: record not updated: %s", job_id, exc)
         return False
@@ -335,7 +358,7 @@ def publish_unit(store: JobStore, member: str) -> None:
 
 def unit_of_message(name: str, args: list) -> tuple[str, str] | None:
     """The (job id, unit) a task message runs."""
-    if name == TASK_NAME:
+    if name in (TASK_NAME, TRAIN_TASK_NAME):
         return args[0], WHOLE_JOB
     if name == SEGMENT_TASK_NAME:
         return args[0], segment_unit(args[1])
@@ -378,34 +401,45 @@ def remove_partials(job: Job, unit: str, root: Path, number: int | str = "*") ->
         partial.unlink(missing_ok=True)
 
 
+def start_whole_job(task: Task, job_id: str) -> tuple[JobStore, Attempt, Job]:
+    """Start a whole job as a new attempt, or drop its message: the job is cancelled (ended so here if
+    that was asked after it started before), finished, expired, split already, or running on a live worker."""
+    store = JobStore.from_settings()
+    attempt, _ = begin_attempt(task, store, job_id, WHOLE_JOB)
+    if attempt is None:
+        raise Ignore()
+    job = store.get(job_id)
+    if job.cancel_requested:
+        end_cancelled(store, attempt)
+        raise Ignore()
+    return store, attempt, job
+
+
+def end_cancelled(store: JobStore, attempt: Attempt) -> str:
+    store.end_unit(attempt, CANCELLED, job_fields=final_fields(CANCELLED))
+    return CANCELLED
+
+
+def run_whole_job(task: Task, store: JobStore, attempt: Attempt, job: Job, work: Callable[[], str]) -> str:
+    """Run a whole job's `work` as `attempt`, shown as this worker's current job: a cancel ends it as
+    cancelled, a requeue puts it back on the queue."""
+    store.set_current_job(worker_id(), os.getpid(), job.id)
+    try:
+        return run_attempt(task, store, attempt, job, work, functools.partial(end_cancelled, store, attempt),
+                           lambda reason: {"job_fields": {"state": QUEUED, "error": reason}})
+    finally:
+        store.set_current_job(worker_id(), os.getpid(), None)
+
+
 def before_commit(progress: JobProgress, output_path: Path, name: str) -> None:
     """Just before the rename into place: the attempt still owns its unit, and nothing took the output's name."""
     progress.before_commit()
     check_new_output(output_path, name)
 
 
-@app.task(
-    bind=True, base=JobTask, name=TASK_NAME,
-    throws=(VidstyleError, SoftTimeLimitExceeded),  # expected failures: logged without a traceback
-    autoretry_for=TRANSIENT_ERRORS, dont_autoretry_for=PERMANENT_OS_ERRORS,
-    retry_backoff=5, retry_backoff_max=300, retry_jitter=True, max_retries=5,
-)
+@app.task(bind=True, base=JobTask, name=TASK_NAME, **RETRIED_TASK)
 def stylize(self: Task, job_id: str) -> str:
-    store = JobStore.from_settings()
-    attempt, _ = begin_attempt(self, store, job_id, WHOLE_JOB)
-    if attempt is None:
-        raise Ignore()  # cancelled, finished, expired, split already, or running on a live worker
-    job = store.get(job_id)
-
-    def cancelled() -> str:
-        store.end_unit(attempt, CANCELLED, job_fields=_final(CANCELLED))
-        return CANCELLED
-
-    def requeued(reason: str) -> dict:
-        return {"job_fields": {"state": QUEUED, "error": reason}}
-
-    if job.cancel_requested:
-        return cancelled()
+    store, attempt, job = start_whole_job(self, job_id)
     root = storage_root()
     input_path, output_path = checked_paths(job, root)
     remove_partials(job, WHOLE_JOB, root)  # of earlier attempts that died
@@ -426,14 +460,10 @@ def stylize(self: Task, job_id: str) -> str:
                      temporal_strength=job.temporal_strength, sequence_fps=formats.parse_fps(job.sequence_fps),
                      controls=job_controls(job))
         progress.complete()
-        store.end_unit(attempt, SUCCEEDED, job_fields=_final(SUCCEEDED))
+        store.end_unit(attempt, SUCCEEDED, job_fields=final_fields(SUCCEEDED))
         return SUCCEEDED
 
-    store.set_current_job(worker_id(), os.getpid(), job_id)
-    try:
-        return run_attempt(self, store, attempt, job, work, cancelled, requeued)
-    finally:
-        store.set_current_job(worker_id(), os.getpid(), None)
+    return run_whole_job(self, store, attempt, job, work)
 
 
 def _plan(job: Job, input_path: Path, store: JobStore) -> list[Span]:
@@ -473,12 +503,8 @@ def _remove_segments_quietly(job_id: str) -> None:
         logger.warning("job %s: segment files not removed: %s", job_id, exc)
 
 
-@app.task(
-    bind=True, base=SegmentTask, name=SEGMENT_TASK_NAME, ignore_result=False,  # the chord counts results
-    throws=(VidstyleError, SoftTimeLimitExceeded),
-    autoretry_for=TRANSIENT_ERRORS, dont_autoretry_for=PERMANENT_OS_ERRORS,
-    retry_backoff=5, retry_backoff_max=300, retry_jitter=True, max_retries=5,
-)
+@app.task(bind=True, base=SegmentTask, name=SEGMENT_TASK_NAME, ignore_result=False,  # the chord counts results
+          **RETRIED_TASK)
 def stylize_segment(self: Task, job_id: str, index: int, start: int | None, end: int | None, frames: int) -> str:
     store = JobStore.from_settings()
     unit = segment_unit(index)
@@ -536,7 +562,7 @@ def join_segments_task(self: Task, job_id: str, spans: list[list[int | None]]) -
     def cancelled() -> str:
         # Files first: once the job reads cancelled, nothing of it is left in storage.
         _remove_segments_quietly(job_id)
-        store.end_unit(attempt, CANCELLED, unit_fields=_unit_done(attempt), job_fields=_final(CANCELLED))
+        store.end_unit(attempt, CANCELLED, unit_fields=_unit_done(attempt), job_fields=final_fields(CANCELLED))
         return CANCELLED
 
     def requeued(_: str) -> dict:
@@ -562,7 +588,7 @@ def join_segments_task(self: Task, job_id: str, spans: list[list[int | None]]) -
             join_segments(input_path, segments, partial)
         if store.end_unit(attempt, SUCCEEDED, unit_fields={**_unit_done(attempt),
                                                            "join_seconds": round(time.monotonic() - started, 3)},
-                          job_fields=_final(SUCCEEDED)):
+                          job_fields=final_fields(SUCCEEDED)):
             _remove_segments_quietly(job_id)
         return SUCCEEDED
 

@@ -1,0 +1,158 @@
+"""Training on the fleet (`vidstyle train --submit`) with real parts: a real redis-server, workers in
+their own processes, the `vidstyle` command as a user runs it, and tiny inputs: a few random photos at
+40 px, a painting, and VGG-16 weights of random values (the shapes are all the loss network needs)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from conftest import TEST_STYLE, decode, wait_until
+from test_fleet import FAST_RECOVERY, JOB_TIMEOUT, Fleet, fleet, outcomes, tiny_clip  # noqa: F401 (a fixture)
+from test_trainer import CAFFE_CONVENTION
+from vidstyle.workers.jobs import CANCELLED, FAILED, RUNNING, SUCCEEDED
+
+PHOTOS = 6
+
+
+def write_inputs(storage: Path) -> dict[str, Path]:
+    """Photos and VGG weights under the storage root, where the fleet reads them; the painting anywhere."""
+    rng = np.random.default_rng(0)
+    (storage / "photos").mkdir()
+    for index in range(PHOTOS):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(storage / "photos" / f"p{index}.png")
+    painting = storage.parent / "painting.png"
+    Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(painting)
+    torch.manual_seed(0)
+    features = torchvision.models.vgg16(weights=None).features[:23]  # up to relu4_3: what the losses read
+    torch.save({key: value.half() for key, value in features.state_dict().items()}, storage / "vgg.pth")
+    (storage / "vgg.json").write_text(json.dumps({"input": CAFFE_CONVENTION}))
+    return {"photos": storage / "photos", "painting": painting, "vgg": storage / "vgg.pth"}
+
+
+def train_args(fleet: Fleet, inputs: dict[str, Path], name: str, curriculum: str, *extra: object) -> list[object]:
+    return ["train", inputs["painting"], "--submit", "--queue", fleet.queue, "--name", name,
+            "--dataset", inputs["photos"], "--curriculum", curriculum, "--batch-size", "2", "--holdout", "1",
+            "--checkpoint-every", "10", "--sample-every", "10", *extra]
+
+
+def assert_refused(result, expected: str) -> None:
+    """One line on stderr, as the trainer's commands say it, and no traceback."""
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [f"Error: {result.stderr.strip().removeprefix('Error: ')}"]
+    assert expected in result.stderr, result.stderr
+
+
+def submitted(result) -> str:
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["id"]
+
+
+def status(fleet: Fleet, job_id: str) -> dict:
+    return json.loads(fleet.cli("status", job_id, "--json").stdout)
+
+
+def test_a_training_survives_its_worker_s_death_and_is_published_to_every_client(fleet: Fleet) -> None:
+    inputs = write_inputs(fleet.storage)
+    with_vgg = {**FAST_RECOVERY, "VIDSTYLE_VGG_WEIGHTS": str(inputs["vgg"])}  # the workers' own setting
+    first, first_name = fleet.start_worker("w1", **with_vgg)
+    job_id = submitted(fleet.cli(*train_args(fleet, inputs, "fleetstyle", "32:80"), "--json"))
+
+    # Its iterations show in status --json, beside the attempts; killed past a checkpoint.
+    running = wait_until(lambda: (s := status(fleet, job_id))["iteration"] >= 25 and s, JOB_TIMEOUT, "iteration 25")
+    assert (running["state"], running["iterations"], running["attempts"], running["task"]) == (RUNNING, 80, 1, "train")
+    assert set(running["losses"]) == {"content", "style", "tv", "stability", "total"}
+    assert running["iterations_per_second"] > 0 and running["sample"].startswith(f".training/{job_id}/samples/")
+    fleet.kill(first)  # SIGKILL to the worker and its pool: as if the node died
+    killed_at = time.time()
+    run_dir = fleet.storage / ".training" / job_id
+    second, second_name = fleet.start_worker("w2", **with_vgg)
+
+    job = fleet.wait_for([job_id])[job_id]
+    assert (job.state, job.attempts, job.worker, job.iteration) == (SUCCEEDED, 2, second_name, 80), job.error
+    assert outcomes(fleet, job_id) == [("", first_name, "worker lost"), ("", second_name, SUCCEEDED)]
+    # Resumed from its checkpoint (iteration 20 or later), not from 0: the first sample grids are the dead worker's.
+    assert all((run_dir / "samples" / f"iter_{n:06d}.png").stat().st_mtime < killed_at for n in (10, 20))
+    assert (run_dir / "samples" / "iter_000080.png").stat().st_mtime > killed_at
+
+    # Published: listed by a client that shares the storage, with its card.
+    listed = fleet.cli("styles")
+    assert "fleetstyle" in listed.stdout and str(fleet.storage / "styles" / "fleetstyle.pth") in listed.stdout
+    card = json.loads((fleet.storage / "styles" / "fleetstyle.json").read_text())
+    assert card["job"] == {"id": job_id, "attempts": 2, "dataset": "photos"}
+    assert card["style_image"] == "painting.png"
+    assert card["style_image_sha256"] == hashlib.sha256(inputs["painting"].read_bytes()).hexdigest()
+    assert card["curriculum"] == [[32, 80]] and card["stability_weight"] == 200 and card["iterations"] == 80
+    assert card["device"] == "cpu" and card["wall_time_s"] > 0 and card["recipe"]
+    assert not list((fleet.storage / "styles").glob(".*part"))
+
+    # ...and used at once by a worker that was running already.
+    clip = tiny_clip(fleet.storage / "clip.mp4")
+    used = fleet.cli("submit", clip, "--style", "fleetstyle", "--queue", fleet.queue, "--wait")
+    assert used.returncode == 0, used.stderr
+    original, styled = decode(clip), decode(fleet.storage / "clip.fleetstyle.mp4")
+    assert (styled["frames"], styled["times"], styled["size"]) == (original["frames"], original["times"], original["size"])
+
+
+def test_cancel_keeps_the_checkpoint_and_a_worker_without_vgg_weights_says_how_to_give_them(fleet: Fleet) -> None:
+    inputs = write_inputs(fleet.storage)
+    fleet.start_worker("w1", OMP_NUM_THREADS="1")  # no VGG-16 weights of its own
+    unweighted = submitted(fleet.cli(*train_args(fleet, inputs, "noweights", "32:20"), "--json"))
+    job = fleet.wait_for([unweighted])[unweighted]
+    assert job.state == FAILED and "VIDSTYLE_VGG_WEIGHTS" in job.error and "--vgg-weights" in job.error
+    assert "\n" not in job.error
+
+    # The weights named with the job, under the storage root; a long run, cancelled once it has begun.
+    job_id = submitted(fleet.cli(*train_args(fleet, inputs, "cancelled", "32:100000", "--vgg-weights", inputs["vgg"]),
+                                 "--json"))
+    wait_until(lambda: status(fleet, job_id)["iteration"] >= 12, JOB_TIMEOUT, "iteration 12")
+    tiny_clip(fleet.storage / "clip.mp4")
+    listed = fleet.cli("list").stdout
+    assert "train cancelled" in listed and "/100000 it (" in listed
+    assert fleet.cli("cancel", job_id).returncode == 0
+    watched = fleet.cli("watch", job_id)
+    assert watched.returncode == 3, watched.stderr
+    stopped = status(fleet, job_id)
+    assert stopped["state"] == CANCELLED
+    checkpoint = torch.load(fleet.storage / ".training" / job_id / "checkpoint.pt", weights_only=True)
+    assert checkpoint["iteration"] >= stopped["iteration"] >= 12  # written at the iteration it stopped
+    assert not (fleet.storage / "styles" / "cancelled.pth").exists()
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("taken", "exists"),
+    ("path", "is not a style name"),
+    ("not an image", "cannot read image"),
+    ("outside", "outside the storage root"),
+    ("empty", "no images"),
+    ("too few", "fewer than a batch of 8"),
+])
+def test_submit_refuses_a_bad_training_and_queues_nothing(fleet: Fleet, tmp_path: Path, case: str, expected: str) -> None:
+    inputs = write_inputs(fleet.storage)
+    (fleet.storage / "empty").mkdir()
+    (tmp_path / "notes.png").write_text("not an image")
+    args = {
+        "taken": train_args(fleet, inputs, TEST_STYLE, "32:10"),
+        "path": train_args(fleet, inputs, "../evil", "32:10"),
+        "not an image": ["train", tmp_path / "notes.png", *train_args(fleet, inputs, "x", "32:10")[2:]],
+        "outside": [*train_args(fleet, inputs, "x", "32:10"), "--dataset", tmp_path],
+        "empty": [*train_args(fleet, inputs, "x", "32:10"), "--dataset", fleet.storage / "empty"],
+        "too few": [*train_args(fleet, inputs, "x", "32:10"), "--batch-size", "8"],
+    }[case]
+    assert_refused(fleet.cli(*args), expected)
+    assert fleet.queued_messages() == 0 and not [job for job in fleet.store.recent(1000) if job.queue == fleet.queue]
+
+
+def test_force_queues_a_training_of_a_taken_name(fleet: Fleet) -> None:
+    inputs = write_inputs(fleet.storage)
+    job = json.loads(fleet.cli(*train_args(fleet, inputs, TEST_STYLE, "32:10"), "--force", "--json").stdout)
+    assert (job["replace"], job["style"], job["output"], job["iterations"]) == (True, TEST_STYLE, f"styles/{TEST_STYLE}.pth", 10)
+    assert job["recipe"]["curriculum"] == [[32, 10]] and job["recipe"]["stability_weight"] == 200
+    assert fleet.queued_messages() == 1
