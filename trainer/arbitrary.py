@@ -1,11 +1,12 @@
 """Any-painting training's objective for the shared loop of vidstyle.trainer.train: ArbitraryStyleNet
-against the perceptual losses of a painting drawn at random for each batch (Ghiasi et al. 2017).
+against the perceptual losses of paintings drawn at random (Ghiasi et al. 2017).
 
-Each batch of photos is stylized with one painting: a random crop of at least half of it, resized
-to the style size, so the network also meets each painting's details at other scales. Its Grams
-are the batch's style targets and its style code comes from the network's own predictor.
-A fixed share of the paintings, every HELD_OUT_EVERY-th by name, is never trained on: the model
-card lists them, for measurements on paintings the network has not seen.
+Each photo of a batch is stylized with a painting of its own, so every step compares styles: the
+network learns what sets paintings apart, not an average of them. A painting is seen whole at the
+style size, as `vidstyle eval quality` and `submit --style-image` see it; its Grams are computed
+once, and the predictor reads it mirrored half the time (the same style). A fixed share of the
+paintings, every HELD_OUT_EVERY-th by name, is never trained on: the model card lists them, for
+measurements on paintings the network has not seen.
 """
 from __future__ import annotations
 
@@ -13,21 +14,20 @@ import hashlib
 from pathlib import Path
 
 import torch
-import torchvision.transforms.v2 as transforms
 import torchvision.transforms.v2.functional as TF
 from torchvision.utils import save_image
+from tqdm import tqdm
 
 from vidstyle.trainer.config import TrainConfig
-from vidstyle.trainer.data import find_images, read_rgb, sha256_file, to_tensor
+from vidstyle.trainer.data import find_images, load_style_image, sha256_file
 from vidstyle.trainer.losses import describe_motion, gram_matrix, loss_units
-from vidstyle.trainer.style import STYLE_IDENTITY, parent_style, loss_features, perceptual_terms
-from vidstyle.trainer.vgg import FEATURE_LAYERS, LossNetwork
+from vidstyle.trainer.style import STYLE_IDENTITY, parent_style, perceptual_terms
+from vidstyle.trainer.vgg import LossNetwork
 from vidstyle.errors import VidstyleError
 from vidstyle.model import ArbitraryStyleNet
 
 ARBITRARY_FORMAT = "vidstyle-arbitrary/1"
 HELD_OUT_EVERY = 8  # about 30 of the 257 paintings in ../shared/datasets/paintings
-PAINTING_CROP_SCALE = (0.5, 1.0)  # share of the painting's area a training crop keeps
 SAMPLE_PAINTINGS = 4
 
 
@@ -36,14 +36,6 @@ def split_paintings(folder: Path) -> tuple[list[Path], list[Path]]:
     paintings = find_images(folder)
     held_out = paintings[HELD_OUT_EVERY // 2 :: HELD_OUT_EVERY]
     return [p for p in paintings if p not in held_out], held_out
-
-
-def load_painting(path: Path, long_side: int) -> torch.Tensor:
-    """(1, 3, H, W), its long side resized to long_side."""
-    image = read_rgb(path)
-    factor = long_side / max(image.size)
-    size = [max(1, round(image.height * factor)), max(1, round(image.width * factor))]
-    return to_tensor(TF.resize(image, size, antialias=True)).unsqueeze(0)
 
 
 class ArbitraryStyleObjective:
@@ -59,9 +51,11 @@ class ArbitraryStyleObjective:
         self.training, self.held_out = split_paintings(config.paintings)
         if not self.training:
             raise VidstyleError(f"no paintings to train on in {config.paintings}")
-        # Paintings are small (a long side of at most 512 px in the shared set); decoded once.
-        self.images = [read_rgb(path) for path in self.training]
-        self.samples = [load_painting(path, self.style_size)
+        self.paintings = [load_style_image(path, self.style_size).to(device)
+                          for path in tqdm(self.training, desc="paintings", unit="painting")]
+        with torch.no_grad():  # in float32, as a style's own training computes its Grams
+            self.grams = [[gram_matrix(f) for f in loss_net(painting)] for painting in self.paintings]
+        self.samples = [load_style_image(path, self.style_size)
                         for path in self.held_out[:: max(1, len(self.held_out) // SAMPLE_PAINTINGS)][:SAMPLE_PAINTINGS]]
         self.parent = parent_style(config.init_from)
         self.weights = {"content": config.content_weight, "style": config.style_weight, "tv": config.tv_weight,
@@ -76,22 +70,15 @@ class ArbitraryStyleObjective:
     def network(self) -> ArbitraryStyleNet:
         return ArbitraryStyleNet(self.parent.load_network().train() if self.parent else None)
 
-    def draw_painting(self) -> torch.Tensor:
-        """A random crop of a random training painting, (1, 3, H, W) with the style size as long side;
-        drawn from the global generator, which checkpoints restore."""
-        image = self.images[int(torch.randint(len(self.images), ()))]
-        top, left, height, width = transforms.RandomResizedCrop.get_params(image, PAINTING_CROP_SCALE, [3 / 4, 4 / 3])
-        factor = self.style_size / max(height, width)
-        size = [max(1, round(height * factor)), max(1, round(width * factor))]
-        return to_tensor(TF.resized_crop(image, top, left, height, width, size, antialias=True)).unsqueeze(0)
-
     def loss_terms(self, net: ArbitraryStyleNet, images: torch.Tensor, autocast: torch.autocast) -> dict[str, torch.Tensor]:
-        painting = self.draw_painting().to(self.device)
-        with torch.no_grad():
-            style_grams = [gram_matrix(f) for f in loss_features(self.loss_net, painting, autocast, len(FEATURE_LAYERS))]
+        # Drawn from the global generator, which checkpoints restore.
+        drawn = torch.randint(len(self.paintings), (len(images),)).tolist()
+        mirrored = (torch.rand(len(images)) < 0.5).tolist()
         with autocast:
-            code = net.style_code(painting)
-        return perceptual_terms(lambda x: net(x, code), self.loss_net, images, style_grams, autocast, self.config)
+            codes = torch.cat([net.style_code(self.paintings[i].flip(-1) if flip else self.paintings[i])
+                               for i, flip in zip(drawn, mirrored)])
+        style_grams = [torch.cat(layer) for layer in zip(*(self.grams[i] for i in drawn))]
+        return perceptual_terms(lambda x: net(x, codes), self.loss_net, images, style_grams, autocast, self.config)
 
     def save_samples(self, net: ArbitraryStyleNet, photos: torch.Tensor, path: Path) -> None:
         """Rows of (painting, then each photo in its style)."""
@@ -128,10 +115,9 @@ class ArbitraryStyleObjective:
         start = f"Transformer started from style {self.parent.name}'s weights. " if self.parent else ""
         text = (f"{start}Ghiasi et al. (2017) arbitrary-style training of vidstyle's ArbitraryStyleNet (a TransformerNet "
                 f"whose instance norms come from a style code, and a style predictor trained from scratch): "
-                f"{config.describe_schedule('random resized crops')}; per batch one of {len(self.training)} paintings "
-                f"from {Path(config.paintings).resolve().name}, a random crop of {PAINTING_CROP_SCALE[0]:.0%} to "
-                f"{PAINTING_CROP_SCALE[1]:.0%} of its area with a long side of {self.style_size} px, VGG-16 losses, "
-                f"networks in {precision}.")
+                f"{config.describe_schedule('random resized crops')}; each photo with one of {len(self.training)} "
+                f"paintings from {Path(config.paintings).resolve().name} drawn at random, whole at a long side of "
+                f"{self.style_size} px (mirrored half the time for the predictor), VGG-16 losses, networks in {precision}.")
         if config.stability_weight > 0:
             text += f" Temporal stability term: {describe_motion(config.stability_motion)}."
         return text

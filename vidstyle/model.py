@@ -200,6 +200,14 @@ class StylePredictor(nn.Module):
         return self.bottleneck(torch.cat(statistics, dim=1))
 
 
+class ModulatedInstanceNorm(nn.InstanceNorm2d):
+    """Instance normalisation with a scale and shift per image, (N, C) each, set by its caller
+    (ArbitraryStyleNet) before each forward pass: each image of a batch in its own painting's style."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.instance_norm(x, eps=self.eps) * self.scale[:, :, None, None] + self.shift[:, :, None, None]
+
+
 class ArbitraryStyleNet(nn.Module):
     """Any painting in one pass (Ghiasi et al. 2017): a TransformerNet whose instance norms take
     their scales and shifts from the painting's style code instead of from per-style weights.
@@ -214,34 +222,44 @@ class ArbitraryStyleNet(nn.Module):
         self.transformer = transformer or TransformerNet()
         self.norms = [name for name, module in self.transformer.named_modules() if isinstance(module, nn.InstanceNorm2d)]
         channels = [self.transformer.get_submodule(name).num_features for name in self.norms]
-        self.splits = [size for size in channels for _ in ("weight", "bias")]
-        self.head = nn.Linear(StylePredictor.code_size, sum(self.splits))
+        self.head = nn.Linear(StylePredictor.code_size, 2 * sum(channels))
         # Starts as the transformer's own style whatever the painting: its norms' parameters as the
         # head's bias, a zero weight; training then learns how paintings move them.
         nn.init.zeros_(self.head.weight)
         with torch.no_grad():
-            self.head.bias.copy_(torch.cat([parameter.flatten() for parameter in self.norm_parameters(None).values()]))
+            self.head.bias.copy_(torch.cat([parameter.flatten() for parameter in self._norm_parameters().values()]))
+        # Each norm made a ModulatedInstanceNorm (same parameters, so the state dict is a TransformerNet's).
+        for name, size in zip(self.norms, channels):
+            parent, _, child = name.rpartition(".")
+            modulated = ModulatedInstanceNorm(size, affine=True)
+            modulated.load_state_dict(self.transformer.get_submodule(name).state_dict())
+            setattr(self.transformer.get_submodule(parent), child, modulated)
+        self.splits = [size for size in channels for _ in ("weight", "bias")]
 
     def style_code(self, painting: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) paintings -> (N, code_size)."""
         return self.predictor(painting)
 
-    def norm_parameters(self, code: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """The instance norms' weights and biases for a (1, code_size) style code, by parameter
-        name in the transformer; with None, the transformer's own."""
-        names = [f"{norm}.{kind}" for norm in self.norms for kind in ("weight", "bias")]
-        if code is None:
-            return {name: self.transformer.get_parameter(name) for name in names}
-        return dict(zip(names, self.head(code)[0].split(self.splits)))
+    def _norm_parameters(self) -> dict[str, torch.Tensor]:
+        """The transformer's own norm weights and biases, by parameter name, in the head's order."""
+        return {f"{norm}.{kind}": self.transformer.get_parameter(f"{norm}.{kind}")
+                for norm in self.norms for kind in ("weight", "bias")}
 
-    def forward(self, x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
-        return torch.func.functional_call(self.transformer, self.norm_parameters(code), (x,))
+    def forward(self, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """x (N, 3, H, W) in the styles of codes, (N, code_size) or one (1, code_size) for all."""
+        parameters = self.head(codes).expand(len(x), -1).split(self.splits, dim=1)
+        for index, name in enumerate(self.norms):
+            norm = self.transformer.get_submodule(name)
+            norm.scale, norm.shift = parameters[2 * index], parameters[2 * index + 1]
+        return self.transformer(x)
 
     def for_painting(self, painting: torch.Tensor) -> TransformerNet:
         """A TransformerNet that paints in this (1, 3, H, W) painting's style."""
         styled = TransformerNet()
         styled.load_state_dict(self.transformer.state_dict())
         with torch.no_grad():
-            for name, value in self.norm_parameters(self.style_code(painting)).items():
+            baked = self.head(self.style_code(painting))[0].split(self.splits)
+            for value, name in zip(baked, self._norm_parameters()):
                 styled.get_parameter(name).copy_(value)
         return styled.eval()
 
