@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from pathlib import Path
 
@@ -101,7 +102,7 @@ def test_a_training_survives_its_worker_s_death_and_is_published_to_every_client
     assert (styled["frames"], styled["times"], styled["size"]) == (original["frames"], original["times"], original["size"])
 
 
-def test_cancel_keeps_the_checkpoint_and_a_worker_without_vgg_weights_says_how_to_give_them(fleet: Fleet) -> None:
+def test_cancel_keeps_the_checkpoint_an_upscaler_trains_and_no_vgg_weights_is_one_line(fleet: Fleet) -> None:
     inputs = write_inputs(fleet.storage)
     fleet.start_worker("w1", OMP_NUM_THREADS="1")  # no VGG-16 weights of its own
     unweighted = submitted(fleet.cli(*train_args(fleet, inputs, "noweights", "32:20"), "--json"))
@@ -116,6 +117,9 @@ def test_cancel_keeps_the_checkpoint_and_a_worker_without_vgg_weights_says_how_t
     tiny_clip(fleet.storage / "clip.mp4")
     listed = fleet.cli("list").stdout
     assert "train cancelled" in listed and "/100000 it (" in listed
+    shown = fleet.cli("status", job_id).stdout
+    assert re.search(r"speed: +[\d.]+ it/s, ETA \d+ s", shown) and f"sample:    .training/{job_id}/samples/" in shown, shown
+    assert re.search(r"losses: +content [\d.e+]+, style", shown), shown
     assert fleet.cli("cancel", job_id).returncode == 0
     watched = fleet.cli("watch", job_id)
     assert watched.returncode == 3, watched.stderr
@@ -124,6 +128,14 @@ def test_cancel_keeps_the_checkpoint_and_a_worker_without_vgg_weights_says_how_t
     checkpoint = torch.load(fleet.storage / ".training" / job_id / "checkpoint.pt", weights_only=True)
     assert checkpoint["iteration"] >= stopped["iteration"] >= 12  # written at the iteration it stopped
     assert not (fleet.storage / "styles" / "cancelled.pth").exists()
+
+    # An upscaler trains the same way, and replaces x4 for the clients that share the storage.
+    upscaler = fleet.cli("train-upscaler", "--factor", "4", "--submit", "--queue", fleet.queue, "--name", "x4-fleet",
+                         "--dataset", inputs["photos"], "--curriculum", "32:4", "--holdout", "1", "--batch-size", "2",
+                         "--vgg-weights", inputs["vgg"], "--wait")
+    assert upscaler.returncode == 0, upscaler.stderr
+    assert upscaler.stdout.splitlines()[-1] == str(fleet.storage / "styles" / "x4-fleet.pth")
+    assert re.search(rf"x4 upscaler .*{re.escape(str(fleet.storage / 'styles' / 'x4-fleet.pth'))}", fleet.cli("styles").stdout)
 
 
 @pytest.mark.parametrize("case, expected", [
@@ -156,3 +168,20 @@ def test_force_queues_a_training_of_a_taken_name(fleet: Fleet) -> None:
     assert (job["replace"], job["style"], job["output"], job["iterations"]) == (True, TEST_STYLE, f"styles/{TEST_STYLE}.pth", 10)
     assert job["recipe"]["curriculum"] == [[32, 10]] and job["recipe"]["stability_weight"] == 200
     assert fleet.queued_messages() == 1
+
+
+def test_the_default_recipe_is_the_built_ins_and_paper_is_the_paper_s(fleet: Fleet) -> None:
+    inputs = write_inputs(fleet.storage)
+    base = ["--submit", "--queue", fleet.queue, "--dataset", inputs["photos"], "--holdout", "1", "--json"]
+    default = json.loads(fleet.cli("train", inputs["painting"], "--name", "a", *base).stdout)["recipe"]
+    assert (default["curriculum"], default["final_lr"], default["batch_size"], default["lr"]) == \
+        ([[128, 1600], [256, 200]], 1e-5, 4, 1e-3)
+    assert (default["stability_weight"], default["style_weight"], default["style_size"]) == (200, 2e-4, None)
+    paper = json.loads(fleet.cli("train", inputs["painting"], "--name", "b", "--recipe", "paper", *base).stdout)
+    assert (paper["recipe"]["curriculum"], paper["recipe"]["final_lr"], paper["iterations"]) == ([[256, 40000]], None, 40000)
+    upscaler = json.loads(fleet.cli("train-upscaler", "--factor", "4", "--name", "x4-fleet", *base).stdout)
+    assert (upscaler["task"], upscaler["factor"], upscaler["painting"], upscaler["output"]) == \
+        ("train-upscaler", 4, "", "styles/x4-fleet.pth")
+    misused = fleet.cli("train", inputs["painting"], *base, "--device", "cpu")  # a usage error: click's status 2
+    assert misused.returncode == 2 and "Error: --device: a worker decides" in misused.stderr
+    assert [job.style for job in fleet.store.recent(1000) if job.queue == fleet.queue] == ["x4-fleet", "b", "a"]
