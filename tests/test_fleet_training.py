@@ -17,7 +17,9 @@ from PIL import Image
 
 from conftest import TEST_STYLE, decode, wait_until
 from test_fleet import FAST_RECOVERY, JOB_TIMEOUT, Fleet, fleet, outcomes, tiny_clip  # noqa: F401 (a fixture)
-from test_trainer import CAFFE_CONVENTION
+from test_trainer import CAFFE_CONVENTION, inputs  # noqa: F401 (a fixture)
+from vidstyle.trainer.config import TrainConfig
+from vidstyle.trainer.train import STOPPED_BY_CALLER, train
 from vidstyle.workers.jobs import CANCELLED, FAILED, RUNNING, SUCCEEDED
 
 PHOTOS = 6
@@ -185,3 +187,24 @@ def test_the_default_recipe_is_the_built_ins_and_paper_is_the_paper_s(fleet: Fle
     misused = fleet.cli("train", inputs["painting"], *base, "--device", "cpu")  # a usage error: click's status 2
     assert misused.returncode == 2 and "Error: --device: a worker decides" in misused.stderr
     assert [job.style for job in fleet.store.recent(1000) if job.queue == fleet.queue] == ["x4-fleet", "b", "a"]
+
+
+def test_the_loop_reports_each_iteration_stops_when_asked_and_checkpoints_by_time(inputs: dict, tmp_path: Path) -> None:
+    # The hook a training job runs the loop with (vidstyle.workers.training), on the trainer's tiny inputs.
+    run_dir = tmp_path / "run"
+    config = TrainConfig(style_image=inputs["style"], dataset=inputs["photos"], vgg_weights=inputs["vgg"],
+                         run_dir=run_dir, output=run_dir / "tiny.pth", name="tiny", image_size=32, iterations=6,
+                         holdout=2, sample_every=2, checkpoint_every=100, checkpoint_seconds=1e-9, workers=0, threads=1)
+    seen = []
+
+    def on_iteration(progress) -> bool:
+        checkpoint = run_dir / "checkpoint.pt"
+        seen.append((progress.iteration, progress.iterations, progress.sample and progress.sample.name,
+                     checkpoint.is_file() and torch.load(checkpoint, weights_only=True)["iteration"]))
+        return progress.iteration == 3
+
+    assert train(config, on_iteration) == STOPPED_BY_CALLER
+    # Each iteration's checkpoint comes after its report: past the time bound, every iteration has one.
+    assert seen == [(1, 6, None, False), (2, 6, "iter_000002.png", 1), (3, 6, "iter_000002.png", 2)]
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["iteration"] == 3
+    assert not (run_dir / "tiny.pth").exists()

@@ -241,8 +241,9 @@ class JobTask(Task):
     """Keeps the job record in step with Celery's view of the task."""
 
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
-        if _fail_quietly(task_id, args[0], self.failure_reason(exc, args)) and self.name != TASK_NAME:
-            _remove_segments_quietly(args[0])  # a segment or the join: the job is split
+        if _fail_quietly(task_id, args[0], self.failure_reason(exc, args)) and self.name in (SEGMENT_TASK_NAME,
+                                                                                              JOIN_TASK_NAME):
+            _remove_segments_quietly(args[0])  # the job is split
 
     def failure_reason(self, exc: BaseException, args: tuple) -> str:
         return failure_reason(exc)
