@@ -20,8 +20,8 @@ from tqdm import tqdm
 
 from vidstyle.trainer.config import TrainConfig
 from vidstyle.trainer.data import find_images, load_style_image, sha256_file
-from vidstyle.trainer.losses import describe_motion, gram_matrix, loss_units
-from vidstyle.trainer.style import STYLE_IDENTITY, parent_style, perceptual_terms
+from vidstyle.trainer.losses import describe_motion, gram_matrix
+from vidstyle.trainer.style import STYLE_IDENTITY, loss_weights_card, parent_style, perceptual_terms
 from vidstyle.trainer.vgg import LossNetwork
 from vidstyle.errors import VidstyleError
 from vidstyle.model import ArbitraryStyleNet
@@ -102,13 +102,7 @@ class ArbitraryStyleObjective:
                           "held_out": [path.name for path in self.held_out]},
             "style_size": self.style_size,
             "initialized_from": self.parent and {"name": self.parent.name, "weights_sha256": self.identity["init_from"]},
-            "content_weight": config.content_weight,
-            "style_weight": config.style_weight,
-            "tv_weight": config.tv_weight,
-            "stability_weight": config.stability_weight,
-            "stability_motion": config.stability_motion if config.stability_weight > 0 else None,
-            "loss_units": loss_units(config.stability_motion),
-        }
+        } | loss_weights_card(config)
 
     def recipe(self, precision: str) -> str:
         config = self.config

@@ -79,13 +79,7 @@ class StyleObjective:
                 "name": self.parent.name, "weights_sha256": self.identity["init_from"],
                 "iterations": self.parent.card.get("iterations"),
             },  # the parent's recipe is already the start of this card's "recipe"
-            "content_weight": config.content_weight,
-            "style_weight": config.style_weight,
-            "tv_weight": config.tv_weight,
-            "stability_weight": config.stability_weight,
-            "stability_motion": config.stability_motion if config.stability_weight > 0 else None,
-            "loss_units": loss_units(config.stability_motion),
-        }
+        } | loss_weights_card(config)
 
     def recipe(self, precision: str) -> str:
         config, parent = self.config, self.parent
@@ -98,6 +92,18 @@ class StyleObjective:
         if config.stability_weight > 0:
             text += f" Temporal stability term: {describe_motion(config.stability_motion)}."
         return text
+
+
+def loss_weights_card(config: TrainConfig) -> dict:
+    """A style training's loss weights and their units, as its model card states them."""
+    return {
+        "content_weight": config.content_weight,
+        "style_weight": config.style_weight,
+        "tv_weight": config.tv_weight,
+        "stability_weight": config.stability_weight,
+        "stability_motion": config.stability_motion if config.stability_weight > 0 else None,
+        "loss_units": loss_units(config.stability_motion),
+    }
 
 
 def perceptual_terms(
