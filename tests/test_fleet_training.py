@@ -96,6 +96,15 @@ def test_a_training_survives_its_worker_s_death_and_is_published_to_every_client
     assert card["device"] == "cpu" and card["wall_time_s"] > 0 and card["recipe"]
     assert not list((fleet.storage / "styles").glob(".*part"))
 
+    # The same as an uninterrupted run here.
+    local = [arg for arg in train_args(fleet, inputs, "fleetstyle", "32:80") if arg not in ("--submit", "--queue", fleet.queue)]
+    here = fleet.cli(*local, "--vgg-weights", inputs["vgg"], "--run-dir", fleet.storage.parent / "here", "--threads", "1",
+                     "--workers", "0")
+    assert here.returncode == 0, here.stderr
+    weights = [torch.load(path, weights_only=True) for path in
+               (fleet.storage / "styles" / "fleetstyle.pth", fleet.storage.parent / "here" / "fleetstyle.pth")]
+    assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
     # ...and used at once by a worker that was running already.
     clip = tiny_clip(fleet.storage / "clip.mp4")
     used = fleet.cli("submit", clip, "--style", "fleetstyle", "--queue", fleet.queue, "--wait")
