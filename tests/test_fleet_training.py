@@ -15,6 +15,7 @@ import torch
 import torchvision
 from PIL import Image
 
+import test_fleet
 from conftest import TEST_STYLE, decode, wait_until
 from test_fleet import FAST_RECOVERY, JOB_TIMEOUT, Fleet, fleet, outcomes, tiny_clip  # noqa: F401 (a fixture)
 from test_trainer import CAFFE_CONVENTION, inputs  # noqa: F401 (a fixture)
@@ -217,3 +218,87 @@ def test_the_loop_reports_each_iteration_stops_when_asked_and_checkpoints_by_tim
     assert seen == [(1, 6, None, False), (2, 6, "iter_000002.png", 1), (3, 6, "iter_000002.png", 2)]
     assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["iteration"] == 3
     assert not (run_dir / "tiny.pth").exists()
+
+
+def test_a_worker_refuses_training_jobs_crafted_in_the_store(fleet: Fleet, tmp_path: Path) -> None:
+    # Whoever can write to Redis can write a job record: each of these fails with its reason before the
+    # worker reads a photo or writes a file for it; nothing in or outside the storage root changes.
+    import secrets
+
+    from vidstyle.workers.celeryconfig import TASK_NAME, TRAIN_TASK_NAME
+    from vidstyle.workers.client import enqueue, store_painting
+    from vidstyle.workers.jobs import Job
+
+    inputs = write_inputs(fleet.storage)
+    painting = store_painting(inputs["painting"], fleet.storage)
+    outside = tmp_path / "outside"
+    (outside / "photos").mkdir(parents=True)
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(outside / "photos" / "secret.png")
+    (fleet.storage / "photo-link").symlink_to(outside / "photos")
+    (fleet.storage / "mixed").mkdir()
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(fleet.storage / "mixed" / "mine.png")
+    (fleet.storage / "mixed" / "theirs.png").symlink_to(outside / "photos" / "secret.png")
+    before = {"storage": test_fleet.snapshot(fleet.storage), "outside": test_fleet.snapshot(outside)}
+    recipe = {"curriculum": [[32, 4]], "batch_size": 1, "holdout": 0}
+
+    def craft(task_name: str = TRAIN_TASK_NAME, **fields: object) -> str:
+        job = Job(**{"id": secrets.token_hex(6), "input": "photos", "output": "styles/crafted.pth", "style": "crafted",
+                     "queue": fleet.queue, "codec": "", "crf": 0, "preset": "", "task": "train", "painting": painting,
+                     "vgg_weights": "vgg.pth", "recipe": json.dumps(recipe), **fields})
+        fleet.store.create(job)
+        enqueue(job, fleet.store, task_name)
+        return job.id
+
+    expected = {
+        craft(style="../evil", output="styles/../evil.pth"): "is not a style name",
+        craft(output="keep.pth"): "a training publishes styles/crafted.pth, not 'keep.pth'",
+        craft(painting=str(inputs["painting"])): "is not a painting's copy",
+        craft(input="../outside/photos"): "not inside the storage root",
+        craft(input="photo-link"): "outside the storage root through a symlink",
+        craft(input="mixed"): "photo theirs.png of 'mixed' leads outside the storage root",
+        craft(vgg_weights="../outside/vgg.pth"): "not inside the storage root",
+        craft(vgg_weights="/etc/passwd"): "are not a .pth file",
+        craft(recipe=json.dumps({**recipe, "vgg_weights": "/x.pth"})): "'vgg_weights' is no setting of a train job",
+        craft(recipe=json.dumps({**recipe, "init_from": "../outside/x"})): "is not a style name",
+        craft(recipe=json.dumps({**recipe, "curriculum": [[32, 10**12]]})): "iterations 1000000000000 is not a whole number",
+        craft(recipe=json.dumps({**recipe, "lr": "NaN"})): "lr 'NaN' is not a number",
+        craft(recipe="[]"): "not a JSON object with a curriculum",
+        craft(task="train-upscaler", factor=3, painting=""): "an upscaler's training names a factor",
+        craft(TASK_NAME): "task 'train' is not a stylizing job's",
+        craft(task="style", style=TEST_STYLE, output="out.mp4", input="clip.mp4"): "task 'style' is not a training's",
+    }
+    fleet.start_worker("w1", OMP_NUM_THREADS="1")
+    jobs = fleet.wait_for(list(expected))
+    for job_id, reason in expected.items():
+        assert jobs[job_id].state == FAILED and reason in jobs[job_id].error, (reason, jobs[job_id].error)
+    assert {"storage": test_fleet.snapshot(fleet.storage), "outside": test_fleet.snapshot(outside)} == before
+
+
+def test_publishing_replaces_a_style_only_when_the_job_was_forced(fleet: Fleet) -> None:
+    from vidstyle.errors import VidstyleError
+    from vidstyle.model import TransformerNet
+    from vidstyle.styles import find_style, save_style
+    from vidstyle.workers.jobs import Job
+    from vidstyle.workers.training import publish
+
+    def trained(job_id: str, **fields: object) -> Job:
+        return Job(id=job_id, input="photos", output="styles/look.pth", style="look", queue=fleet.queue, codec="",
+                   crf=0, preset="", task="train", **fields)
+
+    run_dir = fleet.storage / ".training" / "job1"
+    config = TrainConfig(dataset=Path("photos"), run_dir=run_dir, output=run_dir / "look.pth", name="look")
+    torch.manual_seed(0)
+    save_style(TransformerNet(), config.output, {"name": "look", "style_image": "0f3a.png"})
+    publish(config, trained("job1", painting_name="sunset.jpg", attempts=2), fleet.storage)
+    assert find_style("look").card == {"name": "look", "style_image": "sunset.jpg",
+                                       "job": {"id": "job1", "attempts": 2, "dataset": "photos"}}
+    published = (fleet.storage / "styles" / "look.pth").read_bytes()
+
+    with pytest.raises(VidstyleError, match="published while this job ran; its weights are in .training/job1/look.pth"):
+        publish(config, trained("job2"), fleet.storage)
+    assert find_style("look").card["job"]["id"] == "job1"
+    save_style(TransformerNet(), config.output, {"name": "look"})  # another training's weights
+    publish(config, trained("job3", replace=True), fleet.storage)
+    assert find_style("look").card["job"]["id"] == "job3"
+    assert (fleet.storage / "styles" / "look.pth").read_bytes() != published
+    assert sorted(p.name for p in (fleet.storage / "styles").iterdir()) == ["look.json", "look.pth"]
