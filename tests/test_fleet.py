@@ -694,12 +694,14 @@ def test_twenty_jobs_on_two_workers_each_run_once(fleet: Fleet) -> None:
 def test_a_worker_process_keeps_loaded_styles_until_retrained(fleet: Fleet, style_dir: Path) -> None:
     from vidstyle.workers.tasks import stylizer_for
 
-    first = stylizer_for(TEST_STYLE)
-    assert stylizer_for(TEST_STYLE) is first
+    job = Job(id="job", input="in.mp4", output="out.mp4", style=TEST_STYLE, queue=fleet.queue, codec="libx264",
+              crf=18, preset="medium")
+    first = stylizer_for(job, fleet.storage)
+    assert stylizer_for(job, fleet.storage) is first
     weights = style_dir / f"{TEST_STYLE}.pth"
     modified = weights.stat().st_mtime_ns + 1_000_000_000
     os.utime(weights, ns=(modified, modified))  # as if a new training run had replaced the weights
-    assert stylizer_for(TEST_STYLE) is not first
+    assert stylizer_for(job, fleet.storage) is not first
 
 
 def test_progress_reaches_the_record_a_few_times_a_second_at_most(fleet: Fleet) -> None:
