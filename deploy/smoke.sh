@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Smoke test of an install: the README's main command (sample + submit with the
-# built-in udnie style) and the fleet (a private redis-server, one worker,
+# built-in udnie style), any painting, and the fleet (a private redis-server, one worker,
 # `vidstyle submit --wait`), run with the `vidstyle` of the venv given. CI runs
 # it in a venv with the runtime dependencies only, so a dependency that only the
 # test extras bring in (as `packaging` once was, for kombu's Redis transport)
@@ -23,6 +23,10 @@ export OMP_NUM_THREADS=1 VIDSTYLE_COMPILE=0  # the smoke test checks the install
 "$venv/bin/vidstyle" sample sample.mp4 --size 96x64 --frames 12
 "$venv/bin/vidstyle" submit sample.mp4 --style udnie
 test -s sample.udnie.mp4
+# Any painting, by the any-painting network: one made on the spot.
+"$venv/bin/python" -c 'from PIL import Image; Image.radial_gradient("L").convert("RGB").resize((96, 96)).save("painting.png")'
+"$venv/bin/vidstyle" submit sample.mp4 --style-image painting.png
+test -s sample.painting.mp4
 
 # The fleet: Redis on a free port, one worker, a job followed to its end.
 port=$("$venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -47,4 +51,6 @@ if ! timeout 300 "$venv/bin/vidstyle" submit sample.mp4 --style udnie -o fleet.m
     exit 1
 fi
 test -s fleet.mp4
-echo "smoke: the README's command and the fleet ran with $venv"
+timeout 300 "$venv/bin/vidstyle" submit sample.mp4 --style-image painting.png -o fleet-painting.mp4 --wait
+test -s fleet-painting.mp4
+echo "smoke: the README's command, any painting and the fleet ran with $venv"
