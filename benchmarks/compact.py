@@ -1,6 +1,6 @@
 """A style's compact network against its full one: speed end to end, quality and flicker (issue 35).
 
-    python benchmarks/compact.py [--style udnie] [--sizes 640x360,1280x720] [--frames 96,32] [--repeats 2]
+    python benchmarks/compact.py [--style udnie] [--sizes 640x360,1280x720] [--frames 96,24] [--repeats 2]
 
 Speed, measured in one run: `vidstyle submit`'s pipeline (vidstyle.pipeline.stylize_file, default
 settings: x264 CRF 18 preset medium, bfloat16 where the CPU computes it, eager as a short clip runs
@@ -8,12 +8,16 @@ with an empty compile cache) on the first frames of real footage (../shared/vide
 640x360, big_buck_bunny scaled to 1280x720), for each network with and without the temporal
 stage. Each case runs --repeats times, alternating, and its best is kept (the least disturbed by
 anything else on the machine); the ratios compact / full are the figures to read. Run it on an
-idle machine: pause other work (kill -STOP) for its few minutes.
+idle machine: pause other work (kill -STOP) for its few minutes, a size at a time (--sizes
+640x360 --frames 96, then --sizes 1280x720 --frames 24: about 3 minutes each on 2 cores).
 
 Quality: each style's teacher and compact network side by side, from their model cards, where
 benchmarks/style_quality.py --record measured both by the same command (its `evaluation`):
 L-BFGS-equivalent iterations from noise (256 px, held-out photos) and flicker with the temporal
 stage on the real clips; the issue's targets are a ratio of at least 0.9 and no more flicker.
+
+--sheet writes a contact sheet: four held-out photos (256 px), then each style's full network
+and its compact one, row under row (docs/compact-sheet.png).
 """
 from __future__ import annotations
 
@@ -32,10 +36,12 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--style", default="udnie", help="the style whose two networks are timed [udnie]")
     p.add_argument("--sizes", default="640x360,1280x720")
-    p.add_argument("--frames", default="96,32", help="frames per size, in the order of --sizes [96,32]")
+    p.add_argument("--frames", default="96,24", help="frames per size, in the order of --sizes [96,24]")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--quality-styles", default="udnie,the-scream,shipwreck,wave")
     p.add_argument("--skip-speed", action="store_true")
+    p.add_argument("--sheet", type=Path, help="write a contact sheet PNG of teachers and students here")
+    p.add_argument("--photos", type=Path, default=SHARED / "datasets" / "photos")
     return p.parse_args()
 
 
@@ -102,11 +108,35 @@ def quality(args: argparse.Namespace) -> None:
         print(f"{'':<12} teacher: {json.dumps(figures[0].get('command'))}; compact: {json.dumps(figures[1].get('command'))}")
 
 
+def sheet(args: argparse.Namespace) -> None:
+    import torch
+
+    from vidstyle.preview import contact_sheet
+    from vidstyle.styles import find_style
+    from vidstyle.trainer.data import find_images, load_sample_photos
+
+    held_out = find_images(args.photos)[-50:]
+    photos = load_sample_photos(held_out[::len(held_out) // 4][:4], 256)
+
+    def pictures(images: torch.Tensor) -> list:
+        return list(images.clamp(0, 255).round().byte().permute(0, 2, 3, 1).numpy())
+
+    rows = [("held-out photos", pictures(photos))]
+    for name in args.quality_styles.split(","):
+        for network in ("full", "compact"):
+            with torch.no_grad():
+                rows.append((f"{name} {network}", pictures(find_style(name, network).load_network()(photos))))
+    contact_sheet(rows, 256).save(args.sheet)
+    print(args.sheet)
+
+
 def main() -> None:
     args = parse_args()
     if not args.skip_speed:
         speed(args)
     quality(args)
+    if args.sheet:
+        sheet(args)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,9 @@ TEACHER_SETTINGS = ("content_weight", "style_weight", "tv_weight", "stability_we
 # student onto the teacher's strokes, the feature term keeps it from blurring where it falls short.
 TEACHER_PIXEL_WEIGHT = 20.0
 TEACHER_FEATURE_WEIGHT = 1.0
+TEACHER_LOSS_UNITS = ("teacher_pixels: mean squared difference from the teacher's output, RGB 0..255; teacher_features: "
+                      "sum over relu1_2, relu2_2, relu3_3, relu4_3 of the mean squared difference of the two outputs' "
+                      "VGG-16 features; unweighted, as the other terms")
 
 
 def teacher_style(name: str) -> Style:
@@ -84,6 +87,7 @@ class DistillObjective(StyleObjective):
                         "iterations": self.teacher.card.get("iterations")},
             "teacher_pixel_weight": self.config.teacher_pixel_weight,
             "teacher_feature_weight": self.config.teacher_feature_weight,
+            "teacher_loss_units": TEACHER_LOSS_UNITS,
         }
 
     def recipe(self, precision: str) -> str:
