@@ -135,7 +135,7 @@ def test_stylizer_matches_the_network_at_any_size(size: tuple[int, int], whole_f
         pad = (0, -width % 4, 0, -height % 4)
         expected = net(torch.nn.functional.pad(x, pad, mode="replicate"))[..., :height, :width]
     expected = expected.clamp(0, 255).round().permute(0, 2, 3, 1).numpy()
-    got = Stylizer(net, resolve_device("cpu"), compile=False, whole_frame_pixels=whole_frame_pixels)(frames)
+    got = Stylizer(net, resolve_device("cpu"), compile=False, precision="fp32", whole_frame_pixels=whole_frame_pixels)(frames)
     assert got.shape == frames.shape
     assert np.abs(got.astype(float) - expected).max() <= 1
 
