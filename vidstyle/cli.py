@@ -251,13 +251,12 @@ def styles() -> None:
 
 
 def _style_figures(card: dict) -> str:
-    """A style's line: its painting and training, and the measured quality, flicker and speed
-    (benchmarks/style_quality.py --record, benchmarks/compact.py) that help pick a style."""
+    """A style's line: its painting and training, and the measured quality and flicker
+    (benchmarks/style_quality.py --record) that help pick a style."""
     parts = [f"{k} {card[k]}" for k in ("style_image", "image_size", "iterations") if k in card]
     evaluation = card.get("evaluation", {})
     parts += [f"{label} {evaluation[k]:g}" for k, label in (
-        ("median_lbfgs_iterations_from_noise", "L-BFGS equivalent"), ("mean_flicker_ratio", "flicker"),
-        ("frames_per_second_640x360", "frames/s at 640x360")) if k in evaluation]
+        ("median_lbfgs_iterations_from_noise", "L-BFGS equivalent"), ("mean_flicker_ratio", "flicker")) if k in evaluation]
     return ", ".join(parts)
 
 
