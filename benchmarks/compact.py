@@ -38,7 +38,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--sizes", default="640x360,1280x720")
     p.add_argument("--frames", default="96,24", help="frames per size, in the order of --sizes [96,24]")
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--quality-styles", default="udnie,the-scream,shipwreck,wave")
+    p.add_argument("--quality-styles", default="udnie,the-scream,shipwreck,wave", help="styles whose two networks are compared (and drawn with --sheet)")
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--sheet", type=Path, help="write a contact sheet PNG of teachers and students here")
     p.add_argument("--photos", type=Path, default=SHARED / "datasets" / "photos")
@@ -97,7 +97,10 @@ def quality(args: argparse.Namespace) -> None:
     print(f"\nquality (model cards; benchmarks/style_quality.py --record): L-BFGS-equivalent iterations from noise "
           f"(target compact >= {LBFGS_TARGET} x teacher), flicker with the temporal stage per clip (target: no more)")
     for name in args.quality_styles.split(","):
-        teacher, compact = find_style(name, "full"), find_style(name, "compact")
+        teacher, compact = find_style(name, "full"), find_style(name).compact()
+        if compact is None:
+            print(f"{name:<12} no compact network")
+            continue
         figures = [style.card.get("evaluation", {}) for style in (teacher, compact)]
         iterations = [f.get("median_lbfgs_iterations_from_noise") for f in figures]
         ratio = f"{iterations[1] / iterations[0]:.2f}" if None not in iterations else "-"
@@ -123,9 +126,11 @@ def sheet(args: argparse.Namespace) -> None:
 
     rows = [("held-out photos", pictures(photos))]
     for name in args.quality_styles.split(","):
-        for network in ("full", "compact"):
-            with torch.no_grad():
-                rows.append((f"{name} {network}", pictures(find_style(name, network).load_network()(photos))))
+        teacher = find_style(name, "full")
+        for network, style in (("full", teacher), ("compact", teacher.compact())):
+            if style is not None:
+                with torch.no_grad():
+                    rows.append((f"{name} {network}", pictures(style.load_network()(photos))))
     contact_sheet(rows, 256).save(args.sheet)
     print(args.sheet)
 
