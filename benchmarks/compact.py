@@ -15,6 +15,8 @@ Quality: each style's teacher and compact network side by side, from their model
 benchmarks/style_quality.py --record measured both by the same command (its `evaluation`):
 L-BFGS-equivalent iterations from noise (256 px, held-out photos) and flicker with the temporal
 stage on the real clips; the issue's targets are a ratio of at least 0.9 and no more flicker.
+A card's figures are as old as its measurement: the built-in teachers' flicker predates today's
+temporal stage (docs/compact.md has them measured again beside their students').
 
 --sheet writes a contact sheet: four held-out photos (256 px), then each style's full network
 and its compact one, row under row (docs/compact-sheet.png).
