@@ -39,6 +39,8 @@ UPSCALE_TASK = "upscale"  # a model card's "task" for an upscaler (a style's car
 # A style's compact network (vidstyle distill) lives in this folder beside its weights: compact/NAME.pth + .json.
 COMPACT_FOLDER = "compact"
 STYLES_PATH_ENV = "VIDSTYLE_STYLES_PATH"
+QUALITY_FIGURE = "median_lbfgs_iterations_from_noise"  # a model card's measured quality (benchmarks/style_quality.py)
+COMPACT_QUALITY_SHARE = 0.9
 # The fleet's styles folder, under the shared storage root (VIDSTYLE_STORAGE): where trainings on the
 # fleet publish (vidstyle.workers.training), searched by every client and worker that shares the storage.
 FLEET_STYLES_FOLDER = "styles"
@@ -69,7 +71,7 @@ class Style:
 
     def with_network(self, network: str) -> Style:
         """The style run with `network` (one of NETWORKS): "compact" needs a compact network,
-        "auto" takes it where there is one."""
+        "auto" takes it where there is one that keeps the full network's look."""
         if network not in NETWORKS:
             raise VidstyleError(f"--network must be one of {', '.join(NETWORKS)}, not {network!r}")
         if self.network != "full":  # named by the path of its compact weights
@@ -81,7 +83,15 @@ class Style:
         compact = self.compact()
         if compact is None and network == "compact":
             raise VidstyleError(f"style {self.name} has no compact network (make one with `vidstyle distill {self.name}`)")
+        if network == "auto" and compact is not None and not compact.keeps_the_look_of(self):
+            return self
         return compact or self
+
+    def keeps_the_look_of(self, teacher: Style) -> bool:
+        """Whether this network's model card measures at least COMPACT_QUALITY_SHARE of the teacher's
+        quality (equivalent L-BFGS iterations): "auto" runs a faster network only if it paints as well."""
+        mine, theirs = (style.card.get("evaluation", {}).get(QUALITY_FIGURE) for style in (self, teacher))
+        return bool(mine and theirs and mine >= COMPACT_QUALITY_SHARE * theirs)
 
 
 @dataclass
