@@ -395,6 +395,9 @@ def test_a_worker_refuses_jobs_crafted_in_the_store(fleet: Fleet, tmp_path: Path
         assert reason in jobs[job_id].error, (reason, jobs[job_id].error)
     wait_until(lambda: fleet.store.redis.hget(f"vidstyle:job:{garbled}", "state") == FAILED, JOB_TIMEOUT, "garbled job")
     assert_clean_failure(fleet.cli("status", garbled), f"job {garbled}: its crf is 'eighteen', not a number")
+    listed = fleet.cli("list")  # every other job still listed, the garbled one named in a warning
+    assert listed.returncode == 0 and next(iter(expected)) in listed.stdout, listed.stderr
+    assert f"warning: job {garbled}: its crf is 'eighteen'" in listed.stderr
     status = fleet.cli("status", next(iter(expected)))
     assert status.returncode == 0 and re.search(r"\nerror: +path '/.*' is not inside the storage root", status.stdout)
     assert {"storage": snapshot(fleet.storage), "outside": snapshot(outside)} == before  # nothing written, nothing removed

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 import time
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ from redis.retry import Retry
 
 from vidstyle.settings import seconds, setting
 from vidstyle.errors import VidstyleError
+
+log = logging.getLogger(__name__)
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
@@ -453,7 +456,8 @@ class JobStore:
         return job
 
     def recent(self, limit: int = 50, states: tuple[str, ...] = ()) -> list[Job]:
-        """The newest jobs first, optionally only those in `states`; forgets expired ones."""
+        """The newest jobs first, optionally only those in `states`; forgets expired ones. A record that
+        is not a job (written by hand, or by another version) is skipped with a warning naming it."""
         jobs, gone, start = [], [], 0
         while len(jobs) < limit:
             ids = self.redis.zrevrange(JOB_INDEX, start, start + limit - 1)
@@ -467,7 +471,10 @@ class JobStore:
                 if not record:
                     gone.append(job_id)
                 elif not states or record.get("state") in states:
-                    jobs.append(Job.from_record(record))
+                    try:
+                        jobs.append(Job.from_record(record))
+                    except VidstyleError as exc:  # one garbled record must not hide every other job
+                        log.warning(str(exc))
         if gone:
             self.redis.zrem(JOB_INDEX, *gone)
         return jobs[:limit]
