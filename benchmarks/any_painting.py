@@ -155,7 +155,7 @@ def write_sheet(args: argparse.Namespace) -> None:
     for painting in held_out_paintings(args)[::4]:
         with torch.no_grad():
             stylized = Painting(painting).load_network()(photos).clamp(0, 255).round()
-        thumb = Painting(painting).read()[0].permute(1, 2, 0).numpy().astype(np.uint8)
+        thumb = Painting(painting).pixels[0].permute(1, 2, 0).numpy().astype(np.uint8)
         rows.append((painting.stem[:18], [thumb, *(s.permute(1, 2, 0).numpy().astype(np.uint8) for s in stylized)]))
     rows[0] = ("photos", [np.full((256, 256, 3), 255, np.uint8), *rows[0][1]])
     contact_sheet(rows, 160).save(args.sheet)

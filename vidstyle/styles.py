@@ -16,6 +16,7 @@ the same search path adds others, and ``--factor path/to/x4.pth`` names a file.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pickle
@@ -106,16 +107,17 @@ class Painting:
     def name(self) -> str:
         return self.path.stem
 
-    @property
+    @functools.cached_property
     def card(self) -> dict:
         return _read_card(self.weights_path)
 
-    def read(self) -> torch.Tensor:
-        """The painting as the network takes it; a one-line error for a bad file."""
+    @functools.cached_property
+    def pixels(self) -> torch.Tensor:
+        """The painting as the network takes it, read once; a one-line error for a bad file."""
         return read_painting(self.path, self.card.get("style_size", 256))
 
     def load_network(self) -> TransformerNet:
-        painting = self.read()
+        painting = self.pixels
         net = _load_into(ArbitraryStyleNet(), load_state(self.weights_path, "any-painting network"),
                          self.weights_path, "any-painting network")
         return net.for_painting(painting)
@@ -321,5 +323,5 @@ def find_treatment(style: str | None = None, upscale: str | None = None, paintin
         raise VidstyleError("nothing to do: name a style, an upscale factor, or both")
     chosen = find_style(style, network) if style is not None else Painting(Path(painting)) if painting is not None else None
     if isinstance(chosen, Painting):
-        chosen.read()
+        chosen.pixels  # read now (and kept): a bad painting fails before any frame is decoded
     return Treatment(chosen, find_upscaler(upscale) if upscale is not None else None)
