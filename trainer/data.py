@@ -21,7 +21,6 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vidstyle.errors import VidstyleError
-from vidstyle.paintings import read_painting
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 
@@ -55,9 +54,11 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
 
 
 def load_style_image(path: Path, long_side: int) -> torch.Tensor:
-    """(1, 3, H, W) with the long side resized to long_side: sets the scale of the learned texture.
-    Read as `submit --style-image` reads a painting, so training, evaluation and use see the same pixels."""
-    return read_painting(path, long_side)
+    """(1, 3, H, W) with the long side resized to long_side: sets the scale of the learned texture."""
+    image = read_rgb(path)
+    factor = long_side / max(image.size)
+    size = (max(1, round(image.height * factor)), max(1, round(image.width * factor)))
+    return to_tensor(TF.resize(image, list(size), antialias=True)).unsqueeze(0)
 
 
 def load_sample_photos(paths: list[Path], size: int) -> torch.Tensor:
