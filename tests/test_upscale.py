@@ -12,14 +12,22 @@ import torch
 from PIL import Image
 
 from conftest import DEVICES, TEST_FACTOR, TEST_STYLE, decode, run_cli
+from vidstyle.trainer.upscale import bicubic_upscale, degrade, load_upscaler
+from vidstyle.trainer.upscale_eval import GRID_THRESHOLD, grid_strength, read_test_set, upscaler_with
 from test_cli import assert_clean_failure
 from vidstyle.errors import VidstyleError
 from vidstyle.inference import Stylizer, resolve_device
 from vidstyle.model import UPSAMPLINGS, StyleThenUpscale, TransformerNet, UpscalerNet
 from vidstyle.pipeline import stylize_file
 from vidstyle.sample import make_sample_video
-from vidstyle.styles import find_treatment, find_upscaler, save_style
+from vidstyle.styles import BUILTIN_UPSCALERS_DIR, find_treatment, find_upscaler, save_style
 from vidstyle.tiles import upscale_in_tiles
+
+
+SET14 = Path(__file__).resolve().parents[2] / "shared" / "sr" / "Set14"
+GRID_PHOTOS = ("img_004", "img_005", "img_006")  # three of Set14's smallest: a few seconds each
+# The built-in upscalers, read from their own folder: the test session's x4 (random weights) shadows them.
+BUILTIN_FACTORS = sorted(int(path.stem.removeprefix("x")) for path in BUILTIN_UPSCALERS_DIR.glob("x*.pth"))
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +159,58 @@ def test_submit_with_upscale_stylizes_and_upscales_in_one_pass(tmp_path: Path) -
     decoded = decode(output)
     assert decoded["size"] == (36 * TEST_FACTOR, 20 * TEST_FACTOR) and decoded["frames"] == 6
     assert len(decoded["audio_durations"]) == 1
+
+
+def mean_grid(net: UpscalerNet) -> float:
+    """The mean grid strength of net's detail on GRID_PHOTOS, degraded as it was trained."""
+    photos = [hr for name, hr, _ in read_test_set(SET14, net.factor) if name.startswith(GRID_PHOTOS)]
+    with torch.no_grad():
+        return float(np.mean([grid_strength(net(small) - bicubic_upscale(small, net.factor), net.factor)
+                              for small in (degrade(hr, net.factor) for hr in photos)]))
+
+
+needs_set14 = pytest.mark.skipif(not SET14.is_dir(), reason="needs ../shared/sr/Set14's photos")
+
+
+@needs_set14
+@pytest.mark.parametrize("factor", BUILTIN_FACTORS)
+def test_each_installed_upscaler_as_its_card_says_has_no_grid(factor: int) -> None:
+    weights = BUILTIN_UPSCALERS_DIR / f"x{factor}.pth"
+    net = load_upscaler(weights, factor)
+    if net.upsampling == "nearest":
+        # Issue 37: the x4 was trained with nearest upsampling, whose hatching the detector flags;
+        # its bilinear fine-tune replaces it, and then this runs as an ordinary assertion.
+        pytest.xfail(f"the installed x{factor} upsamples by nearest neighbour (issue 37)")
+    assert mean_grid(net) < GRID_THRESHOLD
+
+
+@needs_set14
+def test_the_x4_weights_with_nearest_upsampling_are_flagged() -> None:
+    """The positive control: the upsampling is not in the weights, so the x4 run with nearest
+    upsampling is the x4 as first trained, with its hatching at 2 and 4 pixels."""
+    assert mean_grid(upscaler_with(BUILTIN_UPSCALERS_DIR / "x4.pth", 4, "nearest")) > GRID_THRESHOLD
+
+
+def test_a_grid_added_to_a_photo_like_detail_is_flagged() -> None:
+    """Without ../shared: a smooth random detail scores about 1, and the same with a faint 4-pixel
+    pattern many times that."""
+    generator = torch.Generator().manual_seed(0)
+    detail = torch.nn.functional.avg_pool2d(torch.randn(1, 3, 260, 324, generator=generator) * 20, 5, stride=1)
+    period = torch.tensor([1.0, -0.5, 0.3, -0.8])
+    gridded = detail + 0.5 * period.repeat(64)[:, None] * period.repeat(80)[None]  # 256 x 320, as detail
+    assert grid_strength(detail, 4) < 2 < GRID_THRESHOLD * 2 < grid_strength(gridded, 4)
+    with pytest.raises(VidstyleError, match="grid strength needs a size of multiples of 4"):
+        grid_strength(detail[..., :255, :], 4)
+
+
+def test_eval_flicker_upscale_reports_the_network_against_bicubic(tmp_path: Path) -> None:
+    source = make_sample_video(tmp_path / "in.mp4", width=64, height=48, frames=5)
+    result = run_cli("eval", "flicker", source, "--upscale", TEST_FACTOR, "--threads", "1")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 2
+    for line, flow in zip(lines, ("farneback", "dis")):
+        assert line.startswith(f"x{TEST_FACTOR} upscale, {flow}: 5 frames, flicker ratio network ")
+        assert ", bicubic " in line and line.endswith(" x bicubic's")
+    result = run_cli("eval", "flicker", source, "--upscale", TEST_FACTOR, "--style", TEST_STYLE)
+    assert_clean_failure(result, "give either --style or --upscale")

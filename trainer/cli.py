@@ -297,7 +297,10 @@ def quality(style_name: str | None, images: Path, style_image: Path, vgg_weights
 
 @evaluate.command()
 @click.argument("video", type=click.Path(path_type=Path))
-@click.option("--style", "-s", "style_name", required=True, help="Style name or .pth weights file.")
+@click.option("--style", "-s", "style_name", help="Style name or .pth weights file.")
+@click.option("--upscale", metavar="FACTOR|FILE.pth",
+              help="Instead of --style: an upscaler (as `vidstyle upscale --factor`) on the clip downscaled by its "
+                   "factor, against bicubic upscaling.")
 @click.option("--frames", type=click.IntRange(min=2), help="Only the first N frames.")
 @click.option("--size", help="Scale the frames to WIDTHxHEIGHT first (e.g. 640x360).")
 @click.option("--temporal-strength", type=click.FloatRange(0, 1), help="The temporal stage's strength [default: submit's].")
@@ -308,9 +311,10 @@ def quality(style_name: str | None, images: Path, style_image: Path, vgg_weights
 @click.option("--vgg-weights", type=click.Path(path_type=Path), help="The loss network weights the style was trained with.")
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", help="cpu, cuda or cuda:N [default: cuda when available].")
-def flicker(video: Path, style_name: str, frames: int | None, size: str | None, temporal_strength: float | None,
-            strip: Path | None, style_image: Path | None, vgg_weights: Path | None, batch_size: int,
-            device: str | None) -> None:
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for torch.")
+def flicker(video: Path, style_name: str | None, upscale: str | None, frames: int | None, size: str | None,
+            temporal_strength: float | None, strip: Path | None, style_image: Path | None, vgg_weights: Path | None,
+            batch_size: int, device: str | None, threads: int | None) -> None:
     """The warping error of VIDEO stylized, relative to the input's own, with and without the temporal stage.
 
     Stylized frame t+1 is warped to frame t along the input's optical flow
@@ -321,7 +325,22 @@ def flicker(video: Path, style_name: str, frames: int | None, size: str | None, 
     consistent output (each input frame and its per-frame output carried to the
     next frame by one exact motion fitted to the input's), which on smooth
     footage is far above 1; flicker is then stated as a multiple of that floor.
+
+    With --upscale instead of --style: the clip (at --size) is downscaled by
+    the upscaler's factor (bicubic, antialiased), upscaled by the network and by
+    bicubic, and the warping error of each is stated against the full-size
+    clip's own, with the network's as a multiple of bicubic's.
     """
+    if (style_name is None) == (upscale is None):
+        raise VidstyleError("give either --style or --upscale")
+    if threads:
+        torch.set_num_threads(threads)
+    if upscale is not None:
+        style_only = [name for name, value in (("--temporal-strength", temporal_strength), ("--strip", strip),
+                                               ("--style-image", style_image), ("--vgg-weights", vgg_weights)) if value]
+        if style_only:
+            raise VidstyleError(f"{', '.join(style_only)}: only with --style")
+        return upscale_flicker(video, upscale, frames, size, batch_size, device)
     from vidstyle.trainer.evaluate import PerceptualObjective, evaluate_flicker
     from vidstyle.trainer.vgg import load_loss_network
     from vidstyle.inference import Stylizer, resolve_device
@@ -345,6 +364,21 @@ def flicker(video: Path, style_name: str, frames: int | None, size: str | None, 
                    f"x{report.last_third_style_ratio:.3f}")
     if strip is not None:
         click.echo(str(strip))
+
+
+def upscale_flicker(video: Path, upscale: str, frames: int | None, size: str | None, batch_size: int,
+                    device: str | None) -> None:
+    """`eval flicker --upscale`: the network's and bicubic's flicker on the clip made small."""
+    from vidstyle.trainer.evaluate import evaluate_upscale_flicker
+    from vidstyle.inference import Stylizer, resolve_device
+    from vidstyle.styles import find_upscaler
+
+    upscaler = find_upscaler(upscale)
+    report = evaluate_upscale_flicker(video, Stylizer(upscaler.load_network(), resolve_device(device)), upscaler.factor,
+                                      batch_size=batch_size, limit=frames, size=parse_size(size) if size else None)
+    for flow, result in report.items():
+        click.echo(f"{upscaler.name} upscale, {flow}: {result.frames} frames, flicker ratio network "
+                   f"{result.network_ratio:.3g}, bicubic {result.bicubic_ratio:.3g}: network {result.over_bicubic:.2f} x bicubic's")
 
 
 
@@ -371,7 +405,7 @@ def upscale(factor: str, weights: Path | None, sets: tuple[Path, ...], vgg_weigh
     import sys
 
     from vidstyle.trainer.upscale import load_upscaler
-    from vidstyle.trainer.upscale_eval import evaluate_upscaler, read_test_set, record_in_card
+    from vidstyle.trainer.upscale_eval import GRID_THRESHOLD, evaluate_upscaler, read_test_set, record_in_card
     from vidstyle.styles import BUILTIN_UPSCALERS_DIR
     from vidstyle.trainer.vgg import load_loss_network
 
@@ -382,10 +416,16 @@ def upscale(factor: str, weights: Path | None, sets: tuple[Path, ...], vgg_weigh
     test_sets = {folder.name: read_test_set(folder, int(factor)) for folder in sets}
     results = evaluate_upscaler(net, test_sets, load_loss_network(vgg_weights), sheet)
     bicubic = {(r.set, r.inputs): r.feature for r in results if r.method == "bicubic"}
-    click.echo(f"{'set':<10} {'inputs':<13} {'images':>6} {'method':<8} {'PSNR':>7} {'SSIM':>7} {'feature':>10} {'/bicubic':>9}")
+    click.echo(f"{'set':<10} {'inputs':<13} {'images':>6} {'method':<8} {'PSNR':>7} {'SSIM':>7} {'feature':>10} "
+               f"{'/bicubic':>9} {'grid':>6}")
     for r in results:
         click.echo(f"{r.set:<10} {r.inputs:<13} {r.images:>6} {r.method:<8} {r.psnr:>7.2f} {r.ssim:>7.4f} "
-                   f"{r.feature:>10.4g} {r.feature / bicubic[r.set, r.inputs]:>9.3f}")
+                   f"{r.feature:>10.4g} {r.feature / bicubic[r.set, r.inputs]:>9.3f} "
+                   f"{'-' if r.grid is None else format(r.grid, '.2f'):>6}")
+    gridded = [f"{r.set} {r.inputs} {r.grid:.2f}" for r in results if r.grid is not None and r.grid > GRID_THRESHOLD]
+    click.echo(f"grid: the network's detail at the {factor}-pixel period's frequencies, as a multiple of the power "
+               f"around them (about 1 without a grid); over {GRID_THRESHOLD:g}, a grid: "
+               f"{', '.join(gridded) if gridded else 'none'}")
     if sheet is not None:
         click.echo(str(sheet))
     if record:

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from vidstyle.trainer.data import find_images, load_sample_photos, load_style_image, sha256_file
 from vidstyle.trainer.losses import content_loss, gram_matrix, style_loss, total_variation
+from vidstyle.trainer.upscale import bicubic_upscale, degrade
 from vidstyle.trainer.vgg import CONTENT_LAYER, LossNetwork, load_loss_network
 from vidstyle import exposure
 from vidstyle.errors import VidstyleError
@@ -214,6 +215,22 @@ def decoded_frames(path: Path, limit: int | None = None, size: tuple[int, int] |
             yield pixels if size is None else cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
 
 
+def frame_batches(video: Path, batch_size: int, limit: int | None = None,
+                  size: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
+    """decoded_frames in (N, H, W, 3) batches of batch_size (the last may be shorter), with a progress bar."""
+    with tqdm(total=min(frame_count(video), limit or sys.maxsize), unit="frame", desc=f"flicker {video.name}") as bar:
+        batch: list[np.ndarray] = []
+        for frame in decoded_frames(video, limit, size):
+            batch.append(frame)
+            if len(batch) == batch_size:
+                yield np.stack(batch)
+                bar.update(len(batch))
+                batch = []
+        if batch:
+            yield np.stack(batch)
+            bar.update(len(batch))
+
+
 @dataclass
 class PairMotion:
     """The motion between input frames t and t+1 by one measuring flow, and where it can be trusted."""
@@ -274,6 +291,16 @@ class WarpingError:
         return self.squared_sum[name] / self.pixels
 
 
+def add_pair(errors: dict[str, WarpingError], previous: dict[str, np.ndarray],
+             current: dict[str, np.ndarray]) -> dict[str, PairMotion]:
+    """One frame pair into each measuring flow's errors (keyed by FLOWS): previous and current hold
+    frames t and t+1 by name, "input" among them, whose motion is measured; returns the motions."""
+    motions = {flow: PairMotion.measure(previous["input"], current["input"], flow) for flow in errors}
+    for flow, motion in motions.items():
+        errors[flow].add({name: (previous[name], current[name]) for name in current}, motion)
+    return motions
+
+
 def carried_rigidly(frames: tuple[np.ndarray, ...], motion: PairMotion) -> tuple[np.ndarray, ...]:
     """Frames of time t carried to t+1 by one affine motion fitted to the input's flow (RANSAC): the
     next frames of a perfectly consistent video. The motion is exact, and not the measuring flow's
@@ -309,20 +336,17 @@ def evaluate_flicker(
     total = min(frame_count(video), limit or sys.maxsize)
     shown = {index: None for index in strip_frames(total)} if strip is not None else {}
     previous, frames = None, 0
-    batch: list[np.ndarray] = []
 
-    def flush() -> None:
+    def flush(batch: np.ndarray) -> None:
         nonlocal previous, frames
-        lifted, gains = exposure.lift(np.stack(batch))  # as the pipeline does, with or without the temporal stage
+        lifted, gains = exposure.lift(batch)  # as the pipeline does, with or without the temporal stage
         network_input, motions = temporal.prepare(lifted)
         steady = stylizer(network_input, between=temporal.feature_blend(motions))
         outputs = zip(batch, exposure.restore(stylizer(lifted), gains), exposure.restore(steady, gains))
         for frame, plain, steady in outputs:
             current = {"input": frame, "per frame": plain, "temporal": steady}
             if previous is not None:
-                for flow in FLOWS:
-                    motion = PairMotion.measure(previous["input"], frame, flow)
-                    errors[flow].add({name: (previous[name], current[name]) for name in current}, motion)
+                for flow, motion in add_pair(errors, previous, current).items():
                     # The floor: this frame and its output moved exactly as the input moved, then measured
                     # afresh, flow and masks, as any pair is.
                     moved = carried_rigidly((previous["input"], previous["per frame"]), motion)
@@ -337,17 +361,10 @@ def evaluate_flicker(
             if frames in shown:
                 shown[frames] = current
             previous, frames = current, frames + 1
-        batch.clear()
 
-    with tqdm(total=total, unit="frame", desc=f"flicker {video.name}") as bar, torch.no_grad():
-        for frame in decoded_frames(video, limit, size):
-            batch.append(frame)
-            if len(batch) == batch_size:
-                flush()
-                bar.update(batch_size)
-        bar.update(len(batch))
-        if batch:
-            flush()
+    with torch.no_grad():
+        for batch in frame_batches(video, batch_size, limit, size):
+            flush(batch)
     if strip is not None:
         write_flicker_strip({index: shown_frames for index, shown_frames in shown.items() if shown_frames}, strip)
     report = FlickerReport(*({flow: FlickerResult(frames, errors[flow].error(name), errors[flow].error("input"),
@@ -360,6 +377,65 @@ def evaluate_flicker(
         report.content_ratio, report.style_ratio = (fmean(r[k] for r in ratios) for k in (1, 2))
         report.last_third_content_ratio, report.last_third_style_ratio = (fmean(r[k] for r in last_third) for k in (1, 2))
     return report
+
+
+@dataclass
+class UpscaleFlickerResult:
+    """The warping errors (mean squared, 0..255 units) of a clip downscaled, then upscaled by the
+    network and by bicubic, beside the full-size clip's own, along one measuring flow."""
+
+    frames: int
+    input_error: float
+    network_error: float
+    bicubic_error: float
+
+    @property
+    def network_ratio(self) -> float:
+        return self.network_error / self.input_error
+
+    @property
+    def bicubic_ratio(self) -> float:
+        return self.bicubic_error / self.input_error
+
+    @property
+    def over_bicubic(self) -> float:
+        """The network's flicker as a multiple of bicubic's: what the detail it adds costs."""
+        return self.network_error / self.bicubic_error
+
+
+def evaluate_upscale_flicker(
+    video: Path, upscaler: Callable[[np.ndarray], np.ndarray], factor: int, *, batch_size: int = 4,
+    limit: int | None = None, size: tuple[int, int] | None = None,
+) -> dict[str, UpscaleFlickerResult]:
+    """Per measuring flow: each frame (cropped to multiples of factor) downscaled by factor (bicubic,
+    antialiased, 8-bit: vidstyle.trainer.upscale.degrade without its blur, a real small video's
+    look), then upscaled by upscaler (a Stylizer of an upscaler, (N, h, w, 3) uint8 in, factor times
+    larger out, with the exposure lift the pipeline gives it) and by bicubic; warped along the
+    full-size input's motion, as a stylized video is."""
+    errors = {flow: WarpingError(("input", "network", "bicubic")) for flow in FLOWS}
+    previous, frames = None, 0
+    with torch.no_grad():
+        for batch in frame_batches(video, batch_size, limit, size):
+            height, width = batch.shape[1] // factor * factor, batch.shape[2] // factor * factor
+            if not (height and width):
+                raise VidstyleError(f"frames of {batch.shape[2]}x{batch.shape[1]} are smaller than the factor {factor}")
+            full = batch[:, :height, :width]
+            small = degrade(torch.from_numpy(full).permute(0, 3, 1, 2).float(), factor, torch.zeros(len(full)))
+            lifted, gains = exposure.lift(_as_frames(small))
+            networks = exposure.restore(upscaler(lifted), gains)
+            bicubics = _as_frames(bicubic_upscale(small, factor))
+            for frame, network, bicubic in zip(full, networks, bicubics):
+                current = {"input": frame, "network": network, "bicubic": bicubic}
+                if previous is not None:
+                    add_pair(errors, previous, current)
+                previous, frames = current, frames + 1
+    return {flow: UpscaleFlickerResult(frames, *(errors[flow].error(name) for name in ("input", "network", "bicubic")))
+            for flow in FLOWS}
+
+
+def _as_frames(images: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) float 0..255 as (N, H, W, 3) uint8, as a saved video holds them."""
+    return images.clamp(0, 255).round().byte().permute(0, 2, 3, 1).contiguous().numpy()
 
 
 STRIP_START = 12  # the first frame shown: past the first few, which the temporal stage has little history for

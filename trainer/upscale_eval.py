@@ -10,9 +10,19 @@ channel Y of ITU-R BT.601 (16..235) with `factor` pixels cropped from every bord
 the feature distance is the mean squared difference of VGG-16 relu2_2 features of
 the whole RGB image, the units of the training loss. Bicubic upscaling is measured
 the same way, as the baseline.
+
+The grid strength: how much regular pattern at the upsampling period (the factor, and so
+its octaves) the network adds. It is measured on the network's detail layer, its output
+minus the bicubic upscale of the same input, since bicubic upsampling itself leaves
+spectral images at those frequencies. Of the detail's luma, the periodic component
+(Moisan's periodic-plus-smooth decomposition: no leakage cross from the borders), for
+every peak (k H/P, l W/P) but DC: its power against the mean power of the bins around it
+(6 bins either way), averaged over the peaks, so a grid-free detail scores about 1 and a
+gridded one many times that. A set's mean above 4 is a grid (GRID_THRESHOLD).
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -33,11 +43,17 @@ from vidstyle.errors import VidstyleError
 from vidstyle.model import UpscalerNet
 from vidstyle.media import partial_file
 from vidstyle.preview import contact_sheet
+from vidstyle.styles import Upscaler
 
 PUBLISHED, OURS = "published", "blur+bicubic"
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5  # Wang et al. (2004)
 ZOOM = 4  # the contact sheet's crops are this much smaller than the image's short side
 SHEET_HEIGHT = 192
+# A set's mean, set from measurements (benchmarks/upscale_grid.py, docs/super-resolution.md): 1.6 to
+# 2.6 without a grid (x8 bilinear, the x4 forced to bilinear, the photos' own detail), 6.7 to 41 with
+# (x4 and x8 nearest); single images scatter more (a grid-free one up to 4.5, a gridded one down to 3.1).
+GRID_THRESHOLD = 4.0
+GRID_RADIUS = 6  # the neighbourhood of each peak, in frequency bins either way
 
 
 # (name, HR image, published low-resolution input or None), images (1, 3, H, W) RGB 0..255.
@@ -55,6 +71,7 @@ class UpscaleScores:
     psnr: float
     ssim: float
     feature: float
+    grid: float | None = None  # the network's grid strength; bicubic adds no detail to measure
 
 
 def luma(images: torch.Tensor) -> torch.Tensor:
@@ -84,6 +101,54 @@ def ssim(image: torch.Tensor, reference: torch.Tensor) -> float:
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
     return ssim_map.mean().item()
+
+
+def periodic_power(image: torch.Tensor) -> torch.Tensor:
+    """The power spectrum of the periodic component of a (H, W) image (Moisan 2011): the plain
+    FFT treats the image as tiled, and the jumps at its borders leak power along both axes,
+    through the peaks of a horizontal or vertical grid."""
+    u = image.double()
+    height, width = u.shape
+    jumps = torch.zeros_like(u)
+    jumps[0] += u[-1] - u[0]
+    jumps[-1] -= u[-1] - u[0]
+    jumps[:, 0] += u[:, -1] - u[:, 0]
+    jumps[:, -1] -= u[:, -1] - u[:, 0]
+    rows = torch.cos(2 * math.pi * torch.arange(height, dtype=u.dtype) / height)[:, None]
+    columns = torch.cos(2 * math.pi * torch.arange(width, dtype=u.dtype) / width)[None]
+    laplacian = 2 * rows + 2 * columns - 4
+    laplacian[0, 0] = 1
+    smooth = torch.fft.fft2(jumps) / laplacian
+    smooth[0, 0] = 0
+    return (torch.fft.fft2(u) - smooth).abs() ** 2
+
+
+def grid_strength(detail: torch.Tensor, period: int) -> float:
+    """How strongly a (1, 3, H, W) detail layer (an upscaler's output minus the bicubic upscale of
+    its input) repeats with `period` pixels (and its octaves): the power of its luma at each peak
+    (k H/period, l W/period) but DC against the mean of the GRID_RADIUS bins around it, averaged
+    over the peaks. About 1 without a grid; H and W must be multiples of period."""
+    height, width = detail.shape[-2:]
+    if height % period or width % period or min(height, width) // period <= 2 * GRID_RADIUS + 1:
+        raise VidstyleError(f"grid strength needs a size of multiples of {period}, at least "
+                            f"{(2 * GRID_RADIUS + 2) * period} pixels: not {width}x{height}")
+    power = periodic_power(luma(detail.double())[0, 0])
+    offsets = torch.arange(-GRID_RADIUS, GRID_RADIUS + 1)
+    around = torch.ones(len(offsets), len(offsets), dtype=torch.bool)
+    around[GRID_RADIUS, GRID_RADIUS] = False
+    ratios = []
+    for k, l in itertools.product(range(period), repeat=2):
+        if k or l:
+            block = power[((k * height // period + offsets) % height)[:, None], (l * width // period + offsets) % width]
+            ratios.append(block[GRID_RADIUS, GRID_RADIUS] / block[around].mean())
+    return float(torch.stack(ratios).mean())
+
+
+def upscaler_with(weights: Path, factor: int, upsampling: str) -> UpscalerNet:
+    """An upscaler's weights run with the given upsampling, whatever its card says: the upsampling
+    is not in the weights, so the x4 with "nearest" is the x4 as first trained (the detector's
+    positive control), and any network can be seen with the other."""
+    return Upscaler(factor, Path(weights), {"upsampling": upsampling}).load_network()
 
 
 def read_test_set(folder: Path, factor: int) -> list[TestImage]:
@@ -129,18 +194,24 @@ def evaluate_upscaler(
                 hr_features = relu2_2(loss_net, hr)
                 for kind, small in inputs.items():
                     outputs = {"bicubic": bicubic_upscale(small, factor), "network": net(small)}
+                    grids = {"bicubic": None, "network": grid_strength(outputs["network"] - outputs["bicubic"], factor)}
                     for method, output in outputs.items():
-                        scores = _scores(output, hr, hr_features, factor, loss_net)
+                        scores = (*_scores(output, hr, hr_features, factor, loss_net), grids[method])
                         per_input.setdefault(kind, {}).setdefault(method, []).append(scores)
                     if sheet is not None and set_index == 0 and kind == next(iter(inputs)):
                         sheet_rows.append((name, _sheet_row([outputs["bicubic"], outputs["network"], hr])))
         for kind, methods in per_input.items():
             for method, scores in methods.items():
-                results.append(UpscaleScores(set_name, kind, method, len(scores), *(fmean(column) for column in zip(*scores))))
+                results.append(UpscaleScores(set_name, kind, method, len(scores), *map(_mean, zip(*scores))))
     if sheet is not None:
         with partial_file(sheet) as partial:
             contact_sheet(sheet_rows, thumb_height=SHEET_HEIGHT).save(partial, format="PNG")
     return results
+
+
+def _mean(values: tuple[float | None, ...]) -> float | None:
+    """The mean over a set's images; None for a figure the method has none of (bicubic's grid)."""
+    return None if None in values else fmean(values)
 
 
 def _sheet_row(images: list[torch.Tensor]) -> list[np.ndarray]:
