@@ -13,6 +13,7 @@ from PIL import Image
 
 from conftest import DEVICES, TEST_FACTOR, TEST_STYLE, decode, run_cli
 from vidstyle.trainer.upscale import bicubic_upscale, degrade, load_upscaler
+from vidstyle.trainer.losses import grid_excess
 from vidstyle.trainer.upscale_eval import GRID_THRESHOLD, grid_strength, read_test_set, upscaler_with
 from test_cli import assert_clean_failure
 from vidstyle.errors import VidstyleError
@@ -25,7 +26,7 @@ from vidstyle.tiles import upscale_in_tiles
 
 
 SET14 = Path(__file__).resolve().parents[2] / "shared" / "sr" / "Set14"
-GRID_PHOTOS = ("img_004", "img_005", "img_006")  # three of Set14's smallest: a few seconds each
+GRID_PHOTOS = ("img_001", "img_003", "img_005")  # where the x4 showed its grid most (docs/super-resolution.md)
 # The built-in upscalers, read from their own folder: the test session's x4 (random weights) shadows them.
 BUILTIN_FACTORS = sorted(int(path.stem.removeprefix("x")) for path in BUILTIN_UPSCALERS_DIR.glob("x*.pth"))
 
@@ -169,19 +170,17 @@ def mean_grid(net: UpscalerNet) -> float:
                               for small in (degrade(hr, net.factor) for hr in photos)]))
 
 
+# Issue 37, open: the x4's bilinear fine-tune halved its grid (Set14 15.6 -> 5.6 on our inputs) but did not remove it.
+KNOWN_GRIDS = {4: "issue 37: the installed x4 still has a grid at 4 pixels (docs/super-resolution.md)"}
 needs_set14 = pytest.mark.skipif(not SET14.is_dir(), reason="needs ../shared/sr/Set14's photos")
 
 
 @needs_set14
 @pytest.mark.parametrize("factor", BUILTIN_FACTORS)
-def test_each_installed_upscaler_as_its_card_says_has_no_grid(factor: int) -> None:
-    weights = BUILTIN_UPSCALERS_DIR / f"x{factor}.pth"
-    net = load_upscaler(weights, factor)
-    if net.upsampling == "nearest":
-        # Issue 37: the x4 was trained with nearest upsampling, whose hatching the detector flags;
-        # its bilinear fine-tune replaces it, and then this runs as an ordinary assertion.
-        pytest.xfail(f"the installed x{factor} upsamples by nearest neighbour (issue 37)")
-    assert mean_grid(net) < GRID_THRESHOLD
+def test_each_installed_upscaler_as_its_card_says_has_no_grid(factor: int, request: pytest.FixtureRequest) -> None:
+    if factor in KNOWN_GRIDS:  # strict: once the weights pass, this fails until the entry goes
+        request.applymarker(pytest.mark.xfail(strict=True, reason=KNOWN_GRIDS[factor]))
+    assert mean_grid(load_upscaler(BUILTIN_UPSCALERS_DIR / f"x{factor}.pth", factor)) < GRID_THRESHOLD
 
 
 @needs_set14
@@ -201,6 +200,16 @@ def test_a_grid_added_to_a_photo_like_detail_is_flagged() -> None:
     assert grid_strength(detail, 4) < 2 < GRID_THRESHOLD * 2 < grid_strength(gridded, 4)
     with pytest.raises(VidstyleError, match="grid strength needs a size of multiples of 4"):
         grid_strength(detail[..., :255, :], 4)
+
+
+def test_the_training_term_against_a_grid_spares_a_photo_like_detail() -> None:
+    """The grid term of train-upscaler: nothing for a batch of smooth random details, their
+    peaks within their neighbourhoods' power; the squared amplitude of a faint 4-pixel pattern."""
+    generator = torch.Generator().manual_seed(1)
+    details = torch.nn.functional.avg_pool2d(torch.randn(4, 3, 196, 196, generator=generator) * 20, 5, stride=1)
+    pattern = torch.tensor([1.0, -1.0, 1.0, -1.0]).repeat(48)  # period 2, amplitude 0.5 after the product
+    gridded = details + 0.5 * pattern[:, None] * pattern[None]
+    assert grid_excess(details, 4) < 0.01 < 0.1 < grid_excess(gridded, 4) < 0.5
 
 
 def test_eval_flicker_upscale_reports_the_network_against_bicubic(tmp_path: Path) -> None:

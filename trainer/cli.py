@@ -14,7 +14,7 @@ from vidstyle.trainer.losses import STABILITY_MOTIONS
 from vidstyle.trainer.config import DEFAULT_RECIPE, RECIPES, TrainConfig
 from vidstyle.trainer.distill import TEACHER_FEATURE_WEIGHT, TEACHER_PIXEL_WEIGHT
 from vidstyle.trainer.train import train as run_training
-from vidstyle.trainer.upscale import UPSCALE_PIXEL_WEIGHT, UPSCALE_TV_WEIGHT
+from vidstyle.trainer.upscale import UPSCALE_GRID_WEIGHT, UPSCALE_PIXEL_WEIGHT, UPSCALE_TV_WEIGHT
 from vidstyle.errors import VidstyleError
 from vidstyle.formats import parse_size
 from vidstyle.model import UPSAMPLINGS, UPSCALE_FACTORS
@@ -224,6 +224,8 @@ def distill(style: str, style_image: Path, run_dir: Path | None, **options: obje
 @click.option("--pixel-weight", default=UPSCALE_PIXEL_WEIGHT, show_default=True,
               help="Weight of the per-pixel squared error term.")
 @click.option("--tv-weight", default=UPSCALE_TV_WEIGHT, show_default=True)
+@click.option("--grid-weight", default=UPSCALE_GRID_WEIGHT, show_default=True,
+              help="Weight of the term against a grid at the upsampling's period in the detail the network adds.")
 @click.option("--max-blur", type=click.FloatRange(min=0), default=None,
               help="Blur each training input by a Gaussian of a random sigma in 0..MAX_BLUR px before downsampling, "
                    "so the network restores plain bicubic downscales too.  [default: the paper's sigma of 1 px for all]")

@@ -62,6 +62,8 @@ class TrainConfig:
     # Super-resolution: content_weight weighs the relu2_2 feature term (as for styles), and a
     # per-pixel term keeps colours and PSNR honest.
     pixel_weight: float = 0.0
+    # Super-resolution: weight of the term against a grid at the upsampling's period in the detail.
+    grid_weight: float = 0.0
     # Super-resolution: None blurs every training input by the paper's sigma; a value blurs each
     # by a sigma drawn from 0..max_blur, so the network also restores unblurred bicubic inputs.
     max_blur: float | None = None

@@ -5,6 +5,7 @@ that anyone can recompute a logged objective.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Callable
 
@@ -31,7 +32,57 @@ LOSS_UNITS = _UNITS.format(next_frame=_NEXT_FRAME["affine"])
 CONTENT_WEIGHT = 1.0
 STYLE_WEIGHT = 2e-4
 TV_WEIGHT = 1e-3  # about 0.3% of the gradient of the other terms at 128 px: a light touch
+# A grid peak's power within twice its neighbourhood's, pooled over a batch of crops, is a photo's own
+# detail (Set14: 0 to 0.03 for the photos' detail, 0.01 to 0.24 for the gridded x4's; docs/super-resolution.md).
+GRID_EXCESS = 2.0
+GRID_RADIUS = 6  # the neighbourhood of each grid peak, in frequency bins either way
 STABILITY_WEIGHT = 200.0  # every built-in style's: flicker 0.22x for 1.08x the style loss (docs/training.md)
+
+
+def periodic_power(image: torch.Tensor) -> torch.Tensor:
+    """The power spectrum of the periodic component of a (H, W) image (Moisan 2011): the plain
+    FFT treats the image as tiled, and the jumps at its borders leak power along both axes,
+    through the peaks of a horizontal or vertical grid."""
+    u = image.double()
+    height, width = u.shape
+    jumps = torch.zeros_like(u)
+    jumps[0] += u[-1] - u[0]
+    jumps[-1] -= u[-1] - u[0]
+    jumps[:, 0] += u[:, -1] - u[:, 0]
+    jumps[:, -1] -= u[:, -1] - u[:, 0]
+    rows = torch.cos(2 * math.pi * torch.arange(height, dtype=u.dtype) / height)[:, None]
+    columns = torch.cos(2 * math.pi * torch.arange(width, dtype=u.dtype) / width)[None]
+    laplacian = 2 * rows + 2 * columns - 4
+    laplacian[0, 0] = 1
+    smooth = torch.fft.fft2(jumps) / laplacian
+    smooth[0, 0] = 0
+    return (torch.fft.fft2(u) - smooth).abs() ** 2
+
+
+def grid_peaks(power: torch.Tensor, period: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a (H, W) power spectrum, H and W multiples of period: the power at each peak of a grid of
+    that period, (k H/period, l W/period) but DC, and the mean power of the GRID_RADIUS bins around it."""
+    height, width = power.shape
+    offsets = torch.arange(-GRID_RADIUS, GRID_RADIUS + 1)
+    around = torch.ones(len(offsets), len(offsets), dtype=torch.bool)
+    around[GRID_RADIUS, GRID_RADIUS] = False
+    peaks, neighbourhoods = [], []
+    for k, l in itertools.product(range(period), repeat=2):
+        if k or l:
+            block = power[((k * height // period + offsets) % height)[:, None], (l * width // period + offsets) % width]
+            peaks.append(block[GRID_RADIUS, GRID_RADIUS])
+            neighbourhoods.append(block[around].mean())
+    return torch.stack(peaks), torch.stack(neighbourhoods)
+
+
+def grid_excess(detail: torch.Tensor, period: int) -> torch.Tensor:
+    """The training term against a grid in an upscaler's detail (N, C, H, W): the power spectrum of
+    its grey level, pooled over the batch (a single crop's peaks are too noisy to tell a grid from a
+    photo's own detail), at each grid peak beyond GRID_EXCESS times the power around it, summed over
+    the peaks: a squared amplitude in 0..255 units."""
+    power = torch.stack([periodic_power(image) for image in detail.float().mean(1)]).mean(0)
+    peaks, around = grid_peaks(power, period)
+    return ((peaks - GRID_EXCESS * around).clamp(min=0).sum() / power.numel() ** 2).float()
 
 
 def loss_units(motion: str) -> str:

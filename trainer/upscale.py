@@ -12,7 +12,7 @@ from torchvision.utils import save_image
 
 from vidstyle.trainer.config import TrainConfig
 from vidstyle.trainer.data import sha256_file
-from vidstyle.trainer.losses import content_loss, gaussian_blur, total_variation
+from vidstyle.trainer.losses import content_loss, gaussian_blur, grid_excess, total_variation
 from vidstyle.trainer.vgg import CONTENT_LAYER, LossNetwork
 from vidstyle.errors import VidstyleError
 from vidstyle.model import UPSCALE_FACTORS, UpscalerNet
@@ -34,13 +34,17 @@ UPSCALE_LOSS_UNITS = (
     "images RGB 0..255; feature: mean squared difference of VGG-16 relu2_2 features of the output and the "
     "high-resolution crop; pixel: mean squared difference in 0..255 pixel units; tv: sum of absolute differences "
     "between horizontally and vertically neighbouring pixel values, per image, averaged over the batch; "
+    "grid: the power spectrum of the detail's grey level (output minus the bicubic upscale of the input), pooled "
+    "over the batch, at each peak of a grid at the factor's period beyond twice the mean power of the 6 bins either "
+    "way around it, summed over the peaks, divided by (H*W)^2 (a squared amplitude in 0..255 units); "
     "terms are unweighted, total = sum of weight * term"
 )
 # Settings of a super-resolution run a resumed run must share with its checkpoint.
-UPSCALE_IDENTITY = ("factor", "content_weight", "pixel_weight", "tv_weight", "max_blur")
+UPSCALE_IDENTITY = ("factor", "content_weight", "pixel_weight", "tv_weight", "grid_weight", "max_blur")
 # Default weights, with the feature term's weight 1: see docs/super-resolution.md.
 UPSCALE_PIXEL_WEIGHT = 30.0
 UPSCALE_TV_WEIGHT = 0.005
+UPSCALE_GRID_WEIGHT = 0.0  # off until a run shows what it costs (docs/super-resolution.md)
 CROPS = "random crops at the photos' own scale"
 
 
@@ -93,7 +97,8 @@ class UpscaleObjective:
         self.config = config
         self.factor = config.factor
         self.loss_net = loss_net
-        self.weights = {"feature": config.content_weight, "pixel": config.pixel_weight, "tv": config.tv_weight}
+        self.weights = {"feature": config.content_weight, "pixel": config.pixel_weight, "tv": config.tv_weight,
+                        "grid": config.grid_weight}
         # Fine-tuning: a trained upscaler's weights (.pth, its card beside it) to start from.
         self.parent = Path(config.init_from) if config.init_from else None
         self.parent_card = _card_of(self.parent) if self.parent else {}
@@ -127,6 +132,7 @@ class UpscaleObjective:
             "feature": content_loss(features, target),
             "pixel": F.mse_loss(upscaled, images),
             "tv": total_variation(upscaled),
+            "grid": grid_excess(upscaled - bicubic_upscale(small, self.factor), self.factor),
         }
 
     def save_samples(self, net: UpscalerNet, photos: torch.Tensor, path: Path) -> None:
@@ -150,6 +156,7 @@ class UpscaleObjective:
             "feature_weight": config.content_weight,
             "pixel_weight": config.pixel_weight,
             "tv_weight": config.tv_weight,
+            "grid_weight": config.grid_weight,
             "loss_units": UPSCALE_LOSS_UNITS,
             "initialized_from": self.parent and {
                 "file": self.parent.name, "weights_sha256": self.identity["init_from"],

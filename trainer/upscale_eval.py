@@ -22,7 +22,6 @@ gridded one many times that. A set's mean above 4 is a grid (GRID_THRESHOLD).
 """
 from __future__ import annotations
 
-import itertools
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -36,7 +35,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from vidstyle.trainer.data import read_rgb, to_tensor
-from vidstyle.trainer.losses import content_loss
+from vidstyle.trainer.losses import GRID_RADIUS, content_loss, grid_peaks, periodic_power
 from vidstyle.trainer.upscale import bicubic_upscale, degrade, relu2_2
 from vidstyle.trainer.vgg import LossNetwork
 from vidstyle.errors import VidstyleError
@@ -53,7 +52,6 @@ SHEET_HEIGHT = 192
 # 2.6 without a grid (x8 bilinear, the x4 forced to bilinear, the photos' own detail), 6.7 to 41 with
 # (x4 and x8 nearest); single images scatter more (a grid-free one up to 4.5, a gridded one down to 3.1).
 GRID_THRESHOLD = 4.0
-GRID_RADIUS = 6  # the neighbourhood of each peak, in frequency bins either way
 
 
 # (name, HR image, published low-resolution input or None), images (1, 3, H, W) RGB 0..255.
@@ -103,26 +101,6 @@ def ssim(image: torch.Tensor, reference: torch.Tensor) -> float:
     return ssim_map.mean().item()
 
 
-def periodic_power(image: torch.Tensor) -> torch.Tensor:
-    """The power spectrum of the periodic component of a (H, W) image (Moisan 2011): the plain
-    FFT treats the image as tiled, and the jumps at its borders leak power along both axes,
-    through the peaks of a horizontal or vertical grid."""
-    u = image.double()
-    height, width = u.shape
-    jumps = torch.zeros_like(u)
-    jumps[0] += u[-1] - u[0]
-    jumps[-1] -= u[-1] - u[0]
-    jumps[:, 0] += u[:, -1] - u[:, 0]
-    jumps[:, -1] -= u[:, -1] - u[:, 0]
-    rows = torch.cos(2 * math.pi * torch.arange(height, dtype=u.dtype) / height)[:, None]
-    columns = torch.cos(2 * math.pi * torch.arange(width, dtype=u.dtype) / width)[None]
-    laplacian = 2 * rows + 2 * columns - 4
-    laplacian[0, 0] = 1
-    smooth = torch.fft.fft2(jumps) / laplacian
-    smooth[0, 0] = 0
-    return (torch.fft.fft2(u) - smooth).abs() ** 2
-
-
 def grid_strength(detail: torch.Tensor, period: int) -> float:
     """How strongly a (1, 3, H, W) detail layer (an upscaler's output minus the bicubic upscale of
     its input) repeats with `period` pixels (and its octaves): the power of its luma at each peak
@@ -132,16 +110,8 @@ def grid_strength(detail: torch.Tensor, period: int) -> float:
     if height % period or width % period or min(height, width) // period <= 2 * GRID_RADIUS + 1:
         raise VidstyleError(f"grid strength needs a size of multiples of {period}, at least "
                             f"{(2 * GRID_RADIUS + 2) * period} pixels: not {width}x{height}")
-    power = periodic_power(luma(detail.double())[0, 0])
-    offsets = torch.arange(-GRID_RADIUS, GRID_RADIUS + 1)
-    around = torch.ones(len(offsets), len(offsets), dtype=torch.bool)
-    around[GRID_RADIUS, GRID_RADIUS] = False
-    ratios = []
-    for k, l in itertools.product(range(period), repeat=2):
-        if k or l:
-            block = power[((k * height // period + offsets) % height)[:, None], (l * width // period + offsets) % width]
-            ratios.append(block[GRID_RADIUS, GRID_RADIUS] / block[around].mean())
-    return float(torch.stack(ratios).mean())
+    peaks, around = grid_peaks(periodic_power(luma(detail.double())[0, 0]), period)
+    return float((peaks / around).mean())
 
 
 def upscaler_with(weights: Path, factor: int, upsampling: str) -> UpscalerNet:
