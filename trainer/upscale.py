@@ -97,8 +97,9 @@ class UpscaleObjective:
         self.config = config
         self.factor = config.factor
         self.loss_net = loss_net
-        self.weights = {"feature": config.content_weight, "pixel": config.pixel_weight, "tv": config.tv_weight,
-                        "grid": config.grid_weight}
+        self.weights = {"feature": config.content_weight, "pixel": config.pixel_weight, "tv": config.tv_weight}
+        if config.grid_weight:
+            self.weights["grid"] = config.grid_weight
         # Fine-tuning: a trained upscaler's weights (.pth, its card beside it) to start from.
         self.parent = Path(config.init_from) if config.init_from else None
         self.parent_card = _card_of(self.parent) if self.parent else {}
@@ -132,8 +133,8 @@ class UpscaleObjective:
             "feature": content_loss(features, target),
             "pixel": F.mse_loss(upscaled, images),
             "tv": total_variation(upscaled),
-            "grid": grid_excess(upscaled - bicubic_upscale(small, self.factor), self.factor),
-        }
+        } | ({"grid": grid_excess(upscaled - bicubic_upscale(small, self.factor), self.factor)}
+             if self.config.grid_weight else {})  # an FFT per crop: only when it counts
 
     def save_samples(self, net: UpscalerNet, photos: torch.Tensor, path: Path) -> None:
         small = degrade(photos, self.factor)

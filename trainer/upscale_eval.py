@@ -101,13 +101,18 @@ def ssim(image: torch.Tensor, reference: torch.Tensor) -> float:
     return ssim_map.mean().item()
 
 
+def grid_measurable(height: int, width: int, period: int) -> bool:
+    """Whether an image of height x width has room for grid_strength's peaks and their neighbourhoods."""
+    return not (height % period or width % period or min(height, width) // period <= 2 * GRID_RADIUS + 1)
+
+
 def grid_strength(detail: torch.Tensor, period: int) -> float:
     """How strongly a (1, 3, H, W) detail layer (an upscaler's output minus the bicubic upscale of
     its input) repeats with `period` pixels (and its octaves): the power of its luma at each peak
     (k H/period, l W/period) but DC against the mean of the GRID_RADIUS bins around it, averaged
     over the peaks. About 1 without a grid; H and W must be multiples of period."""
     height, width = detail.shape[-2:]
-    if height % period or width % period or min(height, width) // period <= 2 * GRID_RADIUS + 1:
+    if not grid_measurable(height, width, period):
         raise VidstyleError(f"grid strength needs a size of multiples of {period}, at least "
                             f"{(2 * GRID_RADIUS + 2) * period} pixels: not {width}x{height}")
     peaks, around = grid_peaks(periodic_power(luma(detail.double())[0, 0]), period)
@@ -164,7 +169,10 @@ def evaluate_upscaler(
                 hr_features = relu2_2(loss_net, hr)
                 for kind, small in inputs.items():
                     outputs = {"bicubic": bicubic_upscale(small, factor), "network": net(small)}
-                    grids = {"bicubic": None, "network": grid_strength(outputs["network"] - outputs["bicubic"], factor)}
+                    # An image too small for the grid's neighbourhoods has no grid figure; the set's mean skips it.
+                    grid = (grid_strength(outputs["network"] - outputs["bicubic"], factor)
+                            if grid_measurable(*hr.shape[-2:], factor) else None)
+                    grids = {"bicubic": None, "network": grid}
                     for method, output in outputs.items():
                         scores = (*_scores(output, hr, hr_features, factor, loss_net), grids[method])
                         per_input.setdefault(kind, {}).setdefault(method, []).append(scores)
@@ -180,8 +188,9 @@ def evaluate_upscaler(
 
 
 def _mean(values: tuple[float | None, ...]) -> float | None:
-    """The mean over a set's images; None for a figure the method has none of (bicubic's grid)."""
-    return None if None in values else fmean(values)
+    """The mean over a set's images that have the figure; None if none has (bicubic's grid)."""
+    measured = [value for value in values if value is not None]
+    return fmean(measured) if measured else None
 
 
 def _sheet_row(images: list[torch.Tensor]) -> list[np.ndarray]:
