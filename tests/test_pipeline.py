@@ -160,7 +160,8 @@ class IdentityStylizer:
 
     device = torch.device("cpu")
     factor = 1
-    has_features = False  # no encoder, as an upscaler: the temporal stage only steadies its input
+    has_features = False  # no encoder: the temporal stage only steadies its input
+    feature_stride = 1
 
     def expect(self, frames: int, height: int, width: int, batch_size: int) -> bool:
         return False

@@ -16,12 +16,14 @@ from vidstyle.trainer.upscale import bicubic_upscale, degrade, load_upscaler
 from vidstyle.trainer.losses import grid_excess
 from vidstyle.trainer.upscale_eval import GRID_THRESHOLD, grid_strength, read_test_set, upscaler_with
 from test_cli import assert_clean_failure
+from test_temporal import grainy_clip
 from vidstyle.errors import VidstyleError
 from vidstyle.inference import Stylizer, resolve_device
 from vidstyle.model import UPSAMPLINGS, StyleThenUpscale, TransformerNet, UpscalerNet
 from vidstyle.pipeline import stylize_file
 from vidstyle.sample import make_sample_video
 from vidstyle.styles import BUILTIN_UPSCALERS_DIR, find_treatment, find_upscaler, save_style
+from vidstyle.temporal import DEFAULT_STRENGTH
 from vidstyle.tiles import upscale_in_tiles
 
 
@@ -121,6 +123,11 @@ def test_tiles_equal_the_whole_frame(factor: int, upsampling: str) -> None:
     x = torch.rand(1, 3, 23, 17) * 255
     with torch.inference_mode():
         whole, tiled = net(x), upscale_in_tiles(net, x, side=5)  # 20 tiles of 5x5 and less
+        # With the temporal stage's blend between the halves: it sees the whole frame's features.
+        seen = []
+        blended = upscale_in_tiles(net, x, side=5, between=lambda features: seen.append(features.shape) or features * 0.5)
+        assert seen == [(1, 64, 23, 17)]
+        assert torch.allclose(blended, net.render(net.encode(x) * 0.5, x), atol=1e-3)
     assert tiled.shape == whole.shape == (1, 3, 23 * factor, 17 * factor)
     assert torch.allclose(tiled, whole, atol=1e-3)
 
@@ -219,7 +226,22 @@ def test_eval_flicker_upscale_reports_the_network_against_bicubic(tmp_path: Path
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 2
     for line, flow in zip(lines, ("farneback", "dis")):
-        assert line.startswith(f"x{TEST_FACTOR} upscale, {flow}: 5 frames, flicker ratio network ")
-        assert ", bicubic " in line and line.endswith(" x bicubic's")
+        assert line.startswith(f"x{TEST_FACTOR} upscale, {flow}: 5 frames, flicker x bicubic's: per frame ")
+        assert ", temporal " in line and "(the full-size clip's own: " in line
     result = run_cli("eval", "flicker", source, "--upscale", TEST_FACTOR, "--style", TEST_STYLE)
     assert_clean_failure(result, "give either --style or --upscale")
+
+
+def test_the_temporal_stage_steadies_an_upscalers_invented_detail(tmp_path: Path) -> None:
+    """The built-in x4 on a still, grainy wall with a square moving across it: its features are
+    blended between its halves, and the wall's frame-to-frame change drops."""
+    stylizer = Stylizer(load_upscaler(BUILTIN_UPSCALERS_DIR / "x4.pth", 4), resolve_device("cpu"), compile=False)
+    source = grainy_clip(tmp_path / "grain.mp4", frames=8, width=96, height=72)
+    steady, plain = (decode(stylize_file(source, tmp_path / f"{name}.mp4", stylizer, temporal_strength=strength))["pixels"]
+                     for name, strength in (("steady", DEFAULT_STRENGTH), ("plain", 0)))
+    wall = slice(50 * 4, 72 * 4)  # below the square's rows (30..42), times the factor
+
+    def change(frames: list[np.ndarray]) -> float:
+        return float(np.mean([np.square(b[wall].astype(np.float32) - a[wall]).mean() for a, b in zip(frames, frames[1:])]))
+
+    assert change(steady) < 0.5 * change(plain)

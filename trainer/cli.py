@@ -330,24 +330,26 @@ def flicker(video: Path, style_name: str | None, upscale: str | None, frames: in
 
     With --upscale instead of --style: the clip (at --size) is downscaled by
     the upscaler's factor (bicubic, antialiased), upscaled by the network and by
-    bicubic, and the warping error of each is stated against the full-size
-    clip's own, with the network's as a multiple of bicubic's.
+    bicubic, the network frame by frame and with the temporal stage, each
+    stated as a multiple of bicubic's, beside the full-size clip's own (what a
+    perfect upscaler would score).
     """
     if (style_name is None) == (upscale is None):
         raise VidstyleError("give either --style or --upscale")
     if threads:
         torch.set_num_threads(threads)
+    from vidstyle.temporal import DEFAULT_STRENGTH
+
+    strength = DEFAULT_STRENGTH if temporal_strength is None else temporal_strength
     if upscale is not None:
-        style_only = [name for name, value in (("--temporal-strength", temporal_strength), ("--strip", strip),
-                                               ("--style-image", style_image), ("--vgg-weights", vgg_weights)) if value]
+        style_only = [name for name, value in (("--style-image", style_image), ("--vgg-weights", vgg_weights)) if value]
         if style_only:
             raise VidstyleError(f"{', '.join(style_only)}: only with --style")
-        return upscale_flicker(video, upscale, frames, size, batch_size, device)
+        return upscale_flicker(video, upscale, frames, size, batch_size, device, strength, strip)
     from vidstyle.trainer.evaluate import PerceptualObjective, evaluate_flicker
     from vidstyle.trainer.vgg import load_loss_network
     from vidstyle.inference import Stylizer, resolve_device
     from vidstyle.styles import find_style
-    from vidstyle.temporal import DEFAULT_STRENGTH
 
     style = find_style(style_name)
     objective = None
@@ -355,7 +357,7 @@ def flicker(video: Path, style_name: str | None, upscale: str | None, frames: in
         objective = PerceptualObjective(style.card, style_image, load_loss_network(vgg_weights))
     report = evaluate_flicker(video, Stylizer(style.load_network(), resolve_device(device)), batch_size=batch_size,
                               limit=frames, size=parse_size(size) if size else None, objective=objective, strip=strip,
-                              temporal_strength=DEFAULT_STRENGTH if temporal_strength is None else temporal_strength)
+                              temporal_strength=strength)
     for flow in report.per_frame:
         for name, result in (("per frame", report.per_frame[flow]), ("temporal", report.temporal[flow])):
             click.echo(f"{style.name} {name}, {flow}: {result.frames} frames, flicker ratio {result.ratio:.3g} "
@@ -369,19 +371,23 @@ def flicker(video: Path, style_name: str | None, upscale: str | None, frames: in
 
 
 def upscale_flicker(video: Path, upscale: str, frames: int | None, size: str | None, batch_size: int,
-                    device: str | None) -> None:
-    """`eval flicker --upscale`: the network's and bicubic's flicker on the clip made small."""
+                    device: str | None, temporal_strength: float, strip: Path | None) -> None:
+    """`eval flicker --upscale`: the network's flicker (frame by frame and with the temporal stage),
+    and the full-size clip's own, as multiples of bicubic's, on the clip made small."""
     from vidstyle.trainer.evaluate import evaluate_upscale_flicker
     from vidstyle.inference import Stylizer, resolve_device
     from vidstyle.styles import find_upscaler
 
     upscaler = find_upscaler(upscale)
     report = evaluate_upscale_flicker(video, Stylizer(upscaler.load_network(), resolve_device(device)), upscaler.factor,
-                                      batch_size=batch_size, limit=frames, size=parse_size(size) if size else None)
+                                      temporal_strength=temporal_strength, batch_size=batch_size, limit=frames,
+                                      size=parse_size(size) if size else None, strip=strip)
     for flow, result in report.items():
-        click.echo(f"{upscaler.name} upscale, {flow}: {result.frames} frames, flicker ratio network "
-                   f"{result.network_ratio:.3g}, bicubic {result.bicubic_ratio:.3g}: network {result.over_bicubic:.2f} x bicubic's")
-
+        click.echo(f"{upscaler.name} upscale, {flow}: {result.frames} frames, flicker x bicubic's: per frame "
+                   f"{result.over_bicubic:.2f}, temporal {result.temporal_over_bicubic:.2f} (the full-size clip's own: "
+                   f"{result.original_over_bicubic:.2f})")
+    if strip is not None:
+        click.echo(str(strip))
 
 
 @evaluate.command()

@@ -382,37 +382,47 @@ def evaluate_flicker(
 @dataclass
 class UpscaleFlickerResult:
     """The warping errors (mean squared, 0..255 units) of a clip downscaled, then upscaled by the
-    network and by bicubic, beside the full-size clip's own, along one measuring flow."""
+    network frame by frame, by the network with the temporal stage, and by bicubic, beside the
+    full-size clip's own, along one measuring flow."""
 
     frames: int
     input_error: float
     network_error: float
+    temporal_error: float
     bicubic_error: float
 
     @property
-    def network_ratio(self) -> float:
-        return self.network_error / self.input_error
-
-    @property
-    def bicubic_ratio(self) -> float:
-        return self.bicubic_error / self.input_error
-
-    @property
     def over_bicubic(self) -> float:
-        """The network's flicker as a multiple of bicubic's: what the detail it adds costs."""
+        """The network's flicker, frame by frame, as a multiple of bicubic's: what the detail it adds costs."""
         return self.network_error / self.bicubic_error
+
+    @property
+    def temporal_over_bicubic(self) -> float:
+        return self.temporal_error / self.bicubic_error
+
+    @property
+    def original_over_bicubic(self) -> float:
+        """The full-size clip's own flicker as a multiple of bicubic's: what a perfect upscaler would
+        score. Sharp detail shows every small error of the measuring flow, which a blur hides."""
+        return self.input_error / self.bicubic_error
 
 
 def evaluate_upscale_flicker(
-    video: Path, upscaler: Callable[[np.ndarray], np.ndarray], factor: int, *, batch_size: int = 4,
-    limit: int | None = None, size: tuple[int, int] | None = None,
+    video: Path, upscaler: Callable[..., np.ndarray], factor: int, *, temporal_strength: float = DEFAULT_STRENGTH,
+    batch_size: int = 4, limit: int | None = None, size: tuple[int, int] | None = None, strip: Path | None = None,
 ) -> dict[str, UpscaleFlickerResult]:
     """Per measuring flow: each frame (cropped to multiples of factor) downscaled by factor (bicubic,
     antialiased, 8-bit: vidstyle.trainer.upscale.degrade without its blur, a real small video's
     look), then upscaled by upscaler (a Stylizer of an upscaler, (N, h, w, 3) uint8 in, factor times
-    larger out, with the exposure lift the pipeline gives it) and by bicubic; warped along the
-    full-size input's motion, as a stylized video is."""
-    errors = {flow: WarpingError(("input", "network", "bicubic")) for flow in FLOWS}
+    larger out, called as upscaler(frames, between=...)) frame by frame and through the pipeline's
+    temporal stage, with the exposure lift the pipeline gives it, and by bicubic; warped along the
+    full-size input's motion, as a stylized video is. With strip, a PNG of frames from the start,
+    the middle and the end at 100%: the full-size clip, per frame, temporal."""
+    temporal = TemporalConsistency(temporal_strength, feature_stride=getattr(upscaler, "feature_stride", 1))
+    names = ("input", "per frame", "temporal", "bicubic")
+    errors = {flow: WarpingError(names) for flow in FLOWS}
+    total = min(frame_count(video), limit or sys.maxsize)
+    shown = {index: None for index in strip_frames(total)} if strip is not None else {}
     previous, frames = None, 0
     with torch.no_grad():
         for batch in frame_batches(video, batch_size, limit, size):
@@ -422,15 +432,19 @@ def evaluate_upscale_flicker(
             full = batch[:, :height, :width]
             small = degrade(torch.from_numpy(full).permute(0, 3, 1, 2).float(), factor, torch.zeros(len(full)))
             lifted, gains = exposure.lift(_as_frames(small))
+            network_input, motions = temporal.prepare(lifted)
             networks = exposure.restore(upscaler(lifted), gains)
+            steadied = exposure.restore(upscaler(network_input, between=temporal.feature_blend(motions)), gains)
             bicubics = _as_frames(bicubic_upscale(small, factor))
-            for frame, network, bicubic in zip(full, networks, bicubics):
-                current = {"input": frame, "network": network, "bicubic": bicubic}
+            for current in (dict(zip(names, outputs)) for outputs in zip(full, networks, steadied, bicubics)):
                 if previous is not None:
                     add_pair(errors, previous, current)
+                if frames in shown:
+                    shown[frames] = current
                 previous, frames = current, frames + 1
-    return {flow: UpscaleFlickerResult(frames, *(errors[flow].error(name) for name in ("input", "network", "bicubic")))
-            for flow in FLOWS}
+    if strip is not None:
+        write_flicker_strip({index: shown_frames for index, shown_frames in shown.items() if shown_frames}, strip)
+    return {flow: UpscaleFlickerResult(frames, *(errors[flow].error(name) for name in names)) for flow in FLOWS}
 
 
 def _as_frames(images: torch.Tensor) -> np.ndarray:

@@ -104,6 +104,23 @@ def run_options(command: Callable) -> Callable:
     return command
 
 
+def temporal_options(command: Callable) -> Callable:
+    """The temporal stage's options, which `submit` and `upscale` share."""
+    command = click.option("--temporal-strength", type=click.FloatRange(0, 1),
+                           help="How much of each frame comes from the previous one where the motion is reliable, "
+                                "0..1 [default: 0.9].")(command)
+    return click.option("--temporal/--no-temporal", default=True, show_default=True,
+                        help="Videos: carry the network's features from frame to frame along the optical flow, so "
+                             "strokes and invented detail do not flicker.")(command)
+
+
+def temporal_blend(temporal: bool, strength: float | None) -> float:
+    """The temporal stage's strength the options ask for (0: off)."""
+    from vidstyle.temporal import DEFAULT_STRENGTH
+
+    return (DEFAULT_STRENGTH if strength is None else strength) if temporal else 0.0
+
+
 # vidstyle.model.NETWORKS, spelled out here: importing the model would load torch for every command.
 NETWORK_OPTION = click.option(
     "--network", type=click.Choice(["auto", "full", "compact"]), default="auto", show_default=True,
@@ -121,10 +138,6 @@ NETWORK_OPTION = click.option(
 @click.option("--upscale", metavar="FACTOR|FILE.pth",
               help="Then upscale the stylized frames by this factor (an installed upscaler, see `vidstyle styles`), "
                    "in the same pass.")
-@click.option("--temporal/--no-temporal", default=True, show_default=True,
-              help="Videos: carry each output frame into the next along the optical flow, so strokes do not flicker.")
-@click.option("--temporal-strength", type=click.FloatRange(0, 1),
-              help="How much of each frame comes from the previous one where the motion is reliable, 0..1 [default: 0.9].")
 @click.option("--optimise", is_flag=True,
               help="With --style-image, for a still: optimise the image itself after the painting (Gatys et al.; "
                    "minutes, the best quality) instead of the network's one pass.")
@@ -137,6 +150,7 @@ NETWORK_OPTION = click.option(
 @click.option("--init", type=click.Choice(["photo", "noise"]),
               help="With --optimise: start from the photo or from white noise [default: photo].")
 @NETWORK_OPTION
+@temporal_options
 @run_options
 def submit(style: str | None, style_image: Path | None, strength: float, preserve_colors: bool, upscale: str | None,
            temporal: bool, temporal_strength: float | None, optimise: bool, vgg_weights: Path | None,
@@ -147,7 +161,6 @@ def submit(style: str | None, style_image: Path | None, strength: float, preserv
     fleet instead: its id is printed at once (see `vidstyle watch`); an
     --optimise run always runs here."""
     from vidstyle.inference import Controls
-    from vidstyle.temporal import DEFAULT_STRENGTH
 
     if (style is None) == (style_image is None):
         raise VidstyleError("name a trained style (--style) or any painting (--style-image)")
@@ -164,21 +177,21 @@ def submit(style: str | None, style_image: Path | None, strength: float, preserv
         return
     if any(value is not None for value in optimisation.values()):
         raise VidstyleError("--vgg-weights, --iterations, --size and --init go with --optimise")
-    blend = (DEFAULT_STRENGTH if temporal_strength is None else temporal_strength) if temporal else 0.0
-    run(style=style, painting=style_image, upscale=upscale, temporal_strength=blend, controls=controls,
+    run(style=style, painting=style_image, upscale=upscale, temporal_strength=temporal_blend(temporal, temporal_strength),
+        controls=controls,
         network=network, **options)
 
 
 @cli.command()
 @click.option("--factor", default="4", show_default=True, metavar="FACTOR|FILE.pth",
               help="Upscale factor (an installed upscaler, see `vidstyle styles`) or an upscaler's weights file.")
+@temporal_options
 @run_options
-def upscale(factor: str, **options) -> None:
+def upscale(factor: str, temporal: bool, temporal_strength: float | None, **options) -> None:
     """Upscale a video (or a still image) with a super-resolution network: FACTOR times the width and height.
 
     With a broker configured (VIDSTYLE_BROKER_URL) the job goes to the worker fleet instead."""
-    # No temporal stage: the upscaler is local and draws no strokes of its own to flicker (see docs/super-resolution.md).
-    run(style=None, painting=None, upscale=factor, temporal_strength=0.0, **options)
+    run(style=None, painting=None, upscale=factor, temporal_strength=temporal_blend(temporal, temporal_strength), **options)
 
 
 def run(input_path: Path, style: str | None, painting: Path | None, upscale: str | None, temporal_strength: float,

@@ -302,9 +302,10 @@ class Stylizer:
         self.whole_frame_pixels = whole_frame_pixels
         self.eager_net = prepare_network(net, device)
         self.compiled_net: nn.Module | None = None  # made on the first compiled batch
-        # A style network (alone or chained) runs in two halves, so that the temporal stage
+        # A network runs in two halves (encode, render), so that the temporal stage
         # can blend the features between them (vidstyle.temporal.TemporalBlend).
         self.has_features = hasattr(net, "encode")
+        self.feature_stride: int = getattr(net, "feature_stride", 1)  # for vidstyle.temporal
         self.forced_compile = compile if compile is not None else compile_setting()
         # (batch size, height, width) of the run `expect` chose to compile: its short last batch
         # is padded to the batch size, so that one graph serves the whole run.
@@ -407,8 +408,8 @@ class Stylizer:
         features = encode(x)
         if between is not None:
             features = between(features)
-        if isinstance(self.eager_net, StyleThenUpscale):
-            return render(features, *x.shape[-2:])
+        if isinstance(self.eager_net, (StyleThenUpscale, UpscalerNet)):  # an upscale's base is the input's
+            return render(features, x)
         return render(features)
 
     def _remember_compiled(self, shape: tuple[int, ...]) -> None:
@@ -429,7 +430,7 @@ def run_in_parts(net: nn.Module, x: torch.Tensor,
     instance norms see the whole frame), an upscaler in tiles (exact, it is local), both chained;
     `between` as in Stylizer."""
     if isinstance(net, UpscalerNet):
-        return upscale_in_tiles(net, x)
+        return upscale_in_tiles(net, x, between=between)
     if isinstance(net, StyleThenUpscale):
         styled = stylize_in_strips(net.style, pad_to_multiple(x, net.style.size_multiple), between=between)
         return upscale_in_tiles(net.upscaler, net.stylized(styled, *x.shape[-2:]))

@@ -284,6 +284,7 @@ class UpscalerNet(nn.Module):
     """
 
     size_multiple = 1  # no strides: any size comes back exactly `factor` times as large
+    feature_stride = 1  # the features (encode) are at the input's size
 
     def __init__(self, factor: int = 4, channels: int = 64, blocks: int = 4, upsampling: str = "nearest"):
         super().__init__()
@@ -303,9 +304,17 @@ class UpscalerNet(nn.Module):
         self.tail = ConvLayer(channels, 3, 9)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.render(self.encode(x), x)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The features at the input's size, after the residual blocks: what the temporal stage blends
+        (there it steadies the invented detail most; docs/super-resolution.md)."""
+        return self.residuals(self.head(x / 255.0))
+
+    def render(self, features: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The upscaled output of input x from its features: x's bicubic upscale plus the detail."""
         base = F.interpolate(x, scale_factor=self.factor, mode="bicubic", align_corners=False)
-        detail = self.tail(self.upsample(self.residuals(self.head(x / 255.0))))
-        return base + 255.0 * detail
+        return base + 255.0 * self.tail(self.upsample(features))
 
     @staticmethod
     def blocks_in(state: dict) -> int:
@@ -349,6 +358,7 @@ class StyleThenUpscale(nn.Module):
     input's size (strokes at the scale the style was trained at), then upscaled."""
 
     size_multiple = 1  # the style network's own padding is done here, and cropped before upscaling
+    feature_stride = TransformerNet.feature_stride  # the style network's features are the ones blended
 
     def __init__(self, style: TransformerNet | CompactTransformerNet, upscaler: UpscalerNet):
         super().__init__()
@@ -356,14 +366,14 @@ class StyleThenUpscale(nn.Module):
         self.factor = upscaler.factor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.render(self.encode(x), *x.shape[-2:])
+        return self.render(self.encode(x), x)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.style.encode(pad_to_multiple(x, self.style.size_multiple))
 
-    def render(self, features: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """The upscaled output of an input of height x width from its style network's features."""
-        return self.upscaler(self.stylized(self.style.render(features), height, width))
+    def render(self, features: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The upscaled output of input x from its style network's features."""
+        return self.upscaler(self.stylized(self.style.render(features), *x.shape[-2:]))
 
     @staticmethod
     def stylized(styled: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -217,7 +217,7 @@ def _stylize_video(
 ) -> None:
     info = probe_video(input_path, sequence_fps)
     controls = replace(controls, luma=luma_weights(info.colour.get("colorspace")))
-    temporal = TemporalConsistency(temporal_strength) if temporal_strength > 0 else None
+    temporal = TemporalConsistency(temporal_strength, stylizer.feature_stride) if temporal_strength > 0 else None
     expected = span.frames if span else info.frames
     batch_size = batch_size or default_batch_size(stylizer.device, info.height * stylizer.factor,
                                                   info.width * stylizer.factor)

@@ -14,11 +14,12 @@ Reimann et al. 2023):
     input    -- the network sees the frame blended with the previous (steadied)
                 input carried along that flow, by a share of strength x trust:
                 grain and compression noise do not reach it, real changes do;
-    features -- inside a style network, the encoder's features (a quarter of the
-                frame's size) blended the same way with the previous frame's; the
-                rest of the network then paints one set of crisp strokes from them.
-                Blending the output instead averages two frames' strokes into a
-                softer picture (docs/temporal.md).
+    features -- inside the network, its `encode` half's features (a style
+                network's at a quarter of the frame's size, an upscaler's at the
+                frame's) blended the same way with the previous frame's; its
+                `render` half then paints one set of crisp strokes (or detail)
+                from them. Blending the output instead averages two frames'
+                strokes into a softer picture (docs/temporal.md).
 
 Both blends are anchored to the current frame (TemporalBlend): what is carried
 counts only where it agrees with the frame's own values to within a few times
@@ -179,12 +180,14 @@ class TemporalConsistency:
     parts: `prepare` in the decoding thread (motion, and the network's input steadied
     along it), and `feature_blend`, which the Stylizer applies between the network's halves."""
 
-    def __init__(self, strength: float = DEFAULT_STRENGTH):
+    def __init__(self, strength: float = DEFAULT_STRENGTH, feature_stride: int = FEATURE_STRIDE):
+        """feature_stride: how many times smaller than the frame the network's features are (its
+        `feature_stride`: a style network's 4, an upscaler's 1)."""
         if not 0 <= strength <= 1:
             raise VidstyleError(f"temporal strength must be within 0..1, not {strength:g}")
         self.motion = MotionTracker()
         self.steady_input = TemporalBlend(strength * INPUT_SHARE, stride=1)
-        self.steady_features = TemporalBlend(strength, stride=FEATURE_STRIDE)
+        self.steady_features = TemporalBlend(strength, stride=feature_stride)
 
     def prepare(self, frames: np.ndarray) -> tuple[np.ndarray, list[Motion | None]]:
         """(N, H, W, 3) uint8 frames in order: the batch for the network, and each one's motion."""
