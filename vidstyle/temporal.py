@@ -59,13 +59,20 @@ PHOTOMETRIC_TOLERANCE = 12.0
 # steadied input lags the picture (shipwreck on fire2: content loss 1.12 times the per-frame
 # output's at the full strength, 1.09 at half; udnie's flicker there 3.74 and 3.64).
 INPUT_SHARE = 0.55
-# A pixel whose previous value matches within this much trust of what the flow brings is taken
-# for still: a flow guessed across a flat sky moves strokes there that nothing in the picture
-# moves (udnie on big_buck_bunny's slow pan over a sky: flicker 3.6 -> 2.9, losses unchanged).
-STILL_PREFERENCE = 0.05
+# A pixel that the camera's motion explains within this much trust of what its own flow brings
+# moves with the camera: a flow guessed across a flat sky moves strokes there that nothing in the
+# picture moves, while the camera's motion, fitted where the picture has texture, is what moves
+# the whole view (docs/temporal.md: the true warping error of a handheld drift 16.9 -> 10.4).
+CAMERA_PREFERENCE = 0.05
+# Where the gray frame's gradient (3x3 Sobel) is this strong, the flow has texture to hold on to.
+TEXTURE_GRADIENT = 16.0
 # Carried values that differ from the current frame's by more than this many times the frame's own
 # flicker are new content, or a carry gone astray: the frame's own values show (TemporalBlend).
 AGREEMENT_TOLERANCE = 3.0
+# The flicker the agreement is measured in is at least this share of the previous frame's: a
+# repeated frame (film transferred with pulldown, animation on twos) changes by almost nothing, and
+# in units of almost nothing all history would disagree and the picture would jump back.
+FLICKER_MEMORY = 0.5
 # Below this mean trust a frame is taken for a new shot (on the real clips,
 # consecutive frames of one shot stay above 0.6, fast phone footage included).
 SCENE_CUT_TRUST = 0.3
@@ -125,10 +132,11 @@ def reliable_motion(
     """The backward flow to use, and per pixel of `now` (0..1) whether it can carry the previous frame's
     steadied input and features.
 
-    Where the pixel has not changed at all and the estimated flow explains it
-    no better (or fails its checks), the flow is taken to be zero: flat areas
-    (sky, walls) give optical flow nothing to hold on to, and there a still
-    pixel is the likeliest answer."""
+    Where the camera's motion explains the pixel as well as its own estimated
+    flow (or the flow fails its checks), the pixel moves with the camera: flat
+    areas (sky, walls) give optical flow nothing to hold on to, and there the
+    motion of the whole view is the likeliest answer (no motion at all, for a
+    camera on a tripod or when the frame gives no fit)."""
     height, width = now.shape
     grid_x, grid_y = pixel_grid(height, width)
     map_x, map_y = grid_x + backward[..., 0], grid_y + backward[..., 1]
@@ -147,15 +155,36 @@ def reliable_motion(
     boundary = change > 0.01 * _squared_norm(backward) + 0.002
     # Photometric check: the previous frame, moved along the flow, must look like this one.
     weight = photometric_match(sample(before), now)
-    weight[~(inside & consistent & ~boundary)] = 0
-    still = photometric_match(before, now)
-    use_still = still > weight - STILL_PREFERENCE
-    backward = backward.copy()
-    backward[use_still] = 0
-    weight = np.maximum(weight, still)
+    reliable = inside & consistent & ~boundary
+    weight[~reliable] = 0
+    camera = camera_motion(backward, reliable & (weight > 0.5), now)
+    with_camera = photometric_match(cv2.remap(before, grid_x + camera[..., 0], grid_y + camera[..., 1], cv2.INTER_LINEAR,
+                                              borderMode=cv2.BORDER_REPLICATE), now)
+    backward = np.where((with_camera > weight - CAMERA_PREFERENCE)[..., None], camera, backward)
+    weight = np.maximum(weight, with_camera)
     if weight.mean() < SCENE_CUT_TRUST:
         weight[:] = 0  # a cut: what matches here matches by chance
     return backward, cv2.GaussianBlur(weight, (5, 5), 1.0)  # soft edges: no seams where trust changes
+
+
+def camera_motion(backward: np.ndarray, reliable: np.ndarray, now: np.ndarray) -> np.ndarray:
+    """The camera's motion as a backward flow field: one similarity (shift, rotation, zoom) fitted by
+    RANSAC to the flow where it is reliable and the picture has texture, every 4th pixel; zero where
+    too little of the frame agrees on one (a tripod shot agrees on zero)."""
+    height, width = now.shape
+    grid_x, grid_y = pixel_grid(height, width)
+    gray = now.astype(np.float32)
+    textured = np.hypot(cv2.Sobel(gray, cv2.CV_32F, 1, 0), cv2.Sobel(gray, cv2.CV_32F, 0, 1)) > TEXTURE_GRADIENT
+    pick = (reliable & textured)[::4, ::4]
+    if pick.sum() >= 50:
+        points = np.stack([grid_x[::4, ::4][pick], grid_y[::4, ::4][pick]], -1)
+        similarity, inliers = cv2.estimateAffinePartial2D(points, points + backward[::4, ::4][pick], method=cv2.RANSAC,
+                                                          ransacReprojThreshold=0.5)
+        if similarity is not None and inliers.mean() > 0.3:
+            moved_x = similarity[0, 0] * grid_x + similarity[0, 1] * grid_y + similarity[0, 2]
+            moved_y = similarity[1, 0] * grid_x + similarity[1, 1] * grid_y + similarity[1, 2]
+            return np.stack([moved_x - grid_x, moved_y - grid_y], -1).astype(np.float32)
+    return np.zeros_like(backward)
 
 
 def _squared_norm(vectors: np.ndarray) -> np.ndarray:
@@ -223,6 +252,7 @@ class TemporalBlend:
         self.stride = stride
         self.previous: torch.Tensor | None = None  # (1, C, h, w): the last frame's blended values
         self.previous_own: torch.Tensor | None = None  # its values before blending, the channels _flicker reads
+        self.flicker: torch.Tensor | None = None  # the last frame's flicker, for FLICKER_MEMORY
 
     def __call__(self, values: torch.Tensor, motions: list[Motion | None]) -> torch.Tensor:
         blended = values.to(torch.float32, copy=True)  # blended in a copy: the caller keeps its values
@@ -238,7 +268,13 @@ class TemporalBlend:
                 carried, carried_own = (F.grid_sample(past, grid, mode="bicubic", padding_mode="border",
                                                       align_corners=True) for past in (self.previous, self.previous_own))
                 change = carried - current
-                current += self.strength * trust * _agreement(change, _flicker(carried_own - own, trust)) * change
+                flicker = _flicker(carried_own - own, trust)
+                if self.flicker is not None:
+                    flicker = torch.maximum(flicker, FLICKER_MEMORY * self.flicker)
+                current += self.strength * trust * _agreement(change, flicker) * change
+                self.flicker = flicker
+            else:
+                self.flicker = None
             self.previous, self.previous_own = current.clone(), own
         return blended.to(values.dtype) if values.is_floating_point() else blended
 
