@@ -10,7 +10,8 @@ Reimann et al. 2023):
                 (OpenCV's DIS, at reduced resolution), and a per-pixel weight that
                 trusts it only where the motion is reliable: the forward and
                 backward flows agree, no motion boundary, and the previous input
-                frame warped along the flow matches the current one;
+                frame warped along the flow matches the current one; where the
+                flow has nothing to hold on to (a flat sky), the camera's motion;
     input    -- the network sees the frame blended with the previous (steadied)
                 input carried along that flow, by a share of strength x trust:
                 grain and compression noise do not reach it, real changes do;
@@ -62,7 +63,7 @@ INPUT_SHARE = 0.55
 # A pixel that the camera's motion explains within this much trust of what its own flow brings
 # moves with the camera: a flow guessed across a flat sky moves strokes there that nothing in the
 # picture moves, while the camera's motion, fitted where the picture has texture, is what moves
-# the whole view (docs/temporal.md: the true warping error of a handheld drift 16.9 -> 10.4).
+# the whole view (docs/temporal.md: the true warping error of a handheld drift 16.9 -> 10.3).
 CAMERA_PREFERENCE = 0.05
 # Where the gray frame's gradient (3x3 Sobel) is this strong, the flow has texture to hold on to.
 TEXTURE_GRADIENT = 16.0
