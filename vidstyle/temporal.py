@@ -142,8 +142,10 @@ def reliable_motion(
     grid_x, grid_y = pixel_grid(height, width)
     map_x, map_y = grid_x + backward[..., 0], grid_y + backward[..., 1]
 
-    def sample(image: np.ndarray) -> np.ndarray:
-        return cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    def sample(image: np.ndarray, flow: np.ndarray = backward) -> np.ndarray:
+        """image (at `before`'s time) moved along a backward flow onto `now`."""
+        return cv2.remap(image, grid_x + flow[..., 0], grid_y + flow[..., 1], cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_REPLICATE)
 
     inside = (map_x >= 0) & (map_x <= width - 1) & (map_y >= 0) & (map_y <= height - 1)
     # Forward-backward check (Sundaram et al. 2010): the flows must cancel where the pixel is visible in both.
@@ -159,8 +161,7 @@ def reliable_motion(
     reliable = inside & consistent & ~boundary
     weight[~reliable] = 0
     camera = camera_motion(backward, reliable & (weight > 0.5), now)
-    with_camera = photometric_match(cv2.remap(before, grid_x + camera[..., 0], grid_y + camera[..., 1], cv2.INTER_LINEAR,
-                                              borderMode=cv2.BORDER_REPLICATE), now)
+    with_camera = photometric_match(sample(before, camera), now)
     backward = np.where((with_camera > weight - CAMERA_PREFERENCE)[..., None], camera, backward)
     weight = np.maximum(weight, with_camera)
     if weight.mean() < SCENE_CUT_TRUST:
