@@ -178,8 +178,7 @@ def submit(style: str | None, style_image: Path | None, strength: float, preserv
     if any(value is not None for value in optimisation.values()):
         raise VidstyleError("--vgg-weights, --iterations, --size and --init go with --optimise")
     run(style=style, painting=style_image, upscale=upscale, temporal_strength=temporal_blend(temporal, temporal_strength),
-        controls=controls,
-        network=network, **options)
+        controls=controls, network=network, **options)
 
 
 @cli.command()
