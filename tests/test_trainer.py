@@ -471,8 +471,9 @@ def test_upscale_eval_compares_with_bicubic(inputs: dict[str, Path], test_set: P
     # The published input of the second image does not fit x4: only the first is measured with it.
     assert [row[:4] for row in rows] == [["Set2", "published", "1", "bicubic"], ["Set2", "published", "1", "network"],
                                          ["Set2", "blur+bicubic", "2", "bicubic"], ["Set2", "blur+bicubic", "2", "network"]]
-    # Columns: set, inputs, images, method, PSNR, SSIM, feature, /bicubic, grid (none on images this small).
+    # Columns: set, inputs, images, method, PSNR, SSIM, feature, /bicubic, grid (none on images this small), texture.
     assert rows[0][7] == rows[2][7] == "1.000" and all(row[8] == "-" for row in rows)
+    assert rows[0][9] == rows[2][9] == "-" and float(rows[1][9]) >= 0 and float(rows[3][9]) >= 0
     assert float(rows[1][7]) != 1.0 and float(rows[1][4]) != float(rows[0][4])  # random weights add visible detail
     for row in rows:
         assert 5 < float(row[4]) < 60 and 0 < float(row[5]) <= 1 and float(row[6]) > 0

@@ -14,7 +14,7 @@ from vidstyle.trainer.losses import STABILITY_MOTIONS
 from vidstyle.trainer.config import DEFAULT_RECIPE, RECIPES, TrainConfig
 from vidstyle.trainer.distill import TEACHER_FEATURE_WEIGHT, TEACHER_PIXEL_WEIGHT
 from vidstyle.trainer.train import train as run_training
-from vidstyle.trainer.upscale import UPSCALE_GRID_WEIGHT, UPSCALE_PIXEL_WEIGHT, UPSCALE_TV_WEIGHT
+from vidstyle.trainer.upscale import UPSCALE_GRID_WEIGHT, UPSCALE_TEXTURE_WEIGHT, UPSCALE_PIXEL_WEIGHT, UPSCALE_TV_WEIGHT
 from vidstyle.errors import VidstyleError
 from vidstyle.formats import parse_size
 from vidstyle.model import UPSAMPLINGS, UPSCALE_FACTORS
@@ -226,6 +226,9 @@ def distill(style: str, style_image: Path, run_dir: Path | None, **options: obje
 @click.option("--tv-weight", default=UPSCALE_TV_WEIGHT, show_default=True)
 @click.option("--grid-weight", default=UPSCALE_GRID_WEIGHT, show_default=True,
               help="Weight of the term against a grid at the upsampling's period in the detail the network adds.")
+@click.option("--texture-weight", default=UPSCALE_TEXTURE_WEIGHT, show_default=True,
+              help="Weight of the term against a texture of one fine scale in the detail the network adds "
+                   "(a peak in its radial power spectrum over the true detail's).")
 @click.option("--max-blur", type=click.FloatRange(min=0), default=None,
               help="Blur each training input by a Gaussian of a random sigma in 0..MAX_BLUR px before downsampling, "
                    "so the network restores plain bicubic downscales too.  [default: the paper's sigma of 1 px for all]")
@@ -425,15 +428,19 @@ def upscale(factor: str, weights: Path | None, sets: tuple[Path, ...], vgg_weigh
     results = evaluate_upscaler(net, test_sets, load_loss_network(vgg_weights), sheet)
     bicubic = {(r.set, r.inputs): r.feature for r in results if r.method == "bicubic"}
     click.echo(f"{'set':<10} {'inputs':<13} {'images':>6} {'method':<8} {'PSNR':>7} {'SSIM':>7} {'feature':>10} "
-               f"{'/bicubic':>9} {'grid':>6}")
+               f"{'/bicubic':>9} {'grid':>6} {'texture':>7}")
     for r in results:
         click.echo(f"{r.set:<10} {r.inputs:<13} {r.images:>6} {r.method:<8} {r.psnr:>7.2f} {r.ssim:>7.4f} "
                    f"{r.feature:>10.4g} {r.feature / bicubic[r.set, r.inputs]:>9.3f} "
-                   f"{'-' if r.grid is None else format(r.grid, '.2f'):>6}")
+                   f"{'-' if r.grid is None else format(r.grid, '.2f'):>6} "
+                   f"{'-' if r.texture is None else format(r.texture, '.3f'):>7}")
     gridded = [f"{r.set} {r.inputs} {r.grid:.2f}" for r in results if r.grid is not None and r.grid > GRID_THRESHOLD]
     click.echo(f"grid: the network's detail at the {factor}-pixel period's frequencies, as a multiple of the power "
                f"around them (about 1 without a grid); over {GRID_THRESHOLD:g}, a grid: "
                f"{', '.join(gridded) if gridded else 'none'}")
+    click.echo("texture: the detail's power in radial bands over the true detail's, each band's ratio beyond "
+               "1.5 times the median band's, averaged (0 without a texture of one fine scale; train-upscaler's "
+               "--texture-weight term)")
     if sheet is not None:
         click.echo(str(sheet))
     if record:

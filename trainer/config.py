@@ -64,6 +64,8 @@ class TrainConfig:
     pixel_weight: float = 0.0
     # Super-resolution: weight of the term against a grid at the upsampling's period in the detail.
     grid_weight: float = 0.0
+    # Super-resolution: weight of the term against a texture of one fine scale in the detail.
+    texture_weight: float = 0.0
     # Super-resolution: None blurs every training input by the paper's sigma; a value blurs each
     # by a sigma drawn from 0..max_blur, so the network also restores unblurred bicubic inputs.
     max_blur: float | None = None

@@ -85,6 +85,31 @@ def grid_excess(detail: torch.Tensor, period: int) -> torch.Tensor:
     return ((peaks - GRID_EXCESS * around).clamp(min=0).sum() / power.numel() ** 2).float()
 
 
+# A texture of one fine scale (the x4's weave of strokes 2.6 px apart) is a peak in the ratio of the
+# detail's radial power spectrum to the true detail's; a photo's own detail has none (docs/super-resolution.md).
+TEXTURE_BAND_EDGES = torch.arange(0.04, 0.5001, 0.02)  # cycles per pixel: periods of 2 to 25 pixels
+TEXTURE_EXCESS = 1.5  # a band's ratio beyond this times the bands' median is a peak
+
+
+def texture_peaks(detail: torch.Tensor, true_detail: torch.Tensor) -> torch.Tensor:
+    """The training term against a texture of one fine scale in an upscaler's detail (N, C, H, W):
+    the power of its grey level in radial frequency bands over the true detail's, pooled over the
+    batch, each band's ratio beyond TEXTURE_EXCESS times the median band's, averaged over the bands.
+    Linear in the power: a log ratio's gradient grows without bound as the detail fades, and a
+    fine-tune with it faded the detail to nothing."""
+    def band_power(images: torch.Tensor) -> torch.Tensor:
+        power = torch.stack([periodic_power(image) for image in images.float().mean(1)]).mean(0)
+        height, width = power.shape
+        radius = (torch.fft.fftfreq(height)[:, None] ** 2 + torch.fft.fftfreq(width)[None] ** 2).sqrt()
+        band = torch.bucketize(radius, TEXTURE_BAND_EDGES.double())
+        inside = (band > 0) & (band < len(TEXTURE_BAND_EDGES))
+        return torch.zeros(len(TEXTURE_BAND_EDGES) + 1, dtype=power.dtype).index_add(
+            0, band[inside], power[inside])[1:-1]
+
+    ratio = band_power(detail) / (band_power(true_detail) + 1e-6)
+    return (ratio - TEXTURE_EXCESS * ratio.detach().median()).clamp(min=0).mean().float()
+
+
 def loss_units(motion: str) -> str:
     """The units text a model card quotes, for a run with this --stability-motion."""
     return _UNITS.format(next_frame=_NEXT_FRAME[motion])

@@ -12,7 +12,7 @@ from torchvision.utils import save_image
 
 from vidstyle.trainer.config import TrainConfig
 from vidstyle.trainer.data import sha256_file
-from vidstyle.trainer.losses import content_loss, gaussian_blur, grid_excess, total_variation
+from vidstyle.trainer.losses import content_loss, gaussian_blur, grid_excess, texture_peaks, total_variation
 from vidstyle.trainer.vgg import CONTENT_LAYER, LossNetwork
 from vidstyle.errors import VidstyleError
 from vidstyle.model import UPSCALE_FACTORS, UpscalerNet
@@ -37,14 +37,18 @@ UPSCALE_LOSS_UNITS = (
     "grid: the power spectrum of the detail's grey level (output minus the bicubic upscale of the input), pooled "
     "over the batch, at each peak of a grid at the factor's period beyond twice the mean power of the 6 bins either "
     "way around it, summed over the peaks, divided by (H*W)^2 (a squared amplitude in 0..255 units); "
+    "texture: the detail's grey-level power in radial bands of 0.02 cycles per pixel from 0.04 to 0.5, pooled over "
+    "the batch, over the true detail's (the crop minus the same bicubic upscale), each band's ratio beyond 1.5 "
+    "times the median band's, averaged over the bands (a ratio of powers); "
     "terms are unweighted, total = sum of weight * term"
 )
 # Settings of a super-resolution run a resumed run must share with its checkpoint.
-UPSCALE_IDENTITY = ("factor", "content_weight", "pixel_weight", "tv_weight", "grid_weight", "max_blur")
+UPSCALE_IDENTITY = ("factor", "content_weight", "pixel_weight", "tv_weight", "grid_weight", "texture_weight", "max_blur")
 # Default weights, with the feature term's weight 1: see docs/super-resolution.md.
 UPSCALE_PIXEL_WEIGHT = 30.0
 UPSCALE_TV_WEIGHT = 0.005
 UPSCALE_GRID_WEIGHT = 0.0  # off until a run shows what it costs (docs/super-resolution.md)
+UPSCALE_TEXTURE_WEIGHT = 0.0
 CROPS = "random crops at the photos' own scale"
 
 
@@ -100,6 +104,8 @@ class UpscaleObjective:
         self.weights = {"feature": config.content_weight, "pixel": config.pixel_weight, "tv": config.tv_weight}
         if config.grid_weight:
             self.weights["grid"] = config.grid_weight
+        if config.texture_weight:
+            self.weights["texture"] = config.texture_weight
         # Fine-tuning: a trained upscaler's weights (.pth, its card beside it) to start from.
         self.parent = Path(config.init_from) if config.init_from else None
         self.parent_card = _card_of(self.parent) if self.parent else {}
@@ -125,16 +131,17 @@ class UpscaleObjective:
         small = degrade(images, self.factor, sigmas)
         with autocast:
             upscaled = net(small).float()
+        bicubic = bicubic_upscale(small, self.factor)
         with torch.no_grad(), autocast:
             target = relu2_2(self.loss_net, images).float()
         with autocast:
             features = relu2_2(self.loss_net, upscaled).float()
-        return {
+        return {  # the grid and texture terms take an FFT per crop: each only when it counts
             "feature": content_loss(features, target),
             "pixel": F.mse_loss(upscaled, images),
             "tv": total_variation(upscaled),
-        } | ({"grid": grid_excess(upscaled - bicubic_upscale(small, self.factor), self.factor)}
-             if self.config.grid_weight else {})  # an FFT per crop: only when it counts
+        } | ({"grid": grid_excess(upscaled - bicubic, self.factor)} if self.config.grid_weight else {}) | (
+            {"texture": texture_peaks(upscaled - bicubic, images - bicubic)} if self.config.texture_weight else {})
 
     def save_samples(self, net: UpscalerNet, photos: torch.Tensor, path: Path) -> None:
         small = degrade(photos, self.factor)
@@ -158,6 +165,7 @@ class UpscaleObjective:
             "pixel_weight": config.pixel_weight,
             "tv_weight": config.tv_weight,
             "grid_weight": config.grid_weight,
+            "texture_weight": config.texture_weight,
             "loss_units": UPSCALE_LOSS_UNITS,
             "initialized_from": self.parent and {
                 "file": self.parent.name, "weights_sha256": self.identity["init_from"],
@@ -171,4 +179,6 @@ class UpscaleObjective:
         return (f"{start}Johnson et al. (2016) perceptual-loss super-resolution x{self.factor} of vidstyle's UpscalerNet "
                 f"({self.blocks} residual blocks, {self.upsampling} upsampling): "
                 f"{self.config.describe_schedule(CROPS)}; inputs made by {degradation(self.config.max_blur)}; "
-                f"losses: VGG-16 relu2_2 features, per-pixel squared error, total variation; networks in {precision}.")
+                f"losses: VGG-16 relu2_2 features, per-pixel squared error, total variation"
+                f"{', the grid term' if self.config.grid_weight else ''}"
+                f"{', the texture term' if self.config.texture_weight else ''}; networks in {precision}.")

@@ -19,6 +19,12 @@ spectral images at those frequencies. Of the detail's luma, the periodic compone
 every peak (k H/P, l W/P) but DC: its power against the mean power of the bins around it
 (6 bins either way), averaged over the peaks, so a grid-free detail scores about 1 and a
 gridded one many times that. A set's mean above 4 is a grid (GRID_THRESHOLD).
+
+The texture: what the grid strength cannot see, a texture of one fine scale whose phase
+wanders (the x4's weave of strokes 2.6 pixels apart). The network's detail power in radial
+frequency bands over the true detail's (the original minus the same bicubic upscale), each
+band's ratio beyond 1.5 times the median band's, averaged over the bands: train-upscaler's
+texture term (vidstyle.trainer.losses.texture_peaks) on the whole image; 0 without such a peak.
 """
 from __future__ import annotations
 
@@ -35,7 +41,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from vidstyle.trainer.data import read_rgb, to_tensor
-from vidstyle.trainer.losses import GRID_RADIUS, content_loss, grid_peaks, periodic_power
+from vidstyle.trainer.losses import GRID_RADIUS, content_loss, grid_peaks, periodic_power, texture_peaks
 from vidstyle.trainer.upscale import bicubic_upscale, degrade, relu2_2
 from vidstyle.trainer.vgg import LossNetwork
 from vidstyle.errors import VidstyleError
@@ -70,6 +76,7 @@ class UpscaleScores:
     ssim: float
     feature: float
     grid: float | None = None  # the network's grid strength; bicubic adds no detail to measure
+    texture: float | None = None  # the training's texture term on the network's detail against the true detail
 
 
 def luma(images: torch.Tensor) -> torch.Tensor:
@@ -172,9 +179,10 @@ def evaluate_upscaler(
                     # An image too small for the grid's neighbourhoods has no grid figure; the set's mean skips it.
                     grid = (grid_strength(outputs["network"] - outputs["bicubic"], factor)
                             if grid_measurable(*hr.shape[-2:], factor) else None)
-                    grids = {"bicubic": None, "network": grid}
+                    texture = texture_peaks(outputs["network"] - outputs["bicubic"], hr - outputs["bicubic"]).item()
+                    details = {"bicubic": (None, None), "network": (grid, texture)}
                     for method, output in outputs.items():
-                        scores = (*_scores(output, hr, hr_features, factor, loss_net), grids[method])
+                        scores = (*_scores(output, hr, hr_features, factor, loss_net), *details[method])
                         per_input.setdefault(kind, {}).setdefault(method, []).append(scores)
                     if sheet is not None and set_index == 0 and kind == next(iter(inputs)):
                         sheet_rows.append((name, _sheet_row([outputs["bicubic"], outputs["network"], hr])))

@@ -149,7 +149,8 @@ RECIPE_CHECKS = {
         "style_weight": _real(0, 1e12), "stability_weight": _real(0, 1e12),
         "stability_motion": _one_of(STABILITY_MOTIONS)},
     TRAIN_UPSCALER_TASK: _SHARED_RECIPE | {
-        "pixel_weight": _real(0, 1e12), "grid_weight": _real(0, 1e12), "max_blur": _optional(_real(0, 100)),
+        "pixel_weight": _real(0, 1e12), "grid_weight": _real(0, 1e12), "texture_weight": _real(0, 1e12),
+        "max_blur": _optional(_real(0, 100)),
         "blocks": _optional(_whole(1, 64)), "upsampling": _optional(_one_of(UPSAMPLINGS))},
 }
 
