@@ -48,7 +48,7 @@ UPSCALE_IDENTITY = ("factor", "content_weight", "pixel_weight", "tv_weight", "gr
 UPSCALE_PIXEL_WEIGHT = 30.0
 UPSCALE_TV_WEIGHT = 0.005
 UPSCALE_GRID_WEIGHT = 0.0  # off until a run shows what it costs (docs/super-resolution.md)
-UPSCALE_TEXTURE_WEIGHT = 0.0
+UPSCALE_TEXTURE_WEIGHT = 0.0  # off: measured only as a fine-tune of a trained x4 so far (docs/super-resolution.md)
 CROPS = "random crops at the photos' own scale"
 
 
