@@ -416,6 +416,7 @@ def upscale(factor: str, weights: Path | None, sets: tuple[Path, ...], vgg_weigh
     import sys
 
     from vidstyle.trainer.upscale import load_upscaler
+    from vidstyle.trainer.losses import TEXTURE_BANDS, TEXTURE_EXCESS
     from vidstyle.trainer.upscale_eval import GRID_THRESHOLD, evaluate_upscaler, read_test_set, record_in_card
     from vidstyle.styles import BUILTIN_UPSCALERS_DIR
     from vidstyle.trainer.vgg import load_loss_network
@@ -438,9 +439,9 @@ def upscale(factor: str, weights: Path | None, sets: tuple[Path, ...], vgg_weigh
     click.echo(f"grid: the network's detail at the {factor}-pixel period's frequencies, as a multiple of the power "
                f"around them (about 1 without a grid); over {GRID_THRESHOLD:g}, a grid: "
                f"{', '.join(gridded) if gridded else 'none'}")
-    click.echo("texture: the detail's power in radial bands over the true detail's, each band's ratio beyond "
-               "1.5 times the median band's, averaged (0 without a texture of one fine scale; train-upscaler's "
-               "--texture-weight term)")
+    click.echo(f"texture: the detail's power in radial bands of {TEXTURE_BANDS} over the true detail's, each "
+               f"band's ratio beyond {TEXTURE_EXCESS:g} times the median band's, averaged (0 without a texture of "
+               f"one fine scale; train-upscaler's --texture-weight term)")
     if sheet is not None:
         click.echo(str(sheet))
     if record:

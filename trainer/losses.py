@@ -89,6 +89,8 @@ def grid_excess(detail: torch.Tensor, period: int) -> torch.Tensor:
 # detail's radial power spectrum to the true detail's; a photo's own detail has none (docs/super-resolution.md).
 TEXTURE_BAND_EDGES = torch.arange(0.04, 0.5001, 0.02)  # cycles per pixel: periods of 2 to 25 pixels
 TEXTURE_EXCESS = 1.5  # a band's ratio beyond this times the bands' median is a peak
+TEXTURE_BANDS = (f"{TEXTURE_BAND_EDGES[1] - TEXTURE_BAND_EDGES[0]:.2g} cycles per pixel from "
+                 f"{TEXTURE_BAND_EDGES[0]:.2g} to {TEXTURE_BAND_EDGES[-1]:.2g}")  # in words, for cards and reports
 
 
 def texture_peaks(detail: torch.Tensor, true_detail: torch.Tensor) -> torch.Tensor:

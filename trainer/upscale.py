@@ -12,7 +12,8 @@ from torchvision.utils import save_image
 
 from vidstyle.trainer.config import TrainConfig
 from vidstyle.trainer.data import sha256_file
-from vidstyle.trainer.losses import content_loss, gaussian_blur, grid_excess, texture_peaks, total_variation
+from vidstyle.trainer.losses import (TEXTURE_BANDS, TEXTURE_EXCESS, content_loss, gaussian_blur, grid_excess, texture_peaks,
+                                     total_variation)
 from vidstyle.trainer.vgg import CONTENT_LAYER, LossNetwork
 from vidstyle.errors import VidstyleError
 from vidstyle.model import UPSCALE_FACTORS, UpscalerNet
@@ -37,9 +38,9 @@ UPSCALE_LOSS_UNITS = (
     "grid: the power spectrum of the detail's grey level (output minus the bicubic upscale of the input), pooled "
     "over the batch, at each peak of a grid at the factor's period beyond twice the mean power of the 6 bins either "
     "way around it, summed over the peaks, divided by (H*W)^2 (a squared amplitude in 0..255 units); "
-    "texture: the detail's grey-level power in radial bands of 0.02 cycles per pixel from 0.04 to 0.5, pooled over "
-    "the batch, over the true detail's (the crop minus the same bicubic upscale), each band's ratio beyond 1.5 "
-    "times the median band's, averaged over the bands (a ratio of powers); "
+    f"texture: the detail's grey-level power in radial bands of {TEXTURE_BANDS}, pooled over "
+    f"the batch, over the true detail's (the crop minus the same bicubic upscale), each band's ratio beyond "
+    f"{TEXTURE_EXCESS:g} times the median band's, averaged over the bands (a ratio of powers); "
     "terms are unweighted, total = sum of weight * term"
 )
 # Settings of a super-resolution run a resumed run must share with its checkpoint.
