@@ -17,10 +17,12 @@ Reimann et al. 2023):
                 grain and compression noise do not reach it, real changes do;
     features -- inside the network, its `encode` half's features (a style
                 network's at a quarter of the frame's size, an upscaler's at the
-                frame's) blended the same way with the previous frame's; its
-                `render` half then paints one set of crisp strokes (or detail)
-                from them. Blending the output instead averages two frames'
-                strokes into a softer picture (docs/temporal.md).
+                frame's) blended the same way; a style network's with two
+                keyframes' features, each moved once along the motion composed
+                since (KeyframeBlend), rather than a running mean of every past
+                frame's; its `render` half then paints one set of crisp strokes
+                (or detail) from them. Blending the output instead averages two
+                frames' strokes into a softer picture (docs/temporal.md).
 
 Both blends are anchored to the current frame (TemporalBlend): what is carried
 counts only where it agrees with the frame's own values to within a few times
@@ -74,6 +76,10 @@ AGREEMENT_TOLERANCE = 3.0
 # repeated frame (film transferred with pulldown, animation on twos) changes by almost nothing, and
 # in units of almost nothing all history would disagree and the picture would jump back.
 FLICKER_MEMORY = 0.5
+# Every how many frames the features' blend takes a new keyframe (KeyframeBlend), and over how
+# many it cross-fades to it: longer moves strokes more slowly from one set to the next (16 flickered
+# less than 8 on four of the five clips of docs/temporal.md), shorter keeps a path's composed motion short.
+KEY_INTERVAL = 16
 # Below this mean trust a frame is taken for a new shot (on the real clips,
 # consecutive frames of one shot stay above 0.6, fast phone footage included).
 SCENE_CUT_TRUST = 0.3
@@ -218,7 +224,10 @@ class TemporalConsistency:
             raise VidstyleError(f"temporal strength must be within 0..1, not {strength:g}")
         self.motion = MotionTracker()
         self.steady_input = TemporalBlend(strength * INPUT_SHARE, stride=1)
-        self.steady_features = TemporalBlend(strength, stride=feature_stride)
+        # An upscaler's features (stride 1) keep the running mean: at the frame's own size a second
+        # resampling costs most, and keyframes were measured on style networks only.
+        features = KeyframeBlend if feature_stride > 1 else TemporalBlend
+        self.steady_features = features(strength, stride=feature_stride)
 
     def prepare(self, frames: np.ndarray) -> tuple[np.ndarray, list[Motion | None]]:
         """(N, H, W, 3) uint8 frames in order: the batch for the network, and each one's motion."""
@@ -260,25 +269,106 @@ class TemporalBlend:
         blended = values.to(torch.float32, copy=True)  # blended in a copy: the caller keeps its values
         for index, motion in enumerate(motions):
             current = blended[index:index + 1]
-            own = current[:, ::_flicker_step(current)].clone()  # before blending: what _flicker reads
-            if (motion is not None and self.previous is not None and self.previous.shape == current.shape
-                    and self.strength > 0):
+            fresh = current.clone()
+            own = fresh[:, ::_flicker_step(current)]  # what _flicker reads
+            if motion is not None and self.continues(current) and self.strength > 0:
                 height, width = current.shape[-2:]
                 flow, weight = _at_size(motion, height, width, self.stride)
-                trust = torch.from_numpy(weight).to(current.device)
+                trust = torch.from_numpy(weight).to(current.device)[None, None]
                 grid = sampling_grid(torch.from_numpy(flow).to(current.device), height, width)[None]
-                carried, carried_own = (F.grid_sample(past, grid, mode="bicubic", padding_mode="border",
-                                                      align_corners=True) for past in (self.previous, self.previous_own))
+                carried, carried_trust = self.carry(grid, trust)
                 change = carried - current
-                flicker = _flicker(carried_own - own, trust)
+                flicker = _flicker(_resample(self.previous_own, grid) - own, trust)
                 if self.flicker is not None:
                     flicker = torch.maximum(flicker, FLICKER_MEMORY * self.flicker)
-                current += self.strength * trust * _agreement(change, flicker) * change
+                agreement = _agreement(change, flicker)
+                current += self.strength * carried_trust * agreement * change
                 self.flicker = flicker
+                self.remember(current, fresh, agreement)
             else:
                 self.flicker = None
-            self.previous, self.previous_own = current.clone(), own
+                self.remember(current, fresh, None)
+            self.previous_own = own
         return blended.to(values.dtype) if values.is_floating_point() else blended
+
+    def continues(self, values: torch.Tensor) -> bool:
+        """Whether there is a past to carry into these values."""
+        return self.previous is not None and self.previous.shape == values.shape
+
+    def carry(self, grid: torch.Tensor, trust: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the past brings to this frame along the motion's `grid`, and how far to trust it
+        ((1, 1, h, w)): here, the previous frame's blended values."""
+        return _resample(self.previous, grid), trust
+
+    def remember(self, blended: torch.Tensor, fresh: torch.Tensor, agreement: torch.Tensor | None) -> None:
+        """Keep what the next frame's `carry` needs: this frame's blended and own (`fresh`) values,
+        and how far what was carried agreed with them (None: this frame began a run)."""
+        self.previous = blended.clone()
+
+
+class KeyframeBlend(TemporalBlend):
+    """TemporalBlend for the network's features, carried from keyframes instead of from the
+    previous frame: every KEY_INTERVAL frames a frame's own features become a keyframe, and
+    what is carried into a frame is the last two keyframes, each moved once along the motion
+    composed since it was taken, cross-faded from the older to the newer over the interval.
+
+    A recursive carry keeps a running mean of every past frame's strokes, each resampled again
+    at every frame: where grain redraws the strokes (a wall under a slow pan) the mean of many
+    sets is a softer picture than any one (style loss x1.13 of the per-frame output's on the
+    thin-line wall). Two whole sets, each resampled once, keep it crisp (x1.03); what a trust
+    broke along the way (an occlusion, new content) is not carried from that keyframe."""
+
+    def __init__(self, strength: float, stride: int):
+        super().__init__(strength, stride)
+        self.keys: list[Keyframe] = []  # the older and the newer
+        self.age = 0  # frames since the newer was taken
+
+    def continues(self, values: torch.Tensor) -> bool:
+        return bool(self.keys) and self.keys[0].values.shape == values.shape
+
+    def carry(self, grid: torch.Tensor, trust: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        for key in self.keys:
+            key.follow(grid, trust)
+        newer = min(1.0, self.age / KEY_INTERVAL) if len(self.keys) == 2 else 1.0
+        shares = [(1 - newer) * self.keys[0].trust, newer * self.keys[-1].trust][-len(self.keys):]
+        keyed = sum(shares)
+        carried = sum(share * key.carried() for share, key in zip(shares, self.keys))
+        return carried / keyed.clamp(min=1e-6), keyed
+
+    def remember(self, blended: torch.Tensor, fresh: torch.Tensor, agreement: torch.Tensor | None) -> None:
+        if agreement is None:
+            self.keys, self.age = [Keyframe(fresh)], 0
+            return
+        self.age += 1
+        if self.age >= KEY_INTERVAL:
+            self.keys, self.age = [self.keys[-1], Keyframe(fresh)], 0
+
+
+class Keyframe:
+    """A frame's own features and, for the frame now being blended, where each of its pixels was in
+    that keyframe (composed along the motions since) and how far that path is trusted."""
+
+    def __init__(self, values: torch.Tensor):
+        self.values = values
+        height, width = values.shape[-2:]
+        self.grid = sampling_grid(torch.zeros(height, width, 2, device=values.device), height, width)[None]
+        self.trust = torch.ones(1, 1, height, width, device=values.device)
+
+    def follow(self, grid: torch.Tensor, trust: torch.Tensor) -> None:
+        """One more frame: each pixel was at `grid` in the frame before, so in the keyframe where that
+        point was. A path is trusted as far as its least trusted step, and not at all once it left the frame."""
+        path = torch.cat((self.grid.permute(0, 3, 1, 2), self.trust), 1)
+        moved = F.grid_sample(path, grid, mode="bilinear", padding_mode="border", align_corners=True)
+        inside = (grid.abs() <= 1 + 1e-4).all(-1)[:, None]
+        self.grid = moved[:, :2].permute(0, 2, 3, 1)
+        self.trust = torch.minimum(moved[:, 2:] * inside, trust)
+
+    def carried(self) -> torch.Tensor:
+        return _resample(self.values, self.grid)
+
+
+def _resample(values: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    return F.grid_sample(values, grid, mode="bicubic", padding_mode="border", align_corners=True)
 
 
 def _flicker_step(values: torch.Tensor) -> int:
@@ -289,8 +379,8 @@ def _flicker_step(values: torch.Tensor) -> int:
 
 def _flicker(change: torch.Tensor, trust: torch.Tensor) -> torch.Tensor:
     """How far the frame's own values move from the previous frame's where the motion is
-    trusted: the mean square of the change over channels and trusted pixels."""
-    trusted = trust > 0.5
+    trusted ((1, 1, h, w)): the mean square of the change over channels and trusted pixels."""
+    trusted = trust[0, 0] > 0.5
     squares = change.square().mean(1)[0]
     return (squares[trusted] if bool(trusted.any()) else squares).mean().clamp(min=1e-8)
 
