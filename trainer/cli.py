@@ -195,8 +195,6 @@ def train_arbitrary(paintings: Path, name: str, **options: object) -> None:
               help="Weight of the mean squared difference from the teacher's output, in pixels.")
 @click.option("--teacher-feature-weight", default=TEACHER_FEATURE_WEIGHT, show_default=True,
               help="Weight of the difference from the teacher's output in the loss network's features.")
-@click.option("--channels", default=TrainConfig.channels, type=click.IntRange(min=8), show_default=True,
-              help="The compact network's width at a quarter of the frame's size (its features; half of it at half the size).")
 def distill(style: str, style_image: Path, run_dir: Path | None, **options: object) -> None:
     """Distil STYLE (a name or .pth) into the compact network, CompactTransformerNet: the same look at
     about a ninth of the time per frame on a CPU.

@@ -53,7 +53,6 @@ class TrainConfig:
     teacher: str | None = None
     teacher_pixel_weight: float = 0.0
     teacher_feature_weight: float = 0.0
-    channels: int = 64  # distillation: the compact network's width at a quarter of the size
     content_weight: float = CONTENT_WEIGHT
     style_weight: float = STYLE_WEIGHT
     tv_weight: float = TV_WEIGHT

@@ -59,6 +59,8 @@ class DistillObjective(StyleObjective):
     """The style objective with the teacher's output as a target: its network is compact, its
     samples show the teacher beside the student, its card names the teacher."""
 
+    network_class = CompactTransformerNet
+
     def __init__(self, config: TrainConfig, loss_net: LossNetwork, device: torch.device):
         super().__init__(config, loss_net, device)
         self.teacher = teacher_style(config.teacher)
@@ -68,11 +70,7 @@ class DistillObjective(StyleObjective):
             "teacher_sha256": sha256_file(self.teacher.weights_path),
             "teacher_pixel_weight": config.teacher_pixel_weight,
             "teacher_feature_weight": config.teacher_feature_weight,
-            "channels": config.channels,
         }
-
-    def network(self) -> CompactTransformerNet:
-        return CompactTransformerNet(self.config.channels)
 
     def loss_terms(self, net: CompactTransformerNet, images: torch.Tensor, autocast: torch.autocast) -> dict[str, torch.Tensor]:
         return perceptual_terms(net, self.loss_net, images, self.style_grams, autocast, self.config, teacher=self.teacher_net)
@@ -86,7 +84,6 @@ class DistillObjective(StyleObjective):
     def card(self) -> dict:
         return super().card() | {
             "network": "compact",
-            "channels": self.config.channels,
             "teacher": {"name": self.teacher.name, "weights_sha256": self.identity["teacher_sha256"],
                         "iterations": self.teacher.card.get("iterations")},
             "teacher_pixel_weight": self.config.teacher_pixel_weight,

@@ -35,6 +35,7 @@ class StyleObjective:
     """The style image's Grams, the loss terms of a batch of photos, samples and the card's style entries."""
 
     resize_crops = True
+    network_class: type[torch.nn.Module] = TransformerNet  # what a run from random weights trains
 
     def __init__(self, config: TrainConfig, loss_net: LossNetwork, device: torch.device):
         if config.style_image is None:
@@ -55,7 +56,7 @@ class StyleObjective:
         }
 
     def network(self) -> TransformerNet:
-        return self.parent.load_network().train() if self.parent else TransformerNet()
+        return self.parent.load_network().train() if self.parent else self.network_class()
 
     def loss_terms(self, net: TransformerNet, images: torch.Tensor, autocast: torch.autocast) -> dict[str, torch.Tensor]:
         return perceptual_terms(net, self.loss_net, images, self.style_grams, autocast, self.config)

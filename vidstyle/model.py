@@ -149,15 +149,14 @@ class CompactTransformerNet(nn.Module):
     size_multiple = 4  # two stride-2 convolutions, an x2 upsampling and an x2 pixel shuffle
     feature_stride = 4  # as TransformerNet's, so that the temporal stage blends either alike
 
-    def __init__(self, channels: int = 64):
+    def __init__(self):
         super().__init__()
-        half = channels // 2
-        self.encoder = nn.Sequential(conv_norm_relu(3, half, stride=2), conv_norm_relu(half, channels, stride=2))
-        self.residuals = nn.Sequential(*(SeparableResidualBlock(channels) for _ in range(5)))
+        self.encoder = nn.Sequential(conv_norm_relu(3, 32, stride=2), conv_norm_relu(32, 64, stride=2))
+        self.residuals = nn.Sequential(*(SeparableResidualBlock(64) for _ in range(5)))
         self.decoder = nn.Sequential(
             nn.Upsample(scale_factor=2, mode="nearest"),
-            conv_norm_relu(channels, half),
-            nn.Conv2d(half, 3 * 4, 3, padding=1),
+            conv_norm_relu(64, 32),
+            nn.Conv2d(32, 3 * 4, 3, padding=1),
             ShuffleToPixels(),
         )
 

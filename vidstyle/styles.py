@@ -63,10 +63,7 @@ class Style:
         if self.network not in STYLE_NETWORKS:
             raise VidstyleError(f"style {self.name}: its model card's network {self.network!r} is none of "
                                 f"{', '.join(STYLE_NETWORKS)}")
-        network = STYLE_NETWORKS[self.network]
-        # A compact network's card says how wide it is (vidstyle distill --channels).
-        net = network(self.card["channels"]) if "channels" in self.card else network()
-        return _load_into(net, load_state(self.weights_path, "style"), self.weights_path, "style")
+        return _load_into(STYLE_NETWORKS[self.network](), load_state(self.weights_path, "style"), self.weights_path, "style")
 
     def compact(self) -> Style | None:
         """This style's compact network, where it has one: compact/NAME.pth beside its weights."""
