@@ -315,7 +315,7 @@ class KeyframeBlend(TemporalBlend):
     A recursive carry keeps a running mean of every past frame's strokes, each resampled again
     at every frame: where grain redraws the strokes (a wall under a slow pan) the mean of many
     sets is a softer picture than any one (style loss x1.13 of the per-frame output's on the
-    thin-line wall). Two whole sets, each resampled once, keep it crisp (x1.03); what a trust
+    thin-line wall). Two whole sets, each resampled once, keep it crisp (x1.025); what a trust
     broke along the way (an occlusion, new content) is not carried from that keyframe."""
 
     def __init__(self, strength: float, stride: int):
