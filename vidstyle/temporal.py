@@ -269,8 +269,7 @@ class TemporalBlend:
         blended = values.to(torch.float32, copy=True)  # blended in a copy: the caller keeps its values
         for index, motion in enumerate(motions):
             current = blended[index:index + 1]
-            fresh = current.clone()
-            own = fresh[:, ::_flicker_step(current)]  # what _flicker reads
+            own = current[:, ::_flicker_step(current)].clone()  # before blending: what _flicker reads
             if motion is not None and self.continues(current) and self.strength > 0:
                 height, width = current.shape[-2:]
                 flow, weight = _at_size(motion, height, width, self.stride)
@@ -281,13 +280,13 @@ class TemporalBlend:
                 flicker = _flicker(_resample(self.previous_own, grid) - own, trust)
                 if self.flicker is not None:
                     flicker = torch.maximum(flicker, FLICKER_MEMORY * self.flicker)
-                agreement = _agreement(change, flicker)
-                current += self.strength * carried_trust * agreement * change
+                steadied = current + self.strength * carried_trust * _agreement(change, flicker) * change
                 self.flicker = flicker
-                self.remember(current, fresh, agreement)
+                self.remember(steadied, current, start=False)
+                current.copy_(steadied)
             else:
                 self.flicker = None
-                self.remember(current, fresh, None)
+                self.remember(current, current, start=True)
             self.previous_own = own
         return blended.to(values.dtype) if values.is_floating_point() else blended
 
@@ -300,9 +299,9 @@ class TemporalBlend:
         ((1, 1, h, w)): here, the previous frame's blended values."""
         return _resample(self.previous, grid), trust
 
-    def remember(self, blended: torch.Tensor, fresh: torch.Tensor, agreement: torch.Tensor | None) -> None:
-        """Keep what the next frame's `carry` needs: this frame's blended and own (`fresh`) values,
-        and how far what was carried agreed with them (None: this frame began a run)."""
+    def remember(self, blended: torch.Tensor, own: torch.Tensor, start: bool) -> None:
+        """Keep what the next frame's `carry` needs from this frame's blended and `own` values (both
+        overwritten once this returns); `start`: this frame began a run, nothing was carried into it."""
         self.previous = blended.clone()
 
 
@@ -335,13 +334,12 @@ class KeyframeBlend(TemporalBlend):
         carried = sum(share * key.carried() for share, key in zip(shares, self.keys))
         return carried / keyed.clamp(min=1e-6), keyed
 
-    def remember(self, blended: torch.Tensor, fresh: torch.Tensor, agreement: torch.Tensor | None) -> None:
-        if agreement is None:
-            self.keys, self.age = [Keyframe(fresh)], 0
-            return
-        self.age += 1
-        if self.age >= KEY_INTERVAL:
-            self.keys, self.age = [self.keys[-1], Keyframe(fresh)], 0
+    def remember(self, blended: torch.Tensor, own: torch.Tensor, start: bool) -> None:
+        self.age = 0 if start else self.age + 1
+        if start:
+            self.keys = [Keyframe(own.clone())]
+        elif self.age >= KEY_INTERVAL:
+            self.keys, self.age = [self.keys[-1], Keyframe(own.clone())], 0
 
 
 class Keyframe:
