@@ -416,17 +416,17 @@ def test_resumed_upscaler_run_matches_uninterrupted_run(inputs: dict[str, Path],
     assert child_card["recipe"].startswith("Started from the weights x4.pth (5 iterations: ") and child_card["pixel_weight"] == 10
 
     # Deepened: the parent's weights and new residual blocks that start as the identity; and
-    # moved to bilinear upsampling, which the card (or a checkpoint) records for loading.
+    # moved to bilinear upsampling with the phase comb, which the card (or a checkpoint) records for loading.
     invoke_upscaler(upscaler_args(inputs, tmp_path / "deeper", 3, "--init-from", str(tmp_path / "straight" / "x4.pth"),
-                                  "--lr", "1e-30", "--final-lr", "0", "--blocks", "6", "--upsampling", "bilinear"))
+                                  "--lr", "1e-30", "--final-lr", "0", "--blocks", "6", "--upsampling", "bilinear", "--comb"))
     deeper = torch.load(tmp_path / "deeper" / "x4.pth", weights_only=True)
     assert all(torch.equal(weights[0][key], deeper[key]) for key in weights[0])
     assert not deeper["residuals.5.body.1.conv.weight"].any() and UpscalerNet.blocks_in(deeper) == 6
     deeper_card = json.loads((tmp_path / "deeper" / "x4.json").read_text())
-    assert deeper_card["residual_blocks"] == 6 and deeper_card["upsampling"] == "bilinear"
+    assert deeper_card["residual_blocks"] == 6 and deeper_card["upsampling"] == "bilinear" and deeper_card["comb"]
     for saved in ("x4.pth", "checkpoint.pt"):
         loaded = load_upscaler(tmp_path / "deeper" / saved, 4)
-        assert len(loaded.residuals) == 6 and loaded.upsampling == "bilinear"
+        assert len(loaded.residuals) == 6 and loaded.upsampling == "bilinear" and loaded.comb is not None
     result = CliRunner().invoke(train_upscaler, upscaler_args(inputs, tmp_path / "shallower", 3, "--init-from",
                                                               str(tmp_path / "deeper" / "x4.pth"), "--blocks", "4"))
     assert result.exit_code == 1 and "x4.pth has 6 residual blocks already" in result.output

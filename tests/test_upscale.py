@@ -20,7 +20,7 @@ from test_cli import assert_clean_failure
 from test_temporal import grainy_clip
 from vidstyle.errors import VidstyleError
 from vidstyle.inference import Stylizer, resolve_device
-from vidstyle.model import UPSAMPLINGS, StyleThenUpscale, TransformerNet, UpscalerNet
+from vidstyle.model import PhaseComb, StyleThenUpscale, TransformerNet, UpscalerNet
 from vidstyle.pipeline import stylize_file
 from vidstyle.sample import make_sample_video
 from vidstyle.styles import BUILTIN_UPSCALERS_DIR, find_treatment, find_upscaler, save_style
@@ -116,11 +116,11 @@ def test_a_deepened_upscaler_starts_where_its_parent_is(tmp_path: Path) -> None:
         assert (loaded(x) - smooth(x)).abs().max() < 0.05 < (loaded(x) - deeper(x)).abs().max()
 
 
-@pytest.mark.parametrize("upsampling", UPSAMPLINGS)
+@pytest.mark.parametrize("upsampling, comb", [("nearest", False), ("bilinear", False), ("bilinear", True)])
 @pytest.mark.parametrize("factor", [2, 4, 8])
-def test_tiles_equal_the_whole_frame(factor: int, upsampling: str) -> None:
+def test_tiles_equal_the_whole_frame(factor: int, upsampling: str, comb: bool) -> None:
     torch.manual_seed(factor)
-    net = UpscalerNet(factor, upsampling=upsampling).eval()
+    net = UpscalerNet(factor, upsampling=upsampling, comb=comb).eval()
     x = torch.rand(1, 3, 23, 17) * 255
     with torch.inference_mode():
         whole, tiled = net(x), upscale_in_tiles(net, x, side=5)  # 20 tiles of 5x5 and less
@@ -178,16 +178,12 @@ def mean_grid(net: UpscalerNet) -> float:
                               for small in (degrade(hr, net.factor) for hr in photos)]))
 
 
-# Issue 37, open: the x4's bilinear fine-tune halved its grid (Set14 15.6 -> 5.6 on our inputs) but did not remove it.
-KNOWN_GRIDS = {4: "issue 37: the installed x4 still has a grid at 4 pixels (docs/super-resolution.md)"}
 needs_set14 = pytest.mark.skipif(not SET14.is_dir(), reason="needs ../shared/sr/Set14's photos")
 
 
 @needs_set14
 @pytest.mark.parametrize("factor", BUILTIN_FACTORS)
-def test_each_installed_upscaler_as_its_card_says_has_no_grid(factor: int, request: pytest.FixtureRequest) -> None:
-    if factor in KNOWN_GRIDS:  # strict: once the weights pass, this fails until the entry goes
-        request.applymarker(pytest.mark.xfail(strict=True, reason=KNOWN_GRIDS[factor]))
+def test_each_installed_upscaler_as_its_card_says_has_no_grid(factor: int) -> None:
     assert mean_grid(load_upscaler(BUILTIN_UPSCALERS_DIR / f"x{factor}.pth", factor)) < GRID_THRESHOLD
 
 
@@ -208,6 +204,22 @@ def test_a_grid_added_to_a_photo_like_detail_is_flagged() -> None:
     assert grid_strength(detail, 4) < 2 < GRID_THRESHOLD * 2 < grid_strength(gridded, 4)
     with pytest.raises(VidstyleError, match="grid strength needs a size of multiples of 4"):
         grid_strength(detail[..., :255, :], 4)
+
+
+@pytest.mark.parametrize("period", [4, 8])
+def test_the_phase_comb_takes_out_a_block_pattern_and_keeps_what_does_not_repeat(period: int) -> None:
+    """A photo-like detail with a pattern of the block's period whose strength varies across the
+    frame, as a network's does: the comb leaves no grid, almost none of the pattern, and nearly
+    all of the detail."""
+    generator = torch.Generator().manual_seed(period)
+    detail = torch.nn.functional.avg_pool2d(torch.randn(1, 3, 260, 324, generator=generator) * 20, 5, stride=1)
+    block = torch.randn(period, period, generator=generator)
+    strength = torch.linspace(0.2, 1.5, 320)[None]  # fades across the frame
+    pattern = (block - block.mean()).repeat(256 // period, 320 // period) * strength
+    comb = PhaseComb(period)
+    assert grid_strength(comb(detail + pattern), period) < 2 < GRID_THRESHOLD * 2 < grid_strength(detail + pattern, period)
+    assert comb(pattern.expand(1, 3, -1, -1)).square().mean() < 0.01 * pattern.square().mean()
+    assert (comb(detail) - detail).square().mean() < 0.05 * detail.square().mean()
 
 
 def test_the_training_term_against_a_grid_spares_a_photo_like_detail() -> None:

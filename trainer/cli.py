@@ -240,6 +240,9 @@ def distill(style: str, style_image: Path, run_dir: Path | None, **options: obje
 @click.option("--upsampling", type=click.Choice(UPSAMPLINGS),
               help="How features are enlarged between octaves; bilinear has no block grid at the factor's period, "
                    "and --init-from a network of the other kind fine-tunes it to this one.  [default: nearest, or --init-from's]")
+@click.option("--comb/--no-comb", default=None,
+              help="Take what repeats with the factor's period out of the detail (the phase comb: no block grid, "
+                   "whatever the upsampling); --init-from a network without it fine-tunes it to it.  [default: off, or --init-from's]")
 @fleet_options
 def train_upscaler(factor: str, name: str | None, **options: object) -> None:
     """Train a super-resolution network (Johnson et al. 2016, section 4.2) on a folder of photos.

@@ -73,6 +73,8 @@ class TrainConfig:
     blocks: int | None = None
     # Super-resolution: "nearest" or "bilinear" (vidstyle.model.UPSAMPLINGS); None: nearest, or --init-from's.
     upsampling: str | None = None
+    # Super-resolution: the phase comb on the detail (vidstyle.model.PhaseComb); None: off, or --init-from's.
+    comb: bool | None = None
     holdout: int = 50
     seed: int = 0
     log_every: int = 10

@@ -118,13 +118,15 @@ class UpscaleObjective:
             raise VidstyleError(f"--blocks {self.blocks}: {self.parent.name} has {len(parent.residuals)} residual "
                                 f"blocks already; a fine-tune can add blocks, not remove them")
         self.upsampling = config.upsampling or parent.upsampling
+        self.comb = parent.comb is not None if config.comb is None else config.comb
         self.identity = {key: getattr(config, key) for key in UPSCALE_IDENTITY} | {
-            "init_from": self.parent and sha256_file(self.parent), "blocks": self.blocks, "upsampling": self.upsampling}
+            "init_from": self.parent and sha256_file(self.parent), "blocks": self.blocks, "upsampling": self.upsampling,
+            "comb": self.comb}
 
     def network(self) -> UpscalerNet:
         if self.parent_net is None:
-            return UpscalerNet(self.factor, blocks=self.blocks, upsampling=self.upsampling)
-        return self.parent_net.deepened(self.blocks, self.upsampling).train()
+            return UpscalerNet(self.factor, blocks=self.blocks, upsampling=self.upsampling, comb=self.comb)
+        return self.parent_net.deepened(self.blocks, self.upsampling, self.comb).train()
 
     def loss_terms(self, net: UpscalerNet, images: torch.Tensor, autocast: torch.autocast) -> dict[str, torch.Tensor]:
         """The unweighted terms; the networks run under autocast, the degradation and the terms in float32."""
@@ -161,6 +163,7 @@ class UpscaleObjective:
             "factor": self.factor,
             "residual_blocks": self.blocks,
             "upsampling": self.upsampling,
+            "comb": self.comb,
             "degradation": degradation(config.max_blur),
             "feature_weight": config.content_weight,
             "pixel_weight": config.pixel_weight,
@@ -178,7 +181,7 @@ class UpscaleObjective:
         start = (f"Started from the weights {self.parent.name} ({self.parent_card.get('iterations', 'unknown')} iterations: "
                  f"{self.parent_card.get('recipe', 'no recipe in its card')}) " if self.parent else "")
         return (f"{start}Johnson et al. (2016) perceptual-loss super-resolution x{self.factor} of vidstyle's UpscalerNet "
-                f"({self.blocks} residual blocks, {self.upsampling} upsampling): "
+                f"({self.blocks} residual blocks, {self.upsampling} upsampling{', the phase comb' if self.comb else ''}): "
                 f"{self.config.describe_schedule(CROPS)}; inputs made by {degradation(self.config.max_blur)}; "
                 f"losses: VGG-16 relu2_2 features, per-pixel squared error, total variation"
                 f"{', the grid term' if self.config.grid_weight else ''}"

@@ -8,6 +8,8 @@ values), so callers clamp to 0..255 before converting to 8-bit pixels.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -268,6 +270,50 @@ UPSCALE_FACTORS = (2, 4, 8)
 UPSAMPLINGS = ("nearest", "bilinear")
 
 
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Each channel blurred by a Gaussian of sigma pixels (3 sigma either way), edges repeated."""
+    radius = math.ceil(3 * sigma)
+    offsets = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
+    kernel = torch.exp(-offsets ** 2 / (2 * sigma ** 2))
+    kernel, channels = kernel / kernel.sum(), images.shape[1]
+    blurred = F.pad(images, (radius,) * 4, mode="replicate")
+    blurred = F.conv2d(blurred, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+    return F.conv2d(blurred, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+
+
+class PhaseComb(nn.Module):
+    """Takes out of an upscaler's detail what repeats with the upsampling's period: the block
+    grid. Each of the period x period places of a block has its local mean there (a Gaussian
+    over the neighbouring blocks), less the mean of all places, subtracted. A pattern that
+    repeats block after block lands in those means and goes; detail that does not repeat
+    averages out over the neighbourhood and stays. The means are taken of the detail less its
+    own blur (sigma half a block, which passes 99% of the grid's frequencies): a smooth ramp
+    would otherwise differ from place to place too and come out in steps. Local, so tiles stay
+    exact (receptive_radius counts its reach); no weights."""
+
+    # Two blocks: on Set14 the installed x4 combed with sigma 1 lost more detail (relu2_2 distance
+    # 0.667 of bicubic's, from 0.656) than with 2 (0.660); both took the grid from 7.3 to about 1.
+    def __init__(self, period: int, sigma: float = 2.0):
+        super().__init__()
+        self.period, self.sigma = period, sigma
+        # In input pixels (a block each): the ramps' blur (3 x half a block), then the means over the blocks.
+        self.radius = 2 + math.ceil(3 * sigma)
+
+    def extra_repr(self) -> str:
+        return f"period={self.period}, sigma={self.sigma:g}"
+
+    def forward(self, detail: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = detail.shape
+        period, rows, columns = self.period, height // self.period, width // self.period
+        fine = detail - gaussian_blur(detail, period / 2)
+        # (batch, channels x places, rows, columns): each place of the block as an image of its own.
+        places = fine.reshape(batch, channels, rows, period, columns, period).permute(0, 1, 3, 5, 2, 4)
+        local = gaussian_blur(places.reshape(batch, channels * period * period, rows, columns), self.sigma)
+        local = local.reshape(batch, channels, period * period, rows, columns)
+        pattern = (local - local.mean(2, keepdim=True)).reshape(batch, channels, period, period, rows, columns)
+        return detail - pattern.permute(0, 1, 4, 2, 5, 3).reshape(batch, channels, height, width)
+
+
 class UpscalerNet(nn.Module):
     """The super-resolution network of Johnson et al. (2016, section 4.2): a 9x9 conv,
     residual blocks at the low resolution, one x2 upsampling layer per octave of the
@@ -286,7 +332,8 @@ class UpscalerNet(nn.Module):
     size_multiple = 1  # no strides: any size comes back exactly `factor` times as large
     feature_stride = 1  # the features (encode) are at the input's size
 
-    def __init__(self, factor: int = 4, channels: int = 64, blocks: int = 4, upsampling: str = "nearest"):
+    def __init__(self, factor: int = 4, channels: int = 64, blocks: int = 4, upsampling: str = "nearest",
+                 comb: bool = False):
         super().__init__()
         if factor not in UPSCALE_FACTORS:
             raise ValueError(f"upscale factor must be one of {UPSCALE_FACTORS}, not {factor}")
@@ -302,6 +349,10 @@ class UpscalerNet(nn.Module):
         self.upsample = nn.Sequential(*(UpsampleConvNormReLU(channels, channels, normalize=False, mode=upsampling)
                                         for _ in range(factor.bit_length() - 1)))
         self.tail = ConvLayer(channels, 3, 9)
+        # Bilinear upsampling still passes a grid at the factor's period (its weights differ from
+        # place to place in a block), which the feature loss puts to use; the comb takes it out.
+        # Not in the weights either: the model card says.
+        self.comb = PhaseComb(factor) if comb else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.render(self.encode(x), x)
@@ -314,20 +365,22 @@ class UpscalerNet(nn.Module):
     def render(self, features: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The upscaled output of input x from its features: x's bicubic upscale plus the detail."""
         base = F.interpolate(x, scale_factor=self.factor, mode="bicubic", align_corners=False)
-        return base + 255.0 * self.tail(self.upsample(features))
+        detail = self.tail(self.upsample(features))
+        return base + 255.0 * (detail if self.comb is None else self.comb(detail))
 
     @staticmethod
     def blocks_in(state: dict) -> int:
         """The number of residual blocks a state dict of an UpscalerNet holds."""
         return sum(1 for key in state if key.startswith("residuals.") and key.endswith(".body.0.0.conv.weight"))
 
-    def deepened(self, blocks: int, upsampling: str | None = None) -> UpscalerNet:
+    def deepened(self, blocks: int, upsampling: str | None = None, comb: bool | None = None) -> UpscalerNet:
         """A copy with `blocks` residual blocks: these weights, then new blocks that start as the
         identity (their last convolution zero), so it begins exactly where this network is and
-        fine-tuning puts the added capacity to use; with another upsampling, to fine-tune to it."""
+        fine-tuning puts the added capacity to use; with another upsampling or comb, to fine-tune to it."""
         if blocks < len(self.residuals):
             raise ValueError(f"cannot deepen {len(self.residuals)} residual blocks to {blocks}")
-        deeper = UpscalerNet(self.factor, self.head[0].conv.out_channels, blocks, upsampling or self.upsampling)
+        deeper = UpscalerNet(self.factor, self.head[0].conv.out_channels, blocks, upsampling or self.upsampling,
+                             self.comb is not None if comb is None else comb)
         deeper.load_state_dict(self.state_dict(), strict=False)
         for block in deeper.residuals[len(self.residuals):]:
             nn.init.zeros_(block.body[1].conv.weight)
@@ -337,11 +390,12 @@ class UpscalerNet(nn.Module):
     def receptive_radius(self) -> int:
         """How far, in input pixels, an output pixel sees: the halo a tile needs for an exact result.
         The 9x9 head, two 3x3 convs per block, one 3x3 conv per octave (at most a pixel each) and
-        the 9x9 tail at the output's scale; the bicubic base sees 2 pixels, less than these."""
+        the 9x9 tail at the output's scale, the comb's blocks; the bicubic base sees 2 pixels, less than these."""
         tail = -(-4 // self.factor)
         # Bilinear upsampling reads one more pixel of the scale below, at most one input pixel.
         per_octave = 1 if self.upsampling == "nearest" else 2
-        return 4 + 2 * len(self.residuals) + per_octave * len(self.upsample) + tail
+        comb = 0 if self.comb is None else self.comb.radius
+        return 4 + 2 * len(self.residuals) + per_octave * len(self.upsample) + tail + comb
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int, min_side: int = 1) -> torch.Tensor:

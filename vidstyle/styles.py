@@ -137,11 +137,11 @@ class Upscaler:
         """Build an UpscalerNet in fp32 with these weights, in eval mode; a training checkpoint
         (its "model" entry) loads too, so that a run can be measured while it trains."""
         state = load_state(self.weights_path, "upscaler")
-        # How it upsamples is not in the weights: a checkpoint's run settings or the card say.
+        # How it upsamples, and whether it combs, is not in the weights: a checkpoint's run settings or the card say.
         settings = state.get("identity", self.card)
         weights = state.get("model", state)
         net = UpscalerNet(self.factor, blocks=UpscalerNet.blocks_in(weights),
-                          upsampling=settings.get("upsampling", "nearest"))
+                          upsampling=settings.get("upsampling", "nearest"), comb=settings.get("comb", False))
         return _load_into(net, weights, self.weights_path, "upscaler")
 
 

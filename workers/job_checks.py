@@ -115,6 +115,11 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[str, object], None]:
     return check
 
 
+def _flag(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise VidstyleError(f"recipe: {name} {value!r} is not true or false")
+
+
 def _optional(check: Callable[[str, object], None]) -> Callable[[str, object], None]:
     return lambda name, value: None if value is None else check(name, value)
 
@@ -151,7 +156,8 @@ RECIPE_CHECKS = {
     TRAIN_UPSCALER_TASK: _SHARED_RECIPE | {
         "pixel_weight": _real(0, 1e12), "grid_weight": _real(0, 1e12), "texture_weight": _real(0, 1e12),
         "max_blur": _optional(_real(0, 100)),
-        "blocks": _optional(_whole(1, 64)), "upsampling": _optional(_one_of(UPSAMPLINGS))},
+        "blocks": _optional(_whole(1, 64)), "upsampling": _optional(_one_of(UPSAMPLINGS)),
+        "comb": _optional(_flag)},
 }
 
 
