@@ -12,6 +12,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from vidstyle.model import gaussian_blur
+
 _UNITS = (
     "images RGB 0..255; "
     "content: mean squared difference of VGG-16 relu2_2 features; "
@@ -205,17 +207,9 @@ def random_affine(batch: int, height: int, width: int) -> torch.Tensor:
     ], dim=1)
 
 
-def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+def blur_each(images: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
     """Each image (N, C, H, W) blurred by a Gaussian of its own sigma (N,) in pixels; edges replicated."""
-    n, c, h, w = images.shape
-    radius = max(1, math.ceil(3 * float(sigma.max())))
-    taps = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
-    kernel = torch.exp(-taps ** 2 / (2 * sigma.to(images).clamp(min=1e-3)[:, None] ** 2))
-    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)  # one per channel of each image
-    flat = F.pad(images.reshape(1, n * c, h, w), (radius, radius, radius, radius), mode="replicate")
-    flat = F.conv2d(flat, kernel[:, None, None, :], groups=n * c)
-    flat = F.conv2d(flat, kernel[:, None, :, None], groups=n * c)
-    return flat.reshape(n, c, h, w)
+    return torch.cat([gaussian_blur(image[None], float(sigma)) for image, sigma in zip(images, sigmas)])
 
 
 def smooth_field(nodes: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -224,8 +218,7 @@ def smooth_field(nodes: torch.Tensor, height: int, width: int) -> torch.Tensor:
     field stays within their range."""
     cells = nodes.shape[-1] - 1
     field = F.interpolate(nodes, size=(height, width), mode="bilinear", align_corners=True)
-    sigma = torch.full((len(nodes),), min(height, width) / cells / 3)
-    return gaussian_blur(field, sigma)
+    return gaussian_blur(field, min(height, width) / cells / 3)
 
 
 def random_flow(batch: int, height: int, width: int) -> torch.Tensor:
@@ -289,7 +282,7 @@ def camera_effects(frames: torch.Tensor, motion: str = "nonrigid") -> torch.Tens
         frames = frames * gain + offset
         blurred = (torch.rand(n) < BLUR_PROBABILITY).to(frames.device)
         frames = torch.where(blurred[:, None, None, None],
-                             gaussian_blur(frames, _between(*BLUR_SIGMA_PX, n)), frames)
+                             blur_each(frames, _between(*BLUR_SIGMA_PX, n)), frames)
         compressed = (torch.rand(n) < COMPRESSION_PROBABILITY).to(frames.device)
         frames = torch.where(compressed[:, None, None, None],
                              block_quantise(frames.clamp(0, 255), _between(*COMPRESSION_SCALE, n)), frames)

@@ -12,11 +12,11 @@ from torchvision.utils import save_image
 
 from vidstyle.trainer.config import TrainConfig
 from vidstyle.trainer.data import sha256_file
-from vidstyle.trainer.losses import (TEXTURE_BANDS, TEXTURE_EXCESS, content_loss, gaussian_blur, grid_excess, texture_peaks,
+from vidstyle.trainer.losses import (TEXTURE_BANDS, TEXTURE_EXCESS, blur_each, content_loss, grid_excess, texture_peaks,
                                      total_variation)
 from vidstyle.trainer.vgg import CONTENT_LAYER, LossNetwork
 from vidstyle.errors import VidstyleError
-from vidstyle.model import UPSCALE_FACTORS, UpscalerNet
+from vidstyle.model import UPSCALE_FACTORS, UpscalerNet, gaussian_blur
 from vidstyle.styles import Upscaler
 
 
@@ -65,7 +65,7 @@ def degrade(images: torch.Tensor, factor: int, sigmas: torch.Tensor | None = Non
     """The low-resolution input of each high-resolution image (N, 3, H, W), H and W multiples of
     factor: a blur (the paper's sigma, or each image's of sigmas (N,)) and bicubic downsampling,
     quantised as a saved 8-bit image would be."""
-    blurred = gaussian_blur(images, torch.full((len(images),), BLUR_SIGMA_PX) if sigmas is None else sigmas)
+    blurred = gaussian_blur(images, BLUR_SIGMA_PX) if sigmas is None else blur_each(images, sigmas)
     small = F.interpolate(blurred, scale_factor=1 / factor, mode="bicubic", align_corners=False, antialias=True)
     return small.clamp(0, 255).round()
 

@@ -271,10 +271,11 @@ UPSAMPLINGS = ("nearest", "bilinear")
 
 
 def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Each channel blurred by a Gaussian of sigma pixels (3 sigma either way), edges repeated."""
-    radius = math.ceil(3 * sigma)
+    """Each channel blurred by a Gaussian of sigma pixels (3 sigma either way, at least a pixel),
+    edges repeated. One sigma for the batch, a number: an exported graph keeps it as a constant."""
+    radius = max(1, math.ceil(3 * sigma))
     offsets = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
-    kernel = torch.exp(-offsets ** 2 / (2 * sigma ** 2))
+    kernel = torch.exp(-offsets ** 2 / (2 * max(sigma, 1e-3) ** 2))
     kernel, channels = kernel / kernel.sum(), images.shape[1]
     blurred = F.pad(images, (radius,) * 4, mode="replicate")
     blurred = F.conv2d(blurred, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
