@@ -95,6 +95,20 @@ def test_distillation_resumes_and_names_its_teacher(inputs: dict[str, Path], tea
     assert card["recipe"].startswith("Distilled from style tiny's TransformerNet")
 
 
+def test_distillation_continues_a_compact_network_only(inputs: dict[str, Path], teacher: Path, tmp_path: Path) -> None:  # noqa: F811
+    first = CliRunner().invoke(distill, distill_args(inputs, teacher, tmp_path / "first", "32:2"))
+    assert first.exit_code == 0, first.output + repr(first.exception)
+    student = tmp_path / "first" / "tiny.pth"
+    more = CliRunner().invoke(distill, distill_args(inputs, teacher, tmp_path / "more", "32:1", "--init-from", str(student)))
+    assert more.exit_code == 0, more.output + repr(more.exception)
+    card = find_style(str(tmp_path / "more" / "tiny.pth")).card
+    assert card["network"] == "compact" and card["initialized_from"]["weights_sha256"] == sha256_file(student)
+    assert card["recipe"].startswith("Started from the weights of style tiny (2 iterations: Distilled from")
+    # A full network has no compact one beside it to continue.
+    done = run_cli("distill", *distill_args(inputs, teacher, tmp_path / "full", "32:1", "--init-from", str(teacher)))
+    assert done.returncode != 0 and "has no compact network" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_distillation_refuses_a_painting_its_teacher_was_not_trained_on(
         inputs: dict[str, Path], teacher: Path, tmp_path: Path) -> None:  # noqa: F811
     other = tmp_path / "other.png"

@@ -191,6 +191,8 @@ def train_arbitrary(paintings: Path, name: str, **options: object) -> None:
 @click.option("--style-image", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The painting STYLE was trained on (checked against its model card's sha256).")
 @shared_options
+@click.option("--init-from", metavar="STYLE",
+              help="Start from a compact network's weights (name or .pth) instead of random ones: distill it further.")
 @click.option("--teacher-pixel-weight", default=TEACHER_PIXEL_WEIGHT, show_default=True,
               help="Weight of the mean squared difference from the teacher's output, in pixels.")
 @click.option("--teacher-feature-weight", default=TEACHER_FEATURE_WEIGHT, show_default=True,

@@ -60,6 +60,7 @@ class DistillObjective(StyleObjective):
     samples show the teacher beside the student, its card names the teacher."""
 
     network_class = CompactTransformerNet
+    parent_network = "compact"  # --init-from NAME continues NAME's compact network
 
     def __init__(self, config: TrainConfig, loss_net: LossNetwork, device: torch.device):
         super().__init__(config, loss_net, device)
@@ -93,7 +94,7 @@ class DistillObjective(StyleObjective):
 
     def recipe(self, precision: str) -> str:
         config = self.config
-        return (f"Distilled from style {self.teacher.name}'s TransformerNet (weights sha256 "
+        return (f"{self.started_from()}Distilled from style {self.teacher.name}'s TransformerNet (weights sha256 "
                 f"{self.identity['teacher_sha256'][:12]}...) into vidstyle's CompactTransformerNet: the teacher's "
                 f"output as a target (pixels, weight {config.teacher_pixel_weight:g}; VGG-16 relu1_2..relu4_3 "
                 f"features, weight {config.teacher_feature_weight:g}) plus the teacher's own objective "

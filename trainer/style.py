@@ -36,6 +36,7 @@ class StyleObjective:
 
     resize_crops = True
     network_class: type[torch.nn.Module] = TransformerNet  # what a run from random weights trains
+    parent_network: str | None = None  # which of --init-from's networks a fine-tuning starts from (find_style)
 
     def __init__(self, config: TrainConfig, loss_net: LossNetwork, device: torch.device):
         if config.style_image is None:
@@ -43,7 +44,7 @@ class StyleObjective:
         self.config = config
         self.loss_net = loss_net
         self.style_size = config.style_size or 2 * config.schedule()[0][0]
-        self.parent = parent_style(config.init_from)
+        self.parent = parent_style(config.init_from, self.parent_network)
         style = load_style_image(config.style_image, self.style_size).to(device)
         with torch.no_grad():
             self.style_grams = [gram_matrix(features) for features in loss_net(style)]
@@ -81,12 +82,16 @@ class StyleObjective:
             },  # the parent's recipe is already the start of this card's "recipe"
         } | loss_weights_card(config)
 
+    def started_from(self) -> str:
+        """The recipe's opening words for a fine-tuning run: where its weights came from."""
+        parent = self.parent
+        return (f"Started from the weights of style {parent.name} "
+                f"({parent.card.get('iterations', 'unknown')} iterations: {parent.card.get('recipe', 'no recipe in its card')}) "
+                if parent else "")
+
     def recipe(self, precision: str) -> str:
-        config, parent = self.config, self.parent
-        start = (f"Started from the weights of style {parent.name} "
-                 f"({parent.card.get('iterations', 'unknown')} iterations: {parent.card.get('recipe', 'no recipe in its card')}) "
-                 if parent else "")
-        text = (f"{start}Johnson et al. (2016) perceptual-loss training of vidstyle's TransformerNet: "
+        config = self.config
+        text = (f"{self.started_from()}Johnson et al. (2016) perceptual-loss training of vidstyle's TransformerNet: "
                 f"{config.describe_schedule('random resized crops')}; "
                 f"style image long side {self.style_size} px, VGG-16 losses, networks in {precision}.")
         if config.stability_weight > 0:
@@ -151,11 +156,11 @@ def loss_features(loss_net: LossNetwork, x: torch.Tensor, autocast: torch.autoca
         return [f.float() for f in loss_net(x, num_layers=num_layers)]
 
 
-def parent_style(init_from: str | None) -> Style | None:
-    """The trained style a fine-tuning run starts from."""
+def parent_style(init_from: str | None, network: str | None = None) -> Style | None:
+    """The trained style a fine-tuning run starts from; its `network` as find_style takes it."""
     if init_from is None:
         return None
-    parent = find_style(init_from)
+    parent = find_style(init_from, network)
     if parent.card.get("format", STYLE_FORMAT) != STYLE_FORMAT:
         raise VidstyleError(f"--init-from {init_from}: model card format {parent.card['format']!r} is not {STYLE_FORMAT}")
     return parent
