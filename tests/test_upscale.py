@@ -97,7 +97,7 @@ def test_an_upscaler_file_without_a_card_takes_its_factor_from_its_weights(tmp_p
 def test_a_deepened_upscaler_starts_where_its_parent_is(tmp_path: Path) -> None:
     torch.manual_seed(0)
     parent = UpscalerNet(4).eval()
-    deeper = parent.deepened(7).eval()
+    deeper = parent.deepened(7, "nearest", comb=False).eval()
     x = torch.rand(1, 3, 9, 11) * 255
     with torch.inference_mode():
         assert torch.equal(parent(x), deeper(x))
@@ -105,9 +105,9 @@ def test_a_deepened_upscaler_starts_where_its_parent_is(tmp_path: Path) -> None:
     save_style(deeper, tmp_path / "deep.pth", {"task": "upscale", "factor": 4})
     assert len(find_upscaler(str(tmp_path / "deep.pth")).load_network().residuals) == 7
     with pytest.raises(ValueError, match="cannot deepen 7 residual blocks to 5"):
-        deeper.deepened(5)
+        deeper.deepened(5, "nearest", comb=False)
     # Another upsampling: the same weights, and the card says which one they are for.
-    smooth = deeper.deepened(7, "bilinear").eval()
+    smooth = deeper.deepened(7, "bilinear", comb=False).eval()
     assert all(torch.equal(a, b) for a, b in zip(smooth.state_dict().values(), deeper.state_dict().values()))
     save_style(smooth, tmp_path / "smooth.pth", {"task": "upscale", "factor": 4, "upsampling": "bilinear"})
     loaded = find_upscaler(str(tmp_path / "smooth.pth")).load_network()

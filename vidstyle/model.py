@@ -374,14 +374,13 @@ class UpscalerNet(nn.Module):
         """The number of residual blocks a state dict of an UpscalerNet holds."""
         return sum(1 for key in state if key.startswith("residuals.") and key.endswith(".body.0.0.conv.weight"))
 
-    def deepened(self, blocks: int, upsampling: str | None = None, comb: bool | None = None) -> UpscalerNet:
+    def deepened(self, blocks: int, upsampling: str, comb: bool) -> UpscalerNet:
         """A copy with `blocks` residual blocks: these weights, then new blocks that start as the
         identity (their last convolution zero), so it begins exactly where this network is and
         fine-tuning puts the added capacity to use; with another upsampling or comb, to fine-tune to it."""
         if blocks < len(self.residuals):
             raise ValueError(f"cannot deepen {len(self.residuals)} residual blocks to {blocks}")
-        deeper = UpscalerNet(self.factor, self.head[0].conv.out_channels, blocks, upsampling or self.upsampling,
-                             self.comb is not None if comb is None else comb)
+        deeper = UpscalerNet(self.factor, self.head[0].conv.out_channels, blocks, upsampling, comb)
         deeper.load_state_dict(self.state_dict(), strict=False)
         for block in deeper.residuals[len(self.residuals):]:
             nn.init.zeros_(block.body[1].conv.weight)
