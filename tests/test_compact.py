@@ -21,6 +21,7 @@ from vidstyle.pipeline import stylize_file
 from vidstyle.sample import make_sample_video
 from vidstyle.styles import QUALITY_FIGURE, find_style, find_treatment, save_style
 from vidstyle.trainer.cli import distill, train
+from vidstyle.trainer.config import Recipe
 from vidstyle.trainer.data import sha256_file
 
 
@@ -56,9 +57,11 @@ def test_compact_network_exports_like_a_full_one(tmp_path: Path) -> None:
     assert exported.shape == frame.shape and np.abs(exported - expected).max() < 0.5
 
 
-def distill_args(inputs: dict[str, Path], teacher: Path, run_dir: Path, curriculum: str, *extra: str) -> list[str]:
+def distill_args(inputs: dict[str, Path], teacher: Path, run_dir: Path, curriculum: str | None, *extra: str) -> list[str]:
+    """Without a curriculum, distill's own recipe."""
+    schedule = ["--curriculum", curriculum] if curriculum else []
     return [str(teacher), "--style-image", str(inputs["style"]), "--dataset", str(inputs["photos"]),
-            "--vgg-weights", str(inputs["vgg"]), "--run-dir", str(run_dir), "--curriculum", curriculum,
+            "--vgg-weights", str(inputs["vgg"]), "--run-dir", str(run_dir), *schedule,
             "--holdout", "2", "--log-every", "1", "--sample-every", "3", "--checkpoint-every", "100",
             "--workers", "1", "--threads", "1", *extra]
 
@@ -95,10 +98,14 @@ def test_distillation_resumes_and_names_its_teacher(inputs: dict[str, Path], tea
     assert card["recipe"].startswith("Distilled from style tiny's TransformerNet")
 
 
-def test_distillation_continues_a_compact_network_only(inputs: dict[str, Path], teacher: Path, tmp_path: Path) -> None:  # noqa: F811
-    first = CliRunner().invoke(distill, distill_args(inputs, teacher, tmp_path / "first", "32:2"))
+def test_distillation_continues_a_compact_network_only(
+        inputs: dict[str, Path], teacher: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    # Given no schedule, a distillation runs distill's recipe (made tiny here), not train's.
+    monkeypatch.setattr("vidstyle.trainer.cli.DISTILL_RECIPE", Recipe(((32, 2),), 1e-4))
+    first = CliRunner().invoke(distill, distill_args(inputs, teacher, tmp_path / "first", None))
     assert first.exit_code == 0, first.output + repr(first.exception)
     student = tmp_path / "first" / "tiny.pth"
+    assert find_style(str(student)).card["curriculum"] == [[32, 2]] and find_style(str(student)).card["final_lr"] == 1e-4
     more = CliRunner().invoke(distill, distill_args(inputs, teacher, tmp_path / "more", "32:1", "--init-from", str(student)))
     assert more.exit_code == 0, more.output + repr(more.exception)
     card = find_style(str(tmp_path / "more" / "tiny.pth")).card

@@ -11,7 +11,7 @@ import torch
 from click.core import ParameterSource
 
 from vidstyle.trainer.losses import STABILITY_MOTIONS
-from vidstyle.trainer.config import DEFAULT_RECIPE, RECIPES, TrainConfig
+from vidstyle.trainer.config import DEFAULT_RECIPE, DISTILL_RECIPE, RECIPES, Recipe, TrainConfig
 from vidstyle.trainer.distill import TEACHER_FEATURE_WEIGHT, TEACHER_PIXEL_WEIGHT
 from vidstyle.trainer.train import train as run_training
 from vidstyle.trainer.upscale import UPSCALE_GRID_WEIGHT, UPSCALE_TEXTURE_WEIGHT, UPSCALE_PIXEL_WEIGHT, UPSCALE_TV_WEIGHT
@@ -127,6 +127,14 @@ def run_training_command(name: str, run_dir: Path | None, output: Path | None, s
         raise SystemExit(128 + stopped_by)  # the shell's convention for "ended by signal N"
 
 
+def with_recipe(options: dict, recipe: Recipe) -> None:
+    """Give a run `recipe`'s schedule, unless --curriculum, --iterations or --image-size give one."""
+    if not any(given(option) for option in ("curriculum", "iterations", "image_size")):
+        options["curriculum"] = recipe.curriculum
+        if options["final_lr"] is None:
+            options["final_lr"] = recipe.final_lr
+
+
 def style_options(command: Callable) -> Callable:
     """The options of both style trainings: a painting's and any painting's."""
     options = [
@@ -164,10 +172,7 @@ def train(style_image: Path, name: str | None, recipe: str, **options: object) -
     exits; --resume continues exactly where it stopped. With --submit it runs
     on the fleet instead (see `vidstyle status`, `watch`, `cancel`).
     """
-    if not any(given(option) for option in ("curriculum", "iterations", "image_size")):
-        options["curriculum"] = RECIPES[recipe].curriculum
-        if options["final_lr"] is None:
-            options["final_lr"] = RECIPES[recipe].final_lr
+    with_recipe(options, RECIPES[recipe])
     run_training_command(name or style_image.stem, style_image=style_image, **options)
 
 
@@ -204,10 +209,12 @@ def distill(style: str, style_image: Path, run_dir: Path | None, **options: obje
     The loss is the teacher's output (pixels and VGG features) plus the style's own objective, with
     the weights of its model card. Install the result as compact/NAME.pth (+ .json) beside the
     style's NAME.pth. Checkpoints, --resume, the log, sample grids (photo | teacher | student) and
-    Ctrl-C work as for `vidstyle train`.
+    Ctrl-C work as for `vidstyle train`. Without --curriculum, --iterations or --image-size it runs
+    the built-in compact networks' schedule (128:2500,256:250, lr decayed to 1e-4).
     """
     from vidstyle.trainer.distill import teacher_settings, teacher_style
 
+    with_recipe(options, DISTILL_RECIPE)
     try:
         teacher = teacher_style(style)
         settings = teacher_settings(teacher, style_image)

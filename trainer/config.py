@@ -23,6 +23,9 @@ class Recipe:
 # constant, for a GPU. The style image's size follows the first stage (TrainConfig.style_size).
 RECIPES = {"builtin": Recipe(((128, 1600), (256, 200)), 1e-5), "paper": Recipe(((256, 40_000),), None)}
 DEFAULT_RECIPE = "builtin"
+# What `vidstyle distill` runs unless told otherwise: the schedule of the built-in compact networks
+# (docs/compact.md). Most of it at 128 px, where an iteration costs a quarter.
+DISTILL_RECIPE = Recipe(((128, 2500), (256, 250)), 1e-4)
 
 
 @dataclass
