@@ -19,7 +19,7 @@ from vidstyle.inference import Controls, Stylizer, resolve_device
 from vidstyle.model import CompactTransformerNet, TransformerNet
 from vidstyle.pipeline import stylize_file
 from vidstyle.sample import make_sample_video
-from vidstyle.styles import QUALITY_FIGURE, find_style, find_treatment, save_style
+from vidstyle.styles import FLICKER_FIGURE, QUALITY_FIGURE, find_style, find_treatment, save_style
 from vidstyle.trainer.cli import distill, train
 from vidstyle.trainer.config import Recipe
 from vidstyle.trainer.data import sha256_file
@@ -128,13 +128,14 @@ def test_distillation_refuses_a_painting_its_teacher_was_not_trained_on(
 @pytest.fixture
 def two_styles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """`duo` with both networks, `soft` with a compact one measured well below its full one's quality,
-    and `solo` with a full one only, on the search path."""
+    `shaky` with one of its quality that flickers more, and `solo` with a full one only, on the search path."""
     torch.manual_seed(0)
-    for name in ("duo", "soft", "solo"):
-        save_style(TransformerNet(), tmp_path / f"{name}.pth", {"name": name, "evaluation": {QUALITY_FIGURE: 50}})
-    for name, quality in (("duo", 46), ("soft", 28)):
+    for name in ("duo", "soft", "shaky", "solo"):
+        save_style(TransformerNet(), tmp_path / f"{name}.pth",
+                   {"name": name, "evaluation": {QUALITY_FIGURE: 50, FLICKER_FIGURE: 3.0}})
+    for name, quality, flicker in (("duo", 46, 2.5), ("soft", 28, 2.5), ("shaky", 46, 4.0)):
         save_style(CompactTransformerNet(), tmp_path / "compact" / f"{name}.pth",
-                   {"name": name, "network": "compact", "evaluation": {QUALITY_FIGURE: quality}})
+                   {"name": name, "network": "compact", "evaluation": {QUALITY_FIGURE: quality, FLICKER_FIGURE: flicker}})
     monkeypatch.setenv("VIDSTYLE_STYLES_PATH", str(tmp_path))
     return tmp_path
 
@@ -144,6 +145,7 @@ def test_a_compact_network_runs_where_there_is_one(two_styles: Path) -> None:
     assert find_style("duo", "full").weights_path == two_styles / "duo.pth"
     assert find_style("solo", "auto").weights_path == two_styles / "solo.pth"
     assert find_style("soft", "auto").weights_path == two_styles / "soft.pth"  # 28 < 0.9 x 50: not its look
+    assert find_style("shaky", "auto").weights_path == two_styles / "shaky.pth"  # flickers more than its teacher
     assert find_style("soft", "compact").weights_path == two_styles / "compact" / "soft.pth"
     assert isinstance(find_treatment("duo", network="compact").load_network(), CompactTransformerNet)
     with pytest.raises(VidstyleError, match="style solo has no compact network"):

@@ -41,6 +41,7 @@ UPSCALE_TASK = "upscale"  # a model card's "task" for an upscaler (a style's car
 COMPACT_FOLDER = "compact"
 STYLES_PATH_ENV = "VIDSTYLE_STYLES_PATH"
 QUALITY_FIGURE = "median_lbfgs_iterations_from_noise"  # a model card's measured quality (benchmarks/style_quality.py)
+FLICKER_FIGURE = "mean_flicker_ratio"  # its mean flicker on real clips with the temporal stage (the same benchmark)
 COMPACT_QUALITY_SHARE = 0.9
 # The fleet's styles folder, under the shared storage root (VIDSTYLE_STORAGE): where trainings on the
 # fleet publish (vidstyle.workers.training), searched by every client and worker that shares the storage.
@@ -90,9 +91,13 @@ class Style:
 
     def keeps_the_look_of(self, teacher: Style) -> bool:
         """Whether this network's model card measures at least COMPACT_QUALITY_SHARE of the teacher's
-        quality (equivalent L-BFGS iterations): "auto" runs a faster network only if it paints as well."""
-        mine, theirs = (style.card.get("evaluation", {}).get(QUALITY_FIGURE) for style in (self, teacher))
-        return bool(mine and theirs and mine >= COMPACT_QUALITY_SHARE * theirs)
+        quality (equivalent L-BFGS iterations) and no more flicker on real clips with the temporal
+        stage: "auto" runs a faster network only if it paints as well and as steadily."""
+        mine, theirs = ({figure: style.card.get("evaluation", {}).get(figure) for figure in (QUALITY_FIGURE, FLICKER_FIGURE)}
+                        for style in (self, teacher))
+        if None in (*mine.values(), *theirs.values()):
+            return False  # not measured: not known to keep the look
+        return mine[QUALITY_FIGURE] >= COMPACT_QUALITY_SHARE * theirs[QUALITY_FIGURE] and mine[FLICKER_FIGURE] <= theirs[FLICKER_FIGURE]
 
 
 @dataclass
