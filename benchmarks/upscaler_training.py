@@ -46,7 +46,7 @@ def main(vgg_weights: Path, factors: str, sizes: str, batch_size: int, iteration
                 times = []
                 for _ in range(iterations + 1):
                     started = time.perf_counter()
-                    terms = objective.loss_terms(net, crops, autocast)
+                    terms = objective.loss_terms(net, crops, autocast, 1)
                     optimizer.zero_grad()
                     sum(objective.weights[name] * value for name, value in terms.items()).backward()
                     optimizer.step()

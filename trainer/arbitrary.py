@@ -70,7 +70,7 @@ class ArbitraryStyleObjective:
     def network(self) -> ArbitraryStyleNet:
         return ArbitraryStyleNet(self.parent.load_network().train() if self.parent else None)
 
-    def loss_terms(self, net: ArbitraryStyleNet, images: torch.Tensor, autocast: torch.autocast) -> dict[str, torch.Tensor]:
+    def loss_terms(self, net: ArbitraryStyleNet, images: torch.Tensor, autocast: torch.autocast, iteration: int) -> dict[str, torch.Tensor]:
         # Drawn from the global generator, which checkpoints restore.
         drawn = torch.randint(len(self.paintings), (len(images),)).tolist()
         mirrored = (torch.rand(len(images)) < 0.5).tolist()

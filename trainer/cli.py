@@ -202,12 +202,15 @@ def train_arbitrary(paintings: Path, name: str, **options: object) -> None:
               help="Weight of the mean squared difference from the teacher's output, in pixels.")
 @click.option("--teacher-feature-weight", default=TEACHER_FEATURE_WEIGHT, show_default=True,
               help="Weight of the difference from the teacher's output in the loss network's features.")
+@click.option("--teacher-stages", type=click.IntRange(min=0),
+              help="How many curriculum stages, from the first, include the teacher terms.  [default: all but the "
+                   "last of two or more]")
 def distill(style: str, style_image: Path, run_dir: Path | None, **options: object) -> None:
     """Distil STYLE (a name or .pth) into the compact network, CompactTransformerNet: the same look at
     about a ninth of the time per frame on a CPU.
 
     The loss is the teacher's output (pixels and VGG features) plus the style's own objective, with
-    the weights of its model card. Install the result as compact/NAME.pth (+ .json) beside the
+    the weights of its model card; the last of two or more stages trains on the objective alone. Install the result as compact/NAME.pth (+ .json) beside the
     style's NAME.pth. Checkpoints, --resume, the log, sample grids (photo | teacher | student) and
     Ctrl-C work as for `vidstyle train`. Without --curriculum, --iterations or --image-size it runs
     the built-in compact networks' schedule (128:2500,256:250, lr decayed to 1e-4).

@@ -56,6 +56,9 @@ class TrainConfig:
     teacher: str | None = None
     teacher_pixel_weight: float = 0.0
     teacher_feature_weight: float = 0.0
+    # How many stages, from the first, hold the student to the teacher's output; None: all but the
+    # last of two or more (the teacher guides the start, the style's own objective the finish).
+    teacher_stages: int | None = None
     content_weight: float = CONTENT_WEIGHT
     style_weight: float = STYLE_WEIGHT
     tv_weight: float = TV_WEIGHT
@@ -97,6 +100,10 @@ class TrainConfig:
         """(crop size, last iteration of the stage) per stage, iterations counted from 1."""
         ends = itertools.accumulate(iterations for _, iterations in self.stages())
         return [(size, end) for (size, _), end in zip(self.stages(), ends)]
+
+    def stage_at(self, iteration: int) -> int:
+        """The index of the stage an iteration (counted from 1) belongs to."""
+        return next((index for index, (_, end) in enumerate(self.schedule()) if iteration <= end), len(self.stages()) - 1)
 
     def lr_at(self, iteration: int) -> float:
         """The learning rate of an iteration (counted from 1): a function of the

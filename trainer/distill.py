@@ -67,14 +67,19 @@ class DistillObjective(StyleObjective):
         self.teacher = teacher_style(config.teacher)
         self.teacher_net = self.teacher.load_network().to(device).requires_grad_(False)
         self.weights |= {"teacher_pixels": config.teacher_pixel_weight, "teacher_features": config.teacher_feature_weight}
+        stages = len(config.stages())
+        self.teacher_stages = config.teacher_stages if config.teacher_stages is not None else max(1, stages - 1)
         self.identity |= {
+            "teacher_stages": self.teacher_stages,
             "teacher_sha256": sha256_file(self.teacher.weights_path),
             "teacher_pixel_weight": config.teacher_pixel_weight,
             "teacher_feature_weight": config.teacher_feature_weight,
         }
 
-    def loss_terms(self, net: CompactTransformerNet, images: torch.Tensor, autocast: torch.autocast) -> dict[str, torch.Tensor]:
-        return perceptual_terms(net, self.loss_net, images, self.style_grams, autocast, self.config, teacher=self.teacher_net)
+    def loss_terms(self, net: CompactTransformerNet, images: torch.Tensor, autocast: torch.autocast, iteration: int) -> dict[str, torch.Tensor]:
+        # Past its stages the teacher is not run at all: a third of an iteration's time.
+        teacher = self.teacher_net if self.config.stage_at(iteration) < self.teacher_stages else None
+        return perceptual_terms(net, self.loss_net, images, self.style_grams, autocast, self.config, teacher=teacher)
 
     def save_samples(self, net: CompactTransformerNet, photos: torch.Tensor, path: Path) -> None:
         with torch.no_grad():
@@ -89,6 +94,7 @@ class DistillObjective(StyleObjective):
                         "iterations": self.teacher.card.get("iterations")},
             "teacher_pixel_weight": self.config.teacher_pixel_weight,
             "teacher_feature_weight": self.config.teacher_feature_weight,
+            "teacher_stages": self.teacher_stages,
             "teacher_loss_units": TEACHER_LOSS_UNITS,
         }
 
@@ -97,7 +103,8 @@ class DistillObjective(StyleObjective):
         return (f"{self.started_from()}Distilled from style {self.teacher.name}'s TransformerNet (weights sha256 "
                 f"{self.identity['teacher_sha256'][:12]}...) into vidstyle's CompactTransformerNet: the teacher's "
                 f"output as a target (pixels, weight {config.teacher_pixel_weight:g}; VGG-16 relu1_2..relu4_3 "
-                f"features, weight {config.teacher_feature_weight:g}) plus the teacher's own objective "
+                f"features, weight {config.teacher_feature_weight:g}; in the first {self.teacher_stages} of "
+                f"{len(config.stages())} stages) plus the teacher's own objective "
                 f"(content {config.content_weight:g}, style {config.style_weight:g}, tv {config.tv_weight:g}, "
                 f"stability {config.stability_weight:g}); {config.describe_schedule('random resized crops')}; "
                 f"style image long side {self.style_size} px, networks in {precision}.")

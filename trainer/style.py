@@ -59,7 +59,7 @@ class StyleObjective:
     def network(self) -> TransformerNet:
         return self.parent.load_network().train() if self.parent else self.network_class()
 
-    def loss_terms(self, net: TransformerNet, images: torch.Tensor, autocast: torch.autocast) -> dict[str, torch.Tensor]:
+    def loss_terms(self, net: TransformerNet, images: torch.Tensor, autocast: torch.autocast, iteration: int) -> dict[str, torch.Tensor]:
         return perceptual_terms(net, self.loss_net, images, self.style_grams, autocast, self.config)
 
     def save_samples(self, net: TransformerNet, photos: torch.Tensor, path: Path) -> None:

@@ -100,8 +100,8 @@ class Objective(Protocol):
     def network(self) -> nn.Module:
         """The network to train, initialised from the global generator."""
 
-    def loss_terms(self, net: nn.Module, images: torch.Tensor, autocast: torch.autocast) -> dict[str, torch.Tensor]:
-        """The unweighted loss terms of a batch of training crops."""
+    def loss_terms(self, net: nn.Module, images: torch.Tensor, autocast: torch.autocast, iteration: int) -> dict[str, torch.Tensor]:
+        """The unweighted loss terms of a batch of training crops at an iteration (counted from 1)."""
 
     def save_samples(self, net: nn.Module, photos: torch.Tensor, path: Path) -> None:
         """A PNG grid of what the network makes of the held-out photos."""
@@ -183,7 +183,7 @@ def train(config: TrainConfig, on_iteration: Callable[[TrainingProgress], bool] 
         started = time.monotonic() - elapsed_s
         last_checkpoint = time.monotonic()
         for iteration, images in batches:
-            terms = objective.loss_terms(net, images.to(device), autocast)
+            terms = objective.loss_terms(net, images.to(device), autocast, iteration)
             total = sum(objective.weights[name] * value for name, value in terms.items())
             for group in optimizer.param_groups:
                 group["lr"] = config.lr_at(iteration)

@@ -128,7 +128,7 @@ class UpscaleObjective:
             return UpscalerNet(self.factor, blocks=self.blocks, upsampling=self.upsampling, comb=self.comb)
         return self.parent_net.deepened(self.blocks, self.upsampling, self.comb).train()
 
-    def loss_terms(self, net: UpscalerNet, images: torch.Tensor, autocast: torch.autocast) -> dict[str, torch.Tensor]:
+    def loss_terms(self, net: UpscalerNet, images: torch.Tensor, autocast: torch.autocast, iteration: int) -> dict[str, torch.Tensor]:
         """The unweighted terms; the networks run under autocast, the degradation and the terms in float32."""
         sigmas = None if self.config.max_blur is None else torch.rand(len(images)) * self.config.max_blur
         small = degrade(images, self.factor, sigmas)
