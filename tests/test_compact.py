@@ -81,7 +81,8 @@ def teacher(inputs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -
 def test_distillation_resumes_and_names_its_teacher(inputs: dict[str, Path], teacher: Path, tmp_path: Path) -> None:  # noqa: F811
     for run, curriculum in (("straight", "32:2,32:2"), ("resumed", "32:2,32:1"), ("resumed", "32:2,32:2")):
         extra = ("--resume",) if (tmp_path / run / "checkpoint.pt").exists() else ()
-        result = CliRunner().invoke(distill, distill_args(inputs, teacher, tmp_path / run, curriculum, *extra))
+        result = CliRunner().invoke(distill, distill_args(inputs, teacher, tmp_path / run, curriculum, "--init-from", "none",
+                                                          *extra))
         assert result.exit_code == 0, result.output + repr(result.exception)
     straight, resumed = logged_losses(tmp_path / "straight"), logged_losses(tmp_path / "resumed")
     assert resumed == straight and [line["iteration"] for line in resumed] == [1, 2, 3, 4]
@@ -103,19 +104,22 @@ def test_distillation_resumes_and_names_its_teacher(inputs: dict[str, Path], tea
 
 def test_distillation_continues_a_compact_network_only(
         inputs: dict[str, Path], teacher: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
-    # Given no schedule, a distillation runs distill's recipe (made tiny here), not train's.
+    # Given no schedule, a distillation runs distill's recipe (made tiny here), not train's ...
     monkeypatch.setattr("vidstyle.trainer.cli.DISTILL_RECIPE", Recipe(((32, 2),), 1e-4))
     first = CliRunner().invoke(distill, distill_args(inputs, teacher, tmp_path / "first", None))
     assert first.exit_code == 0, first.output + repr(first.exception)
     student = tmp_path / "first" / "tiny.pth"
-    assert find_style(str(student)).card["curriculum"] == [[32, 2]] and find_style(str(student)).card["final_lr"] == 1e-4
+    first_card = find_style(str(student)).card
+    assert first_card["curriculum"] == [[32, 2]] and first_card["final_lr"] == 1e-4
+    # ... and starts from the built-in compact udnie, a network that already paints.
+    assert first_card["initialized_from"]["name"] == "udnie"
     more = CliRunner().invoke(distill, distill_args(inputs, teacher, tmp_path / "more", "32:1", "--init-from", str(student),
                                                         "--teacher-stages", "0"))
     assert more.exit_code == 0, more.output + repr(more.exception)
     card = find_style(str(tmp_path / "more" / "tiny.pth")).card
     assert card["teacher_stages"] == 0 and "teacher_pixels" not in logged_losses(tmp_path / "more")[0]
     assert card["network"] == "compact" and card["initialized_from"]["weights_sha256"] == sha256_file(student)
-    assert card["recipe"].startswith("Started from the weights of style tiny (2 iterations: Distilled from")
+    assert card["recipe"].startswith("Started from the weights of style tiny (2 iterations: Started from the weights of style udnie")
     # A full network has no compact one beside it to continue.
     done = run_cli("distill", *distill_args(inputs, teacher, tmp_path / "full", "32:1", "--init-from", str(teacher)))
     assert done.returncode != 0 and "has no compact network" in done.stderr and "Traceback" not in done.stderr
