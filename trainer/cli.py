@@ -208,14 +208,14 @@ def train_arbitrary(paintings: Path, name: str, **options: object) -> None:
                    "last of two or more]")
 def distill(style: str, style_image: Path, run_dir: Path | None, init_from: str, **options: object) -> None:
     """Distil STYLE (a name or .pth) into the compact network, CompactTransformerNet: the same look at
-    about a ninth of the time per frame on a CPU, in about 45 minutes on one CPU thread.
+    about a ninth of the time per frame on a CPU, in under 45 minutes on one CPU thread.
 
     The loss is the teacher's output (pixels and VGG features) plus the style's own objective, with
     the weights of its model card; the last of two or more stages trains on the objective alone.
     Install the result as compact/NAME.pth (+ .json) beside the style's NAME.pth. Checkpoints,
     --resume, the log, sample grids (photo | teacher | student) and Ctrl-C work as for `vidstyle
     train`. Without --curriculum, --iterations or --image-size it runs the built-in compact
-    networks' schedule (128:1500,256:400, lr decayed to 1e-5).
+    networks' schedule (128:1200,256:300, lr decayed to 1e-5).
     """
     from vidstyle.trainer.distill import teacher_settings, teacher_style
 

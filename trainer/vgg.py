@@ -80,6 +80,10 @@ class LossNetwork(nn.Module):
         self.description = description
         self.requires_grad_(False)
         self.eval()
+        # Channels-last convolutions: 7% off a distillation's 128 px iteration and 12% off a
+        # 256 px one on one CPU thread in bf16 (measured A/B in one process), and what tensor
+        # cores want on a GPU. Only here: the style networks ran slower in it.
+        self.slices.to(memory_format=torch.channels_last)
 
     def forward(self, images: torch.Tensor, num_layers: int = len(FEATURE_LAYERS)) -> list[torch.Tensor]:
         """Features of the first num_layers of FEATURE_LAYERS: fewer is cheaper when only those are needed."""
