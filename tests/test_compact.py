@@ -170,6 +170,10 @@ def test_cli_lists_and_forces_either_network(two_styles: Path, tmp_path: Path) -
     duo = next(index for index, line in enumerate(listing) if line.startswith("duo "))
     assert listing[duo + 1].startswith("  compact") and str(two_styles / "compact" / "duo.pth") in listing[duo + 1]
     assert not any(line.startswith("  compact") and "solo" in line for line in listing)
+    # The network `--network auto` runs is the one marked: duo's compact one keeps the look, soft's does not.
+    soft = next(index for index, line in enumerate(listing) if line.startswith("soft "))
+    assert ["runs by default" in line for line in listing[duo : duo + 2]] == [False, True]
+    assert ["runs by default" in line for line in listing[soft : soft + 2]] == [True, False]
 
     clip = make_sample_video(tmp_path / "clip.mp4", width=64, height=48, frames=6)
     done = run_cli("submit", clip, "--style", "solo", "--network", "compact")

@@ -250,10 +250,11 @@ def styles() -> None:
     if not found:
         click.echo("no styles installed (add a folder of NAME.pth + NAME.json to VIDSTYLE_STYLES_PATH)")
     for name, style in sorted(found.items()):
-        click.echo(f"{name:<16} {_style_figures(style.card) or '(no model card)'}  {style.weights_path}")
-        compact = style.compact()
-        if compact is not None:  # run by default: `--network full` picks the line above
-            click.echo(f"{'  compact':<16} {_style_figures(compact.card) or '(no model card)'}  {compact.weights_path}")
+        runs = style.with_network("auto").weights_path
+        for label, network in ((name, style), ("  compact", style.compact())):
+            if network is not None:
+                default = "  (runs by default)" if network.weights_path == runs else ""
+                click.echo(f"{label:<16} {_style_figures(network.card) or '(no model card)'}{default}  {network.weights_path}")
     for factor, upscaler in sorted(available_upscalers().items()):
         # The measured quality (`vidstyle eval upscale --record` writes it), whatever its layout.
         figures = _figures(upscaler.card.get("evaluation", {}))
