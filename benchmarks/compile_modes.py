@@ -59,7 +59,7 @@ def main() -> None:
     if sys.argv[1:2] == ["--child"]:
         child(sys.argv[2], parse_args(sys.argv[3:]))
         return
-    args = parse_args()
+    parse_args()  # a bad argument fails here, once, not in each child
     for mode in ("eager", "inputs", "frozen"):
         env = dict(os.environ, VIDSTYLE_CACHE_DIR=tempfile.mkdtemp(prefix=f"vidstyle-compile-{mode}-"))
         env.pop("TORCHINDUCTOR_CACHE_DIR", None)
