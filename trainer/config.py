@@ -24,7 +24,7 @@ class Recipe:
 RECIPES = {"builtin": Recipe(((128, 1600), (256, 200)), 1e-5), "paper": Recipe(((256, 40_000),), None)}
 DEFAULT_RECIPE = "builtin"
 # What `vidstyle distill` runs unless told otherwise, under 45 minutes on one CPU thread of a slow machine
-# (docs/compact.md): at 128 px with the teacher (an iteration a quarter of the cost), then at 256 px,
+# (docs/compact.md): at 128 px with the teacher (an iteration a third of the cost), then at 256 px,
 # where the quality is measured, on the style's own objective alone.
 DISTILL_RECIPE = Recipe(((128, 1200), (256, 300)), 1e-5)
 # Where a distillation starts unless told otherwise: the built-in compact udnie, a network that
