@@ -18,7 +18,7 @@ stage on the real clips; the issue's targets are a ratio of at least 0.9 and no 
 A card's figures are as old as its measurement: the built-in teachers' flicker predates today's
 temporal stage (docs/compact.md has them measured again beside their students').
 
---sheet writes a contact sheet: four held-out photos (256 px), then each style's full network
+--sheet writes a contact sheet: three held-out photos (256 px), then each style's full network
 and its compact one, row under row (docs/compact-sheet.png).
 """
 from __future__ import annotations
@@ -121,7 +121,7 @@ def sheet(args: argparse.Namespace) -> None:
     from vidstyle.trainer.data import find_images, load_sample_photos
 
     held_out = find_images(args.photos)[-50:]
-    photos = load_sample_photos(held_out[::len(held_out) // 4][:4], 256)
+    photos = load_sample_photos(held_out[::len(held_out) // 3][:3], 256)  # three: four styles stay under 4 MB
 
     def pictures(images: torch.Tensor) -> list:
         return list(images.clamp(0, 255).round().byte().permute(0, 2, 3, 1).numpy())
