@@ -45,6 +45,20 @@ def test_compact_network_keeps_what_the_pipeline_relies_on() -> None:
     assert f"{counter.get_total_flops() / 64 / 64 / 1000:.1f} kFLOP" in CompactTransformerNet.__doc__
 
 
+def test_a_deepened_compact_network_starts_where_it_was() -> None:
+    torch.manual_seed(0)
+    net = CompactTransformerNet().eval()
+    deeper = net.deepened(8).eval()
+    assert len(deeper.residuals) == 8
+    x = torch.rand(1, 3, 32, 48) * 255
+    with torch.no_grad():
+        assert torch.allclose(deeper(x), net(x), atol=1e-3)
+    # Its weights load back into a network of its own depth.
+    assert len(CompactTransformerNet.for_state(deeper.state_dict()).residuals) == 8
+    with pytest.raises(ValueError, match="cannot deepen 8 residual blocks to 5"):
+        deeper.deepened(5)
+
+
 def test_compact_network_exports_like_a_full_one(tmp_path: Path) -> None:
     onnxruntime = pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
@@ -113,11 +127,18 @@ def test_distillation_continues_a_compact_network_only(
     assert first_card["curriculum"] == [[32, 2]] and first_card["final_lr"] == 1e-4
     # ... and starts from the built-in compact udnie, a network that already paints.
     assert first_card["initialized_from"]["name"] == "udnie"
+    # Deeper and steadier than the network it continues: the added blocks start as the identity.
     more = CliRunner().invoke(distill, distill_args(inputs, teacher, tmp_path / "more", "32:1", "--init-from", str(student),
-                                                        "--teacher-stages", "0"))
+                                                        "--teacher-stages", "0", "--blocks", "7", "--stability-weight", "3"))
     assert more.exit_code == 0, more.output + repr(more.exception)
-    card = find_style(str(tmp_path / "more" / "tiny.pth")).card
+    deeper = find_style(str(tmp_path / "more" / "tiny.pth"))
+    card = deeper.card
     assert card["teacher_stages"] == 0 and "teacher_pixels" not in logged_losses(tmp_path / "more")[0]
+    assert card["blocks"] == 7 and len(deeper.load_network().residuals) == 7 and first_card["blocks"] == 5
+    assert card["stability_weight"] == 3 and "stability 3, where the teacher's is 1" in card["recipe"]
+    fewer = run_cli("distill", *distill_args(inputs, teacher, tmp_path / "fewer", "32:1", "--init-from",
+                                             str(tmp_path / "more" / "tiny.pth"), "--blocks", "5"))
+    assert fewer.returncode != 0 and "has 7 residual blocks" in fewer.stderr and "Traceback" not in fewer.stderr
     assert card["network"] == "compact" and card["initialized_from"]["weights_sha256"] == sha256_file(student)
     assert card["recipe"].startswith("Started from the weights of style tiny (2 iterations: Started from the weights of style udnie")
     # A full network has no compact one beside it to continue.

@@ -206,7 +206,13 @@ def train_arbitrary(paintings: Path, name: str, **options: object) -> None:
 @click.option("--teacher-stages", type=click.IntRange(min=0),
               help="How many curriculum stages, from the first, include the teacher terms.  [default: all but the "
                    "last of two or more]")
-def distill(style: str, style_image: Path, run_dir: Path | None, init_from: str, **options: object) -> None:
+@click.option("--blocks", type=click.IntRange(min=1),
+              help="Residual blocks of the student; more than --init-from's network has adds blocks that start as "
+                   "the identity.  [default: --init-from's, or 5]")
+@click.option("--stability-weight", type=click.FloatRange(min=0),
+              help="Weight of the temporal stability term.  [default: the teacher's, from its model card]")
+def distill(style: str, style_image: Path, run_dir: Path | None, init_from: str, stability_weight: float | None,
+            **options: object) -> None:
     """Distil STYLE (a name or .pth) into the compact network, CompactTransformerNet: the same look at
     about a ninth of the time per frame on a CPU, in under 45 minutes on one CPU thread.
 
@@ -226,6 +232,8 @@ def distill(style: str, style_image: Path, run_dir: Path | None, init_from: str,
         settings = teacher_settings(teacher, style_image)
     except VidstyleError as exc:
         raise click.ClickException(str(exc)) from exc
+    if stability_weight is not None:  # a steadier student than its teacher, at some cost to the look
+        settings["stability_weight"] = stability_weight
     run_training_command(teacher.name, run_dir or Path("runs") / f"{teacher.name}.compact", style_image=style_image,
                          teacher=style, **settings, **options)
 

@@ -79,7 +79,8 @@ class TrainConfig:
     # Super-resolution: None blurs every training input by the paper's sigma; a value blurs each
     # by a sigma drawn from 0..max_blur, so the network also restores unblurred bicubic inputs.
     max_blur: float | None = None
-    # Super-resolution: residual blocks of UpscalerNet; None: the paper's 4, or --init-from's own.
+    # Residual blocks of UpscalerNet (None: the paper's 4) or of a distillation's CompactTransformerNet
+    # (None: 5); with --init-from, None keeps its network's own.
     blocks: int | None = None
     # Super-resolution: "nearest" or "bilinear" (vidstyle.model.UPSAMPLINGS); None: nearest, or --init-from's.
     upsampling: str | None = None

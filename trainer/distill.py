@@ -59,22 +59,37 @@ class DistillObjective(StyleObjective):
     """The style objective with the teacher's output as a target: its network is compact, its
     samples show the teacher beside the student, its card names the teacher."""
 
-    network_class = CompactTransformerNet
     parent_network = "compact"  # --init-from NAME continues NAME's compact network
 
     def __init__(self, config: TrainConfig, loss_net: LossNetwork, device: torch.device):
         super().__init__(config, loss_net, device)
+        start_blocks = len(self.parent.load_network().residuals) if self.parent else len(CompactTransformerNet().residuals)
+        self.blocks = config.blocks or start_blocks
+        if self.blocks < start_blocks:
+            raise VidstyleError(f"--blocks {self.blocks}: the network it starts from has {start_blocks} residual "
+                                f"blocks; a distillation can add blocks, not remove them")
         self.teacher = teacher_style(config.teacher)
         self.teacher_net = self.teacher.load_network().to(device).requires_grad_(False)
         self.weights |= {"teacher_pixels": config.teacher_pixel_weight, "teacher_features": config.teacher_feature_weight}
         stages = len(config.stages())
         self.teacher_stages = config.teacher_stages if config.teacher_stages is not None else max(1, stages - 1)
         self.identity |= {
+            "blocks": self.blocks,
             "teacher_stages": self.teacher_stages,
             "teacher_sha256": sha256_file(self.teacher.weights_path),
             "teacher_pixel_weight": config.teacher_pixel_weight,
             "teacher_feature_weight": config.teacher_feature_weight,
         }
+
+    def network(self) -> CompactTransformerNet:
+        if self.parent is None:
+            return CompactTransformerNet(self.blocks)
+        return self.parent.load_network().deepened(self.blocks).train()
+
+    def stability_change(self) -> str:
+        """Words for a stability weight other than the teacher's (`vidstyle distill --stability-weight`)."""
+        theirs = self.teacher.card["stability_weight"]
+        return "" if self.config.stability_weight == theirs else f", where the teacher's is {theirs:g}"
 
     def loss_terms(self, net: CompactTransformerNet, images: torch.Tensor, autocast: torch.autocast, iteration: int) -> dict[str, torch.Tensor]:
         # Past its stages the teacher is not run at all: a third of an iteration's time.
@@ -90,6 +105,7 @@ class DistillObjective(StyleObjective):
     def card(self) -> dict:
         return super().card() | {
             "network": "compact",
+            "blocks": self.blocks,
             "teacher": {"name": self.teacher.name, "weights_sha256": self.identity["teacher_sha256"],
                         "iterations": self.teacher.card.get("iterations")},
             "teacher_pixel_weight": self.config.teacher_pixel_weight,
@@ -101,10 +117,11 @@ class DistillObjective(StyleObjective):
     def recipe(self, precision: str) -> str:
         config = self.config
         return (f"{self.started_from()}Distilled from style {self.teacher.name}'s TransformerNet (weights sha256 "
-                f"{self.identity['teacher_sha256'][:12]}...) into vidstyle's CompactTransformerNet: the teacher's "
+                f"{self.identity['teacher_sha256'][:12]}...) into vidstyle's CompactTransformerNet with {self.blocks} residual blocks: the teacher's "
                 f"output as a target (pixels, weight {config.teacher_pixel_weight:g}; VGG-16 relu1_2..relu4_3 "
                 f"features, weight {config.teacher_feature_weight:g}; in the first {self.teacher_stages} of "
                 f"{len(config.stages())} stages) plus the teacher's own objective "
                 f"(content {config.content_weight:g}, style {config.style_weight:g}, tv {config.tv_weight:g}, "
-                f"stability {config.stability_weight:g}); {config.describe_schedule('random resized crops')}; "
+                f"stability {config.stability_weight:g}{self.stability_change()}); "
+                f"{config.describe_schedule('random resized crops')}; "
                 f"style image long side {self.style_size} px, networks in {precision}.")

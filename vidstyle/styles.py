@@ -64,7 +64,8 @@ class Style:
         if self.network not in STYLE_NETWORKS:
             raise VidstyleError(f"style {self.name}: its model card's network {self.network!r} is none of "
                                 f"{', '.join(STYLE_NETWORKS)}")
-        return _load_into(STYLE_NETWORKS[self.network](), load_state(self.weights_path, "style"), self.weights_path, "style")
+        state = load_state(self.weights_path, "style")
+        return _load_into(STYLE_NETWORKS[self.network].for_state(state), state, self.weights_path, "style")
 
     def compact(self) -> Style | None:
         """This style's compact network, where it has one: compact/NAME.pth beside its weights."""
