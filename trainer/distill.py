@@ -117,7 +117,8 @@ class DistillObjective(StyleObjective):
     def recipe(self, precision: str) -> str:
         config = self.config
         return (f"{self.started_from()}Distilled from style {self.teacher.name}'s TransformerNet (weights sha256 "
-                f"{self.identity['teacher_sha256'][:12]}...) into vidstyle's CompactTransformerNet with {self.blocks} residual blocks: the teacher's "
+                f"{self.identity['teacher_sha256'][:12]}...) into vidstyle's CompactTransformerNet with {self.blocks} "
+                f"residual blocks: the teacher's "
                 f"output as a target (pixels, weight {config.teacher_pixel_weight:g}; VGG-16 relu1_2..relu4_3 "
                 f"features, weight {config.teacher_feature_weight:g}; in the first {self.teacher_stages} of "
                 f"{len(config.stages())} stages) plus the teacher's own objective "
