@@ -18,7 +18,7 @@ from vidstyle.trainer.data import sha256_file
 from vidstyle.trainer.style import StyleObjective, perceptual_terms
 from vidstyle.trainer.vgg import LossNetwork
 from vidstyle.errors import VidstyleError
-from vidstyle.model import CompactTransformerNet
+from vidstyle.model import COMPACT_BLOCKS, CompactTransformerNet
 from vidstyle.styles import Style, find_style
 
 # The teacher's perceptual objective, which the student is held to as well: a distillation takes
@@ -63,7 +63,9 @@ class DistillObjective(StyleObjective):
 
     def __init__(self, config: TrainConfig, loss_net: LossNetwork, device: torch.device):
         super().__init__(config, loss_net, device)
-        start_blocks = len(self.parent.load_network().residuals) if self.parent else len(CompactTransformerNet().residuals)
+        # Loaded once: its depth is the default, and network() deepens it.
+        self.parent_net = self.parent.load_network() if self.parent else None
+        start_blocks = len(self.parent_net.residuals) if self.parent_net else COMPACT_BLOCKS
         self.blocks = config.blocks or start_blocks
         if self.blocks < start_blocks:
             raise VidstyleError(f"--blocks {self.blocks}: the network it starts from has {start_blocks} residual "
@@ -82,9 +84,9 @@ class DistillObjective(StyleObjective):
         }
 
     def network(self) -> CompactTransformerNet:
-        if self.parent is None:
+        if self.parent_net is None:
             return CompactTransformerNet(self.blocks)
-        return self.parent.load_network().deepened(self.blocks).train()
+        return self.parent_net.deepened(self.blocks).train()
 
     def stability_change(self) -> str:
         """Words for a stability weight other than the teacher's (`vidstyle distill --stability-weight`)."""

@@ -157,6 +157,9 @@ def deepen_into(net: nn.Module, deeper: nn.Module, last_layer: Callable[[nn.Modu
     return deeper
 
 
+COMPACT_BLOCKS = 5  # CompactTransformerNet's residual blocks unless a distillation asks for more
+
+
 class CompactTransformerNet(nn.Module):
     """A style network for CPUs, distilled from a style's TransformerNet (vidstyle.trainer.distill):
     the same encoder/render split, feature stride and size multiple, at 19.5 kFLOP (9.8k
@@ -175,7 +178,7 @@ class CompactTransformerNet(nn.Module):
     size_multiple = 4  # two stride-2 convolutions, an x2 upsampling and an x2 pixel shuffle
     feature_stride = 4  # as TransformerNet's, so that the temporal stage blends either alike
 
-    def __init__(self, blocks: int = 5):
+    def __init__(self, blocks: int = COMPACT_BLOCKS):
         super().__init__()
         self.encoder = nn.Sequential(conv_norm_relu(3, 32, stride=2), conv_norm_relu(32, 64, stride=2))
         self.residuals = nn.Sequential(*(SeparableResidualBlock(64) for _ in range(blocks)))
