@@ -200,8 +200,8 @@ class CompactTransformerNet(nn.Module):
 
     def deepened(self, blocks: int) -> CompactTransformerNet:
         """A copy with `blocks` residual blocks, the added ones the identity at first (their last norm's
-        scale and shift zero): a style whose strokes five blocks cannot draw (docs/compact.md) is
-        fine-tuned deeper from where its network is, at about 5 ms per 640x360 frame a block."""
+        scale and shift zero), so a distillation continues deeper from where its network is, at about
+        5 ms per 640x360 frame a block (docs/compact.md: for wave it bought little)."""
         return deepen_into(self, CompactTransformerNet(blocks), lambda block: block.body[-1])
 
 
