@@ -646,6 +646,34 @@ def test_sigterm_with_on_term_requeue_hands_the_job_back_at_once(fleet: Fleet) -
     assert decode(fleet.storage / f"clip.{TEST_STYLE}.mp4")["frames"] == 60
 
 
+PREEMPTION_FLAG_UNDER_SIGNALS = """
+import signal, sys, time
+from vidstyle.workers import tasks
+signal.signal(signal.SIGTERM, tasks._preempt)
+print("ready", flush=True)
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    tasks.preempted.clear()  # as a preempted job does, while the worker's own SIGTERM may still arrive
+print("done", flush=True)
+"""
+
+
+def test_a_sigterm_arriving_while_the_preemption_flag_is_cleared_does_not_hang_the_pool_process() -> None:
+    # Two SIGTERMs reach a pool process (the node's, and its worker's); a handler that takes a lock
+    # held by the code it interrupted waits forever, and the worker never exits.
+    env = {**os.environ, "VIDSTYLE_BROKER_URL": "redis://127.0.0.1:1/0"}  # never connected to
+    child = subprocess.Popen([sys.executable, "-c", PREEMPTION_FLAG_UNDER_SIGNALS, "3"], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True, env=env)
+    assert child.stdout.readline() == "ready\n"
+    deadline = time.monotonic() + 30
+    while child.poll() is None and time.monotonic() < deadline:
+        os.kill(child.pid, signal.SIGTERM)
+        time.sleep(0.0005)
+    hung = child.poll() is None
+    child.kill()
+    assert not hung and child.stdout.read() == "done\n"
+
+
 def test_a_full_disk_fails_the_job_with_its_reason_and_the_worker_keeps_serving(fleet: Fleet) -> None:
     full = fleet.storage / "full"
     full.mkdir()

@@ -28,7 +28,6 @@ import logging
 import os
 import shutil
 import signal
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -73,7 +72,26 @@ logger = logging.getLogger(__name__)
 # What a worker does with its running job on SIGTERM (VIDSTYLE_ON_TERM, `vidstyle worker --on-term`):
 # finish it (a planned stop), or stop it at its next batch and hand it back at once (a spot node's notice).
 ON_TERM_FINISH, ON_TERM_REQUEUE = "finish", "requeue"
-preempted = threading.Event()  # set by SIGTERM in a pool process under --on-term requeue
+
+
+class SignalFlag:
+    """A flag a signal handler sets. Not a threading.Event: its set() takes a lock, and a second
+    SIGTERM arriving while clear() holds that lock deadlocked the pool process against itself."""
+
+    def __init__(self) -> None:
+        self._raised = False
+
+    def set(self) -> None:
+        self._raised = True
+
+    def clear(self) -> None:
+        self._raised = False
+
+    def is_set(self) -> bool:
+        return self._raised
+
+
+preempted = SignalFlag()  # set by SIGTERM in a pool process under --on-term requeue
 running_attempts: dict[str, Attempt] = {}  # task id -> its attempt, in this pool process
 
 
