@@ -48,15 +48,22 @@ def test_compact_network_keeps_what_the_pipeline_relies_on() -> None:
 def test_a_deepened_compact_network_starts_where_it_was() -> None:
     torch.manual_seed(0)
     net = CompactTransformerNet().eval()
-    deeper = net.deepened(8).eval()
-    assert len(deeper.residuals) == 8
+    deeper = net.deepened(8, detail_blocks=2).eval()
+    assert (len(deeper.residuals), len(deeper.detail)) == (8, 2)
     x = torch.rand(1, 3, 32, 48) * 255
     with torch.no_grad():
         assert torch.allclose(deeper(x), net(x), atol=1e-3)
-    # Its weights load back into a network of its own depth.
-    assert len(CompactTransformerNet.for_state(deeper.state_dict()).residuals) == 8
+        # Once trained, a detail block changes the strokes (it is in the path).
+        deeper.detail[0].body[-1].bias.data.fill_(1)
+        assert not torch.allclose(deeper(x), net(x), atol=1e-3)
+    # Its weights load back into a network of its own depths, and an older network's keys are unchanged.
+    loaded = CompactTransformerNet.for_state(deeper.state_dict())
+    assert (len(loaded.residuals), len(loaded.detail)) == (8, 2)
+    assert set(net.state_dict()) < set(deeper.state_dict())
     with pytest.raises(ValueError, match="cannot deepen 8 residual blocks to 5"):
-        deeper.deepened(5)
+        deeper.deepened(5, detail_blocks=2)
+    with pytest.raises(ValueError, match="cannot deepen 2 detail blocks to 1"):
+        deeper.deepened(8, detail_blocks=1)
 
 
 def test_compact_network_exports_like_a_full_one(tmp_path: Path) -> None:
@@ -129,16 +136,20 @@ def test_distillation_continues_a_compact_network_only(
     assert first_card["initialized_from"]["name"] == "udnie"
     # Deeper and steadier than the network it continues: the added blocks start as the identity.
     more = CliRunner().invoke(distill, distill_args(inputs, teacher, tmp_path / "more", "32:1", "--init-from", str(student),
-                                                        "--teacher-stages", "0", "--blocks", "7", "--stability-weight", "3"))
+                                                        "--teacher-stages", "0", "--blocks", "7", "--detail-blocks", "1",
+                                                        "--stability-weight", "3"))
     assert more.exit_code == 0, more.output + repr(more.exception)
     deeper = find_style(str(tmp_path / "more" / "tiny.pth"))
     card = deeper.card
     assert card["teacher_stages"] == 0 and "teacher_pixels" not in logged_losses(tmp_path / "more")[0]
     assert card["blocks"] == 7 and len(deeper.load_network().residuals) == 7 and first_card["blocks"] == 5
+    assert card["detail_blocks"] == 1 and len(deeper.load_network().detail) == 1 and first_card["detail_blocks"] == 0
+    assert "with 7 residual blocks and 1 at half the size" in card["recipe"]
     assert card["stability_weight"] == 3 and "stability 3, where the teacher's is 1" in card["recipe"]
     fewer = run_cli("distill", *distill_args(inputs, teacher, tmp_path / "fewer", "32:1", "--init-from",
                                              str(tmp_path / "more" / "tiny.pth"), "--blocks", "5"))
-    assert fewer.returncode != 0 and "has 7 residual blocks" in fewer.stderr and "Traceback" not in fewer.stderr
+    assert fewer.returncode != 0 and "--blocks 5: the network it starts from has 7" in fewer.stderr
+    assert "Traceback" not in fewer.stderr
     assert card["network"] == "compact" and card["initialized_from"]["weights_sha256"] == sha256_file(student)
     assert card["recipe"].startswith("Started from the weights of style tiny (2 iterations: Started from the weights of style udnie")
     # A full network has no compact one beside it to continue.

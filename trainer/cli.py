@@ -209,6 +209,10 @@ def train_arbitrary(paintings: Path, name: str, **options: object) -> None:
 @click.option("--blocks", type=click.IntRange(min=1),
               help="Residual blocks of the student; more than --init-from's network has adds blocks that start as "
                    "the identity.  [default: --init-from's, or 5]")
+@click.option("--detail-blocks", type=click.IntRange(min=0),
+              help="Residual blocks at half the size, in the decoder that draws the fine strokes (32 channels, about "
+                   "7% of the network's arithmetic each); added ones start as the identity.  [default: --init-from's, "
+                   "or 0]")
 @click.option("--stability-weight", type=click.FloatRange(min=0),
               help="Weight of the temporal stability term.  [default: the teacher's, from its model card]")
 def distill(style: str, style_image: Path, run_dir: Path | None, init_from: str, stability_weight: float | None,

@@ -82,6 +82,8 @@ class TrainConfig:
     # Residual blocks of UpscalerNet (None: the paper's 4) or of a distillation's CompactTransformerNet
     # (None: 5); with --init-from, None keeps its network's own.
     blocks: int | None = None
+    # A distillation's CompactTransformerNet: residual blocks at half the size (None: 0, or --init-from's).
+    detail_blocks: int | None = None
     # Super-resolution: "nearest" or "bilinear" (vidstyle.model.UPSAMPLINGS); None: nearest, or --init-from's.
     upsampling: str | None = None
     # Super-resolution: the phase comb on the detail (vidstyle.model.PhaseComb); None: off, or --init-from's.

@@ -67,9 +67,13 @@ class DistillObjective(StyleObjective):
         self.parent_net = self.parent.load_network() if self.parent else None
         start_blocks = len(self.parent_net.residuals) if self.parent_net else COMPACT_BLOCKS
         self.blocks = config.blocks or start_blocks
-        if self.blocks < start_blocks:
-            raise VidstyleError(f"--blocks {self.blocks}: the network it starts from has {start_blocks} residual "
-                                f"blocks; a distillation can add blocks, not remove them")
+        start_detail_blocks = len(self.parent_net.detail) if self.parent_net else 0
+        self.detail_blocks = start_detail_blocks if config.detail_blocks is None else config.detail_blocks
+        for option, wanted, has in (("--blocks", self.blocks, start_blocks),
+                                    ("--detail-blocks", self.detail_blocks, start_detail_blocks)):
+            if wanted < has:
+                raise VidstyleError(f"{option} {wanted}: the network it starts from has {has}; a distillation can "
+                                    f"add blocks, not remove them")
         self.teacher = teacher_style(config.teacher)
         self.teacher_net = self.teacher.load_network().to(device).requires_grad_(False)
         self.weights |= {"teacher_pixels": config.teacher_pixel_weight, "teacher_features": config.teacher_feature_weight}
@@ -77,6 +81,7 @@ class DistillObjective(StyleObjective):
         self.teacher_stages = config.teacher_stages if config.teacher_stages is not None else max(1, stages - 1)
         self.identity |= {
             "blocks": self.blocks,
+            "detail_blocks": self.detail_blocks,
             "teacher_stages": self.teacher_stages,
             "teacher_sha256": sha256_file(self.teacher.weights_path),
             "teacher_pixel_weight": config.teacher_pixel_weight,
@@ -85,8 +90,8 @@ class DistillObjective(StyleObjective):
 
     def network(self) -> CompactTransformerNet:
         if self.parent_net is None:
-            return CompactTransformerNet(self.blocks)
-        return self.parent_net.deepened(self.blocks).train()
+            return CompactTransformerNet(self.blocks, self.detail_blocks)
+        return self.parent_net.deepened(self.blocks, self.detail_blocks).train()
 
     def stability_change(self) -> str:
         """Words for a stability weight other than the teacher's (`vidstyle distill --stability-weight`)."""
@@ -108,6 +113,7 @@ class DistillObjective(StyleObjective):
         return super().card() | {
             "network": "compact",
             "blocks": self.blocks,
+            "detail_blocks": self.detail_blocks,
             "teacher": {"name": self.teacher.name, "weights_sha256": self.identity["teacher_sha256"],
                         "iterations": self.teacher.card.get("iterations")},
             "teacher_pixel_weight": self.config.teacher_pixel_weight,
@@ -120,7 +126,7 @@ class DistillObjective(StyleObjective):
         config = self.config
         return (f"{self.started_from()}Distilled from style {self.teacher.name}'s TransformerNet (weights sha256 "
                 f"{self.identity['teacher_sha256'][:12]}...) into vidstyle's CompactTransformerNet with {self.blocks} "
-                f"residual blocks: the teacher's "
+                f"residual blocks and {self.detail_blocks} at half the size: the teacher's "
                 f"output as a target (pixels, weight {config.teacher_pixel_weight:g}; VGG-16 relu1_2..relu4_3 "
                 f"features, weight {config.teacher_feature_weight:g}; in the first {self.teacher_stages} of "
                 f"{len(config.stages())} stages) plus the teacher's own objective "

@@ -152,9 +152,14 @@ def deepen_into(net: nn.Module, deeper: nn.Module, last_layer: Callable[[nn.Modu
         raise ValueError(f"cannot deepen {len(net.residuals)} residual blocks to {len(deeper.residuals)}")
     deeper.load_state_dict(net.state_dict(), strict=False)
     for block in deeper.residuals[len(net.residuals):]:
-        nn.init.zeros_(last_layer(block).weight)
-        nn.init.zeros_(last_layer(block).bias)
+        start_as_identity(last_layer(block))
     return deeper
+
+
+def start_as_identity(last_layer: nn.Module) -> None:
+    """Zero a residual block's last layer, so that the block adds nothing until it is trained."""
+    nn.init.zeros_(last_layer.weight)
+    nn.init.zeros_(last_layer.bias)
 
 
 COMPACT_BLOCKS = 5  # CompactTransformerNet's residual blocks unless a distillation asks for more
@@ -178,16 +183,24 @@ class CompactTransformerNet(nn.Module):
     size_multiple = 4  # two stride-2 convolutions, an x2 upsampling and an x2 pixel shuffle
     feature_stride = 4  # as TransformerNet's, so that the temporal stage blends either alike
 
-    def __init__(self, blocks: int = COMPACT_BLOCKS):
+    def __init__(self, blocks: int = COMPACT_BLOCKS, detail_blocks: int = 0):
         super().__init__()
         self.encoder = nn.Sequential(conv_norm_relu(3, 32, stride=2), conv_norm_relu(32, 64, stride=2))
         self.residuals = nn.Sequential(*(SeparableResidualBlock(64) for _ in range(blocks)))
         self.decoder = nn.Sequential(
             nn.Upsample(scale_factor=2, mode="nearest"),
-            conv_norm_relu(64, 32),
+            # The layer at half the size, then its own residual blocks (`detail_blocks`, 32 channels, about
+            # 7% of the arithmetic each), which draw the fine strokes; appended inside it, so a network
+            # without them keeps its state dict's keys.
+            nn.Sequential(*conv_norm_relu(64, 32), *(SeparableResidualBlock(32) for _ in range(detail_blocks))),
             nn.Conv2d(32, 3 * 4, 3, padding=1),
             ShuffleToPixels(),
         )
+
+    @property
+    def detail(self) -> list[SeparableResidualBlock]:
+        """The residual blocks at half the size."""
+        return list(self.decoder[1])[3:]
 
     forward = TransformerNet.forward
     encode = TransformerNet.encode
@@ -195,14 +208,21 @@ class CompactTransformerNet(nn.Module):
 
     @classmethod
     def for_state(cls, state: dict) -> CompactTransformerNet:
-        """An untrained network of the shape a state dict holds: its number of residual blocks."""
-        return cls(blocks=blocks_in(state, ".body.0.weight"))
+        """An untrained network of the shape a state dict holds: its numbers of residual blocks."""
+        detail_blocks = sum(1 for key in state if key.startswith("decoder.1.") and key.endswith(".body.0.weight"))
+        return cls(blocks=blocks_in(state, ".body.0.weight"), detail_blocks=detail_blocks)
 
-    def deepened(self, blocks: int) -> CompactTransformerNet:
-        """A copy with `blocks` residual blocks, the added ones the identity at first (their last norm's
-        scale and shift zero), so a distillation continues deeper from where its network is, at about
-        5 ms per 640x360 frame a block (docs/compact.md: for wave it bought little)."""
-        return deepen_into(self, CompactTransformerNet(blocks), lambda block: block.body[-1])
+    def deepened(self, blocks: int, detail_blocks: int) -> CompactTransformerNet:
+        """A copy with `blocks` residual blocks at a quarter of the size and `detail_blocks` at half,
+        the added ones the identity at first (their last norm's scale and shift zero), so a distillation
+        continues deeper from where its network is. A block at a quarter of the size costs about 5 ms
+        per 640x360 frame (docs/compact.md: for wave it bought little)."""
+        if detail_blocks < len(self.detail):
+            raise ValueError(f"cannot deepen {len(self.detail)} detail blocks to {detail_blocks}")
+        deeper = deepen_into(self, CompactTransformerNet(blocks, detail_blocks), lambda block: block.body[-1])
+        for block in deeper.detail[len(self.detail):]:
+            start_as_identity(block.body[-1])
+        return deeper
 
 
 STYLE_NETWORKS = {"full": TransformerNet, "compact": CompactTransformerNet}  # by a model card's "network"
