@@ -139,27 +139,31 @@ class ShuffleToPixels(nn.PixelShuffle):
         return 127.5 + 127.5 * super().forward(x)
 
 
-def blocks_in(state: dict, first_weight: str) -> int:
-    """The number of residual blocks in a state dict whose blocks are `residuals.N`, each holding
+def blocks_in(state: dict, first_weight: str, within: str = "residuals.") -> int:
+    """The number of residual blocks in a state dict whose blocks are `{within}N`, each holding
     `first_weight` once."""
-    return sum(1 for key in state if key.startswith("residuals.") and key.endswith(first_weight))
+    return sum(1 for key in state if key.startswith(within) and key.endswith(first_weight))
 
 
-def deepen_into(net: nn.Module, deeper: nn.Module, last_layer: Callable[[nn.Module], nn.Module]) -> nn.Module:
-    """`deeper` (the same network with more residual blocks) with net's weights, each added block
-    the identity at first: its last layer's weight and bias zero, so that the body adds nothing."""
-    if len(deeper.residuals) < len(net.residuals):
-        raise ValueError(f"cannot deepen {len(net.residuals)} residual blocks to {len(deeper.residuals)}")
+def residual_blocks(net: nn.Module) -> dict[str, list[nn.Module]]:
+    """A network's residual blocks by the name an error gives them: most networks have one run."""
+    return {"residual blocks": list(net.residuals)}
+
+
+def deepen_into(net: nn.Module, deeper: nn.Module, last_layer: Callable[[nn.Module], nn.Module],
+                runs: Callable[[nn.Module], dict[str, list[nn.Module]]] = residual_blocks) -> nn.Module:
+    """`deeper` (the same network with longer `runs` of residual blocks) with net's weights, each
+    added block the identity at first: its last layer's weight and bias zero, so that the body adds nothing."""
+    have, want = runs(net), runs(deeper)
+    for name, blocks in have.items():
+        if len(want[name]) < len(blocks):
+            raise ValueError(f"cannot deepen {len(blocks)} {name} to {len(want[name])}")
     deeper.load_state_dict(net.state_dict(), strict=False)
-    for block in deeper.residuals[len(net.residuals):]:
-        start_as_identity(last_layer(block))
+    for name, blocks in have.items():
+        for block in want[name][len(blocks):]:
+            nn.init.zeros_(last_layer(block).weight)
+            nn.init.zeros_(last_layer(block).bias)
     return deeper
-
-
-def start_as_identity(last_layer: nn.Module) -> None:
-    """Zero a residual block's last layer, so that the block adds nothing until it is trained."""
-    nn.init.zeros_(last_layer.weight)
-    nn.init.zeros_(last_layer.bias)
 
 
 COMPACT_BLOCKS = 5  # CompactTransformerNet's residual blocks unless a distillation asks for more
@@ -200,7 +204,7 @@ class CompactTransformerNet(nn.Module):
     @property
     def detail(self) -> list[SeparableResidualBlock]:
         """The residual blocks at half the size."""
-        return list(self.decoder[1])[3:]
+        return [layer for layer in self.decoder[1] if isinstance(layer, SeparableResidualBlock)]
 
     forward = TransformerNet.forward
     encode = TransformerNet.encode
@@ -209,20 +213,16 @@ class CompactTransformerNet(nn.Module):
     @classmethod
     def for_state(cls, state: dict) -> CompactTransformerNet:
         """An untrained network of the shape a state dict holds: its numbers of residual blocks."""
-        detail_blocks = sum(1 for key in state if key.startswith("decoder.1.") and key.endswith(".body.0.weight"))
-        return cls(blocks=blocks_in(state, ".body.0.weight"), detail_blocks=detail_blocks)
+        return cls(blocks=blocks_in(state, ".body.0.weight"),
+                   detail_blocks=blocks_in(state, ".body.0.weight", within="decoder.1."))
 
     def deepened(self, blocks: int, detail_blocks: int) -> CompactTransformerNet:
         """A copy with `blocks` residual blocks at a quarter of the size and `detail_blocks` at half,
         the added ones the identity at first (their last norm's scale and shift zero), so a distillation
         continues deeper from where its network is. A block at a quarter of the size costs about 5 ms
         per 640x360 frame (docs/compact.md: for wave it bought little)."""
-        if detail_blocks < len(self.detail):
-            raise ValueError(f"cannot deepen {len(self.detail)} detail blocks to {detail_blocks}")
-        deeper = deepen_into(self, CompactTransformerNet(blocks, detail_blocks), lambda block: block.body[-1])
-        for block in deeper.detail[len(self.detail):]:
-            start_as_identity(block.body[-1])
-        return deeper
+        return deepen_into(self, CompactTransformerNet(blocks, detail_blocks), lambda block: block.body[-1],
+                           lambda net: residual_blocks(net) | {"detail blocks": net.detail})
 
 
 STYLE_NETWORKS = {"full": TransformerNet, "compact": CompactTransformerNet}  # by a model card's "network"
