@@ -66,6 +66,26 @@ def test_a_deepened_compact_network_starts_where_it_was() -> None:
         deeper.deepened(8, detail_blocks=1)
 
 
+def test_dense_blocks_start_as_the_separable_ones_they_replace() -> None:
+    torch.manual_seed(0)
+    net = CompactTransformerNet(detail_blocks=1).eval()
+    for norm in (m for m in net.modules() if isinstance(m, torch.nn.InstanceNorm2d)):  # not the identity's scale
+        norm.weight.data.uniform_(0.5, 1.5)
+        norm.bias.data.normal_()
+    dense = net.deepened(6, detail_blocks=1, dense=True).eval()
+    assert dense.dense and not net.dense and not any(block.separable for block in dense.residuals)
+    assert dense.detail[0].separable  # at half the size they stay separable
+    x = torch.rand(1, 3, 32, 48) * 255
+    with torch.no_grad():
+        assert torch.allclose(dense(x), net(x), atol=1e-2)
+    blocks = [sum(p.numel() for p in n.residuals[0].parameters()) for n in (net, dense)]
+    assert blocks[1] > 6 * blocks[0]  # the capacity it adds
+    loaded = CompactTransformerNet.for_state(dense.state_dict())
+    assert loaded.dense and len(loaded.residuals) == 6
+    loaded.load_state_dict(dense.state_dict())
+    assert dense.deepened(7, detail_blocks=1).dense  # once dense, it stays so
+
+
 def test_compact_network_exports_like_a_full_one(tmp_path: Path) -> None:
     onnxruntime = pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
@@ -137,14 +157,15 @@ def test_distillation_continues_a_compact_network_only(
     # Deeper and steadier than the network it continues: the added blocks start as the identity.
     more = CliRunner().invoke(distill, distill_args(inputs, teacher, tmp_path / "more", "32:1", "--init-from", str(student),
                                                         "--teacher-stages", "0", "--blocks", "7", "--detail-blocks", "1",
-                                                        "--stability-weight", "3"))
+                                                        "--stability-weight", "3", "--dense-blocks"))
     assert more.exit_code == 0, more.output + repr(more.exception)
     deeper = find_style(str(tmp_path / "more" / "tiny.pth"))
     card = deeper.card
     assert card["teacher_stages"] == 0 and "teacher_pixels" not in logged_losses(tmp_path / "more")[0]
     assert card["blocks"] == 7 and len(deeper.load_network().residuals) == 7 and first_card["blocks"] == 5
     assert card["detail_blocks"] == 1 and len(deeper.load_network().detail) == 1 and first_card["detail_blocks"] == 0
-    assert "with 7 residual blocks and 1 at half the size" in card["recipe"]
+    assert "with 7 dense residual blocks and 1 at half the size" in card["recipe"]
+    assert card["dense_blocks"] and deeper.load_network().dense and not first_card["dense_blocks"]
     assert card["stability_weight"] == 3 and "stability 3, where the teacher's is 1" in card["recipe"]
     fewer = run_cli("distill", *distill_args(inputs, teacher, tmp_path / "fewer", "32:1", "--init-from",
                                              str(tmp_path / "more" / "tiny.pth"), "--blocks", "5"))

@@ -1,6 +1,8 @@
 """The single-machine pipeline, checked by decoding what it writes."""
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import av
@@ -123,9 +125,10 @@ def test_subpixel_upsample_conv_matches_upsample_then_conv() -> None:
 
 @pytest.mark.parametrize("size", [(64, 48), (67, 45)])
 @pytest.mark.parametrize("whole_frame_pixels", [None, 0], ids=["whole", "strips"])
-@pytest.mark.parametrize("network", [TransformerNet, CompactTransformerNet])
+@pytest.mark.parametrize("network", [TransformerNet, CompactTransformerNet, partial(CompactTransformerNet, dense=True)],
+                         ids=["full", "compact", "compact-dense"])
 def test_stylizer_matches_the_network_at_any_size(size: tuple[int, int], whole_frame_pixels: int | None,
-                                                   network: type[torch.nn.Module]) -> None:
+                                                   network: Callable[[], torch.nn.Module]) -> None:
     torch.manual_seed(0)
     net = network().eval()
     width, height = size

@@ -84,6 +84,9 @@ class TrainConfig:
     blocks: int | None = None
     # A distillation's CompactTransformerNet: residual blocks at half the size (None: 0, or --init-from's).
     detail_blocks: int | None = None
+    # A distillation's CompactTransformerNet: dense 3x3 convolutions in the blocks at a quarter of the size
+    # (False: as --init-from's network, else separable).
+    dense_blocks: bool = False
     # Super-resolution: "nearest" or "bilinear" (vidstyle.model.UPSAMPLINGS); None: nearest, or --init-from's.
     upsampling: str | None = None
     # Super-resolution: the phase comb on the detail (vidstyle.model.PhaseComb); None: off, or --init-from's.

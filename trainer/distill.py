@@ -74,6 +74,7 @@ class DistillObjective(StyleObjective):
             if wanted < has:
                 raise VidstyleError(f"{option} {wanted}: the network it starts from has {has}; a distillation can "
                                     f"add blocks, not remove them")
+        self.dense = config.dense_blocks or bool(self.parent_net and self.parent_net.dense)
         self.teacher = teacher_style(config.teacher)
         self.teacher_net = self.teacher.load_network().to(device).requires_grad_(False)
         self.weights |= {"teacher_pixels": config.teacher_pixel_weight, "teacher_features": config.teacher_feature_weight}
@@ -82,6 +83,7 @@ class DistillObjective(StyleObjective):
         self.identity |= {
             "blocks": self.blocks,
             "detail_blocks": self.detail_blocks,
+            "dense_blocks": self.dense,
             "teacher_stages": self.teacher_stages,
             "teacher_sha256": sha256_file(self.teacher.weights_path),
             "teacher_pixel_weight": config.teacher_pixel_weight,
@@ -90,8 +92,8 @@ class DistillObjective(StyleObjective):
 
     def network(self) -> CompactTransformerNet:
         if self.parent_net is None:
-            return CompactTransformerNet(self.blocks, self.detail_blocks)
-        return self.parent_net.deepened(self.blocks, self.detail_blocks).train()
+            return CompactTransformerNet(self.blocks, self.detail_blocks, self.dense)
+        return self.parent_net.deepened(self.blocks, self.detail_blocks, self.dense).train()
 
     def stability_change(self) -> str:
         """Words for a stability weight other than the teacher's (`vidstyle distill --stability-weight`)."""
@@ -114,6 +116,7 @@ class DistillObjective(StyleObjective):
             "network": "compact",
             "blocks": self.blocks,
             "detail_blocks": self.detail_blocks,
+            "dense_blocks": self.dense,
             "teacher": {"name": self.teacher.name, "weights_sha256": self.identity["teacher_sha256"],
                         "iterations": self.teacher.card.get("iterations")},
             "teacher_pixel_weight": self.config.teacher_pixel_weight,
@@ -126,7 +129,8 @@ class DistillObjective(StyleObjective):
         config = self.config
         return (f"{self.started_from()}Distilled from style {self.teacher.name}'s TransformerNet (weights sha256 "
                 f"{self.identity['teacher_sha256'][:12]}...) into vidstyle's CompactTransformerNet with {self.blocks} "
-                f"residual blocks and {self.detail_blocks} at half the size: the teacher's "
+                f"{'dense' if self.dense else 'separable'} residual blocks and {self.detail_blocks} at half the "
+                f"size: the teacher's "
                 f"output as a target (pixels, weight {config.teacher_pixel_weight:g}; VGG-16 relu1_2..relu4_3 "
                 f"features, weight {config.teacher_feature_weight:g}; in the first {self.teacher_stages} of "
                 f"{len(config.stages())} stages) plus the teacher's own objective "

@@ -53,7 +53,8 @@ FINAL_LOSS_WINDOW = 50
 # The objective adds its own (vidstyle.trainer.style.STYLE_IDENTITY, vidstyle.trainer.upscale.UPSCALE_IDENTITY).
 RUN_IDENTITY = ("batch_size", "lr", "holdout", "seed")
 # What a checkpoint written before a setting existed trained with.
-IDENTITY_BEFORE = {"stability_motion": "affine", "grid_weight": 0.0, "texture_weight": 0.0}
+IDENTITY_BEFORE = {"stability_motion": "affine", "grid_weight": 0.0, "texture_weight": 0.0, "detail_blocks": 0,
+                   "dense_blocks": False}
 # What train() returns when its on_iteration asked it to stop (a signal returns its number).
 STOPPED_BY_CALLER = 0
 

@@ -8,6 +8,7 @@ values), so callers clamp to 0..255 before converting to 8-bit pixels.
 """
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 
@@ -109,21 +110,45 @@ def conv_norm_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.S
                          nn.InstanceNorm2d(out_channels, affine=True), nn.ReLU(inplace=True))
 
 
-class SeparableResidualBlock(nn.Module):
-    """ResidualBlock with depthwise-separable convolutions (MobileNet's): each 3x3 convolution
-    becomes a 3x3 per channel then a 1x1 across channels, an eighth of the arithmetic at 64 channels."""
+class CompactResidualBlock(nn.Module):
+    """ResidualBlock with zero-padded convolutions, each 3x3 either depthwise-separable (MobileNet's: a
+    3x3 per channel then a 1x1 across channels, an eighth of the arithmetic at 64 channels) or dense
+    (nine times the weights; at a quarter of the frame's size oneDNN runs it at nearly the same pace)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, separable: bool = True):
         super().__init__()
 
-        def separable() -> list[nn.Module]:
-            return [nn.Conv2d(channels, channels, 3, padding=1, groups=channels), nn.Conv2d(channels, channels, 1)]
+        def conv() -> list[nn.Module]:
+            if separable:
+                return [nn.Conv2d(channels, channels, 3, padding=1, groups=channels), nn.Conv2d(channels, channels, 1)]
+            return [nn.Conv2d(channels, channels, 3, padding=1)]
 
-        self.body = nn.Sequential(*separable(), nn.InstanceNorm2d(channels, affine=True), nn.ReLU(inplace=True),
-                                  *separable(), nn.InstanceNorm2d(channels, affine=True))
+        self.separable = separable
+        self.body = nn.Sequential(*conv(), nn.InstanceNorm2d(channels, affine=True), nn.ReLU(inplace=True),
+                                  *conv(), nn.InstanceNorm2d(channels, affine=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
+
+    def densified(self) -> CompactResidualBlock:
+        """The same block with dense convolutions that compute exactly what its separable pairs do:
+        a 1x1 (P, bias b) after a per-channel 3x3 (D, bias d) is the 3x3 with weights P[o, i] * D[i]
+        and bias b + P d."""
+        if not self.separable:
+            return self
+        dense = CompactResidualBlock(self.body[-1].num_features, separable=False)
+        layers = iter(self.body)
+        with torch.no_grad():
+            for target in dense.body:
+                layer = next(layers)
+                if isinstance(target, nn.Conv2d):
+                    pointwise = next(layers)
+                    weights = pointwise.weight[:, :, 0, 0]
+                    target.weight.copy_(weights[:, :, None, None] * layer.weight[:, 0][None])
+                    target.bias.copy_(pointwise.bias + weights @ layer.bias)
+                else:
+                    target.load_state_dict(layer.state_dict())
+        return dense
 
 
 class ShuffleToPixels(nn.PixelShuffle):
@@ -187,42 +212,56 @@ class CompactTransformerNet(nn.Module):
     size_multiple = 4  # two stride-2 convolutions, an x2 upsampling and an x2 pixel shuffle
     feature_stride = 4  # as TransformerNet's, so that the temporal stage blends either alike
 
-    def __init__(self, blocks: int = COMPACT_BLOCKS, detail_blocks: int = 0):
+    def __init__(self, blocks: int = COMPACT_BLOCKS, detail_blocks: int = 0, dense: bool = False):
         super().__init__()
         self.encoder = nn.Sequential(conv_norm_relu(3, 32, stride=2), conv_norm_relu(32, 64, stride=2))
-        self.residuals = nn.Sequential(*(SeparableResidualBlock(64) for _ in range(blocks)))
+        # `dense`: the blocks at a quarter of the size with dense 3x3 convolutions (a style the separable
+        # ones cannot draw: wave's; about 15% slower end to end, docs/compact.md).
+        self.residuals = nn.Sequential(*(CompactResidualBlock(64, separable=not dense) for _ in range(blocks)))
         self.decoder = nn.Sequential(
             nn.Upsample(scale_factor=2, mode="nearest"),
             # The layer at half the size, then its own residual blocks (`detail_blocks`, 32 channels, about
             # 7% of the arithmetic each), which draw the fine strokes; appended inside it, so a network
             # without them keeps its state dict's keys.
-            nn.Sequential(*conv_norm_relu(64, 32), *(SeparableResidualBlock(32) for _ in range(detail_blocks))),
+            nn.Sequential(*conv_norm_relu(64, 32), *(CompactResidualBlock(32) for _ in range(detail_blocks))),
             nn.Conv2d(32, 3 * 4, 3, padding=1),
             ShuffleToPixels(),
         )
 
     @property
-    def detail(self) -> list[SeparableResidualBlock]:
+    def detail(self) -> list[CompactResidualBlock]:
         """The residual blocks at half the size."""
-        return [layer for layer in self.decoder[1] if isinstance(layer, SeparableResidualBlock)]
+        return [layer for layer in self.decoder[1] if isinstance(layer, CompactResidualBlock)]
 
     forward = TransformerNet.forward
     encode = TransformerNet.encode
     render = TransformerNet.render
 
+    @property
+    def dense(self) -> bool:
+        """Whether the blocks at a quarter of the size have dense convolutions."""
+        return not self.residuals[0].separable
+
     @classmethod
     def for_state(cls, state: dict) -> CompactTransformerNet:
-        """An untrained network of the shape a state dict holds: its numbers of residual blocks."""
+        """An untrained network of the shape a state dict holds: its numbers of residual blocks, and
+        whether those at a quarter of the size are dense (a 3x3 across all channels, not one each)."""
         return cls(blocks=blocks_in(state, ".body.0.weight"),
-                   detail_blocks=blocks_in(state, ".body.0.weight", within="decoder.1."))
+                   detail_blocks=blocks_in(state, ".body.0.weight", within="decoder.1."),
+                   dense=state["residuals.0.body.0.weight"].shape[1] > 1)
 
-    def deepened(self, blocks: int, detail_blocks: int) -> CompactTransformerNet:
+    def deepened(self, blocks: int, detail_blocks: int, dense: bool = False) -> CompactTransformerNet:
         """A copy with `blocks` residual blocks at a quarter of the size and `detail_blocks` at half,
         the added ones the identity at first (their last norm's scale and shift zero), so a distillation
         continues deeper from where its network is. A block at a quarter of the size costs about 5 ms
-        per 640x360 frame (docs/compact.md: for wave it bought little)."""
-        return deepen_into(self, CompactTransformerNet(blocks, detail_blocks), lambda block: block.body[-1],
-                           lambda net: residual_blocks(net) | {"detail blocks": net.detail})
+        per 640x360 frame (docs/compact.md: for wave it bought little). `dense`: those blocks made
+        dense, computing what they did; a dense network stays dense."""
+        start = self
+        if dense and not self.dense:
+            start = copy.deepcopy(self)
+            start.residuals = nn.Sequential(*(block.densified() for block in self.residuals))
+        return deepen_into(start, CompactTransformerNet(blocks, detail_blocks, dense or self.dense),
+                           lambda block: block.body[-1], lambda net: residual_blocks(net) | {"detail blocks": net.detail})
 
 
 STYLE_NETWORKS = {"full": TransformerNet, "compact": CompactTransformerNet}  # by a model card's "network"

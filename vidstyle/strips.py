@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vidstyle.model import CompactTransformerNet, ConvLayer, ResidualBlock, SeparableResidualBlock, TransformerNet
+from vidstyle.model import CompactTransformerNet, ConvLayer, ResidualBlock, CompactResidualBlock, TransformerNet
 
 # Output pixels per strip: tens of MB of working memory per layer.
 STRIP_PIXELS = 1 << 18
@@ -60,7 +60,7 @@ def _run(layers: Iterable[nn.Module], x: torch.Tensor, strip_pixels: int) -> tor
             _instance_norm_(layer, x, strip_pixels)
         elif isinstance(layer, nn.ReLU):
             x.relu_()
-        elif isinstance(layer, (ResidualBlock, SeparableResidualBlock)):
+        elif isinstance(layer, (ResidualBlock, CompactResidualBlock)):
             x = x + _run(_layers([layer.body]), x, strip_pixels)
         else:
             raise TypeError(f"stylize_in_strips does not know the layer {layer!r}")
