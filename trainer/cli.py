@@ -215,8 +215,8 @@ def train_arbitrary(paintings: Path, name: str, **options: object) -> None:
                    "or 0]")
 @click.option("--dense-blocks", is_flag=True,
               help="Dense 3x3 convolutions in the residual blocks at a quarter of the size, instead of separable "
-                   "ones: nine times their weights, for a style the separable ones cannot draw, at about 15% of the "
-                   "speed end to end; --init-from's separable blocks are converted exactly.  [default: as "
+                   "ones: nine times their weights, for a style the separable ones cannot draw, about 15% slower "
+                   "end to end; --init-from's separable blocks are converted exactly.  [default: as "
                    "--init-from's network]")
 @click.option("--stability-weight", type=click.FloatRange(min=0),
               help="Weight of the temporal stability term.  [default: the teacher's, from its model card]")
