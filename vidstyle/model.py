@@ -8,7 +8,6 @@ values), so callers clamp to 0..255 before converting to 8-bit pixels.
 """
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
 
@@ -134,8 +133,6 @@ class CompactResidualBlock(nn.Module):
         """The same block with dense convolutions that compute exactly what its separable pairs do:
         a 1x1 (P, bias b) after a per-channel 3x3 (D, bias d) is the 3x3 with weights P[o, i] * D[i]
         and bias b + P d."""
-        if not self.separable:
-            return self
         dense = CompactResidualBlock(self.body[-1].num_features, separable=False)
         layers = iter(self.body)
         with torch.no_grad():
@@ -258,12 +255,11 @@ class CompactTransformerNet(nn.Module):
         continues deeper from where its network is. A block at a quarter of the size costs about 5 ms
         per 640x360 frame (docs/compact.md: for wave it bought little). `dense`: those blocks made
         dense, computing what they did; a dense network stays dense."""
-        start = self
-        if dense and not self.dense:
-            start = copy.deepcopy(self)
-            start.residuals = nn.Sequential(*(block.densified() for block in self.residuals))
-        return deepen_into(start, CompactTransformerNet(blocks, detail_blocks, dense or self.dense),
-                           lambda block: block.body[-1], lambda net: residual_blocks(net) | {"detail blocks": net.detail})
+        deeper = deepen_into(self, CompactTransformerNet(blocks, detail_blocks, self.dense), lambda block: block.body[-1],
+                             lambda net: residual_blocks(net) | {"detail blocks": net.detail})
+        if dense and not deeper.dense:  # an added identity block densifies to the identity
+            deeper.residuals = nn.Sequential(*(block.densified() for block in deeper.residuals))
+        return deeper
 
 
 STYLE_NETWORKS = {"full": TransformerNet, "compact": CompactTransformerNet}  # by a model card's "network"
