@@ -72,6 +72,7 @@ def decode(path: Path) -> dict:
 import shutil  # noqa: E402  (this section is appended to the file's shared part)
 import socket  # noqa: E402
 import time  # noqa: E402
+import urllib.parse  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 
 import redis  # noqa: E402
@@ -127,10 +128,18 @@ class RedisServer:
             return False
 
 
+def own_database(url: str) -> str:
+    """A shared Redis URL for this test process: under pytest-xdist each process uses its own database
+    (the URL's plus the process's number), so that one's jobs never show in another's `vidstyle list`."""
+    parts = urllib.parse.urlsplit(url)
+    database = int(parts.path.strip("/") or 0) + int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    return urllib.parse.urlunsplit(parts._replace(path=f"/{database}"))
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     if url := os.environ.get("VIDSTYLE_TEST_REDIS_URL"):
-        yield RedisServer(url)
+        yield RedisServer(own_database(url))
         return
     binary = shutil.which("redis-server")
     if binary is None:
