@@ -51,6 +51,8 @@ def main() -> None:
     p.add_argument("--clip", type=Path, default=SHARED / "videos" / "chaplin.mp4")
     p.add_argument("--frames", type=int, default=48)
     p.add_argument("--style", default="udnie")
+    p.add_argument("--network", default="auto", help="auto|full|compact, as `submit --network`: the default times the "
+                   "network a user gets (a compact one, where it qualifies, leaves the stage the larger share)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (as submit does by default)")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=None)
@@ -66,7 +68,8 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="vidstyle-temporal-"))
     clip = cut(args.clip, args.frames, workdir / f"clip{args.clip.suffix}")
     info = probe_video(clip)
-    stylizer = Stylizer(find_style(args.style).load_network(), resolve_device("cpu"), compile=args.compile)
+    style = find_style(args.style, args.network)
+    stylizer = Stylizer(style.load_network(), resolve_device("cpu"), compile=args.compile)
     stylizer(np.zeros((1, info.height, info.width, 3), np.uint8))  # compile (if asked) before timing
 
     def fps(strength: float) -> float:
@@ -94,7 +97,7 @@ def main() -> None:
         stage.prepare(frame[None])  # motion again, and the input's blend
     blend_ms = (time.perf_counter() - started) / len(motions) * 1000 - motion_ms
 
-    print(f"{args.clip.name}: {args.frames} frames at {info.width}x{info.height}, style {args.style}, "
+    print(f"{args.clip.name}: {args.frames} frames at {info.width}x{info.height}, style {args.style} ({style.card.get('network', 'full')} network), "
           f"{'compiled' if args.compile else 'eager'}, {torch.get_num_threads()} threads")
     print(f"  --no-temporal  {off:6.2f} frames/s   (runs: {', '.join(f'{v:.2f}' for v in speeds['off'])})")
     print(f"  temporal       {on:6.2f} frames/s   (runs: {', '.join(f'{v:.2f}' for v in speeds['on'])})")

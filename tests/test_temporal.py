@@ -16,7 +16,7 @@ from vidstyle.segments import join_segments, plan_spans
 from vidstyle.inference import Stylizer
 from vidstyle.styles import find_style
 from vidstyle.sample import THIN_LINE_REVEAL, make_thin_line_video, thin_line_columns
-from vidstyle.temporal import KEY_INTERVAL, KeyframeBlend, Motion, MotionTracker, TemporalBlend
+from vidstyle.temporal import AGREEMENT_TOLERANCE, KEY_INTERVAL, KeyframeBlend, Motion, MotionTracker, TemporalBlend, _agreement, _resample, sampling_grid
 
 BLENDS = [TemporalBlend, KeyframeBlend]  # the input's and the features'
 
@@ -260,3 +260,21 @@ def test_a_thin_line_shows_as_soon_as_it_is_uncovered(tmp_path: Path) -> None:
         column = thin_line_columns(256, index)[1]
         assert line_contrast(plain[index], column) > 20  # the per-frame output shows it
         assert line_contrast(steady[index], column) > share * line_contrast(plain[index], column)
+
+
+@pytest.mark.parametrize("channels, height, width", [(3, 36, 64), (64, 23, 40), (1, 1, 5)])
+def test_the_cpu_s_resampling_and_gate_compute_what_grid_sample_and_avg_pool_do(channels: int, height: int, width: int) -> None:
+    """On a CPU the stage resamples with OpenCV's remap and gates with its box filter (a third less of
+    the stage's time); both must give torch's own operations' values, edges and motion out of the frame included."""
+    generator = torch.Generator().manual_seed(0)
+    values = torch.rand(1, channels, height, width, generator=generator) * 255
+    grid = sampling_grid(torch.randn(height, width, 2, generator=generator) * 3, height, width)[None]
+    expected = torch.nn.functional.grid_sample(values, grid, mode="bicubic", padding_mode="border", align_corners=True)
+    assert torch.allclose(_resample(values, grid), expected, atol=1e-2)
+
+    change, flicker = values - values.flip(-1), torch.tensor(300.0)
+    distance = change.square().mean(1, keepdim=True) / flicker
+    gate = torch.exp(torch.nn.functional.avg_pool2d(distance, 3, stride=1, padding=1, count_include_pad=False)
+                   * (-0.5 / AGREEMENT_TOLERANCE ** 2))
+    assert torch.allclose(_agreement(change, flicker), gate, atol=1e-6)
+
