@@ -264,7 +264,7 @@ def test_a_thin_line_shows_as_soon_as_it_is_uncovered(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("channels, height, width", [(3, 36, 64), (64, 23, 40), (1, 1, 5)])
 def test_the_cpu_s_resampling_and_gate_compute_what_grid_sample_and_avg_pool_do(channels: int, height: int, width: int) -> None:
-    """On a CPU the stage resamples with OpenCV's remap and gates with its box filter (a third less of
+    """On a CPU the stage resamples with OpenCV's remap and gates with its box filter (about 0.7 of
     the stage's time); both must give torch's own operations' values, edges and motion out of the frame included."""
     generator = torch.Generator().manual_seed(0)
     values = torch.rand(1, channels, height, width, generator=generator) * 255
