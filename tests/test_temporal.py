@@ -16,7 +16,7 @@ from vidstyle.segments import join_segments, plan_spans
 from vidstyle.inference import Stylizer
 from vidstyle.styles import find_style
 from vidstyle.sample import THIN_LINE_REVEAL, make_thin_line_video, thin_line_columns
-from vidstyle.temporal import AGREEMENT_TOLERANCE, KEY_INTERVAL, KeyframeBlend, Motion, MotionTracker, TemporalBlend, _agreement, _resample, sampling_grid
+from vidstyle.temporal import AGREEMENT_TOLERANCE, KEY_INTERVAL, KeyframeBlend, Motion, MotionTracker, TemporalBlend, _agreement, _resample
 
 BLENDS = [TemporalBlend, KeyframeBlend]  # the input's and the features'
 
@@ -262,15 +262,23 @@ def test_a_thin_line_shows_as_soon_as_it_is_uncovered(tmp_path: Path) -> None:
         assert line_contrast(steady[index], column) > share * line_contrast(plain[index], column)
 
 
-@pytest.mark.parametrize("channels, height, width", [(3, 36, 64), (64, 23, 40), (1, 1, 5)])
-def test_the_cpu_s_resampling_and_gate_compute_what_grid_sample_and_avg_pool_do(channels: int, height: int, width: int) -> None:
-    """On a CPU the stage resamples with OpenCV's remap and gates with its box filter (about 0.7 of
-    the stage's time); both must give torch's own operations' values, edges and motion out of the frame included."""
+@pytest.mark.parametrize("channels, height, width, interleaved", [(3, 36, 64, True), (3, 36, 64, False), (64, 23, 40, False),
+                                                                  (1, 1, 5, False)])
+def test_the_cpu_s_resampling_and_gate_compute_what_grid_sample_and_avg_pool_do(channels: int, height: int, width: int,
+                                                                                interleaved: bool) -> None:
+    """On a CPU the stage resamples with OpenCV's remap (a frame's interleaved channels in one pass) and
+    gates with its box filter (about 0.7 of the stage's time); both must give torch's own operations'
+    values, edges and motion out of the frame included."""
     generator = torch.Generator().manual_seed(0)
     values = torch.rand(1, channels, height, width, generator=generator) * 255
-    grid = sampling_grid(torch.randn(height, width, 2, generator=generator) * 3, height, width)[None]
-    expected = torch.nn.functional.grid_sample(values, grid, mode="bicubic", padding_mode="border", align_corners=True)
-    assert torch.allclose(_resample(values, grid), expected, atol=1e-2)
+    if interleaved:
+        values = values.contiguous(memory_format=torch.channels_last)
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32), indexing="ij")
+    positions = torch.stack((xs, ys))[None] + torch.randn(1, 2, height, width, generator=generator) * 3
+    grid = torch.stack((positions[0, 0] * 2 / max(width - 1, 1) - 1, positions[0, 1] * 2 / max(height - 1, 1) - 1), -1)[None]
+    for cubic, mode in ((True, "bicubic"), (False, "bilinear")):
+        expected = torch.nn.functional.grid_sample(values, grid, mode=mode, padding_mode="border", align_corners=True)
+        assert torch.allclose(_resample(values, positions, cubic), expected, atol=1e-2)
 
     change, flicker = values - values.flip(-1), torch.tensor(300.0)
     distance = change.square().mean(1, keepdim=True) / flicker

@@ -39,6 +39,7 @@ from vidstyle.trainer.upscale import UpscaleObjective
 from vidstyle.trainer.vgg import LossNetwork, load_loss_network
 from vidstyle.errors import VidstyleError
 from vidstyle.inference import has_native_bf16
+from vidstyle.memory import keep_freed_memory
 from vidstyle.styles import save_style
 
 SAMPLE_COUNT = 4
@@ -130,6 +131,7 @@ def train(config: TrainConfig, on_iteration: Callable[[TrainingProgress], bool] 
     after each iteration, returned True."""
     if config.threads:
         torch.set_num_threads(config.threads)
+    keep_freed_memory()  # each iteration's activations reused, not mapped afresh: 1.24x the speed (vidstyle.memory)
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     precision = config.precision or ("bf16" if has_native_bf16(device) else "fp32")
     schedule = config.schedule()

@@ -23,6 +23,7 @@ from torch import nn
 
 from vidstyle.settings import setting
 from vidstyle.errors import VidstyleError
+from vidstyle.memory import keep_freed_memory
 from vidstyle.model import ConvLayer, StyleThenUpscale, TransformerNet, UpscalerNet, pad_to_multiple
 from vidstyle.strips import stylize_in_strips
 from vidstyle.tiles import upscale_in_tiles
@@ -295,6 +296,7 @@ class Stylizer:
 
     def __init__(self, net: nn.Module, device: torch.device, compile: bool | None = None,
                  precision: str | None = None, whole_frame_pixels: int | None = None):
+        keep_freed_memory()  # every frame's large buffers reused, not mapped afresh (vidstyle.memory)
         self.device = device
         self.factor, self.size_multiple = net.factor, net.size_multiple
         # The plain layers, before prepare_network rewrites them, for frames too large to run whole.

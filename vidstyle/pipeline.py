@@ -140,12 +140,23 @@ class _Stop(Exception):
     """Another stage failed or the run was interrupted: unwind quietly."""
 
 
+class _BatchQueue:
+    """The queue between two stages. It holds at most QUEUE_BATCHES frame batches; the audio and
+    subtitle packets between them do not count: a second of AAC is 43 packets, and counted they
+    left room for one batch, so the decoding thread could not work ahead of the network (with the
+    temporal stage's motion in it, the network waited on it for a sixth of its time)."""
+
+    def __init__(self, batches: int) -> None:
+        self.items: queue.SimpleQueue = queue.SimpleQueue()
+        self.room = threading.Semaphore(batches)
+
+
 class _Stage:
     """Bounded queues between the stages plus the first error any stage raised."""
 
     def __init__(self) -> None:
-        self.decoded: queue.Queue = queue.Queue(QUEUE_BATCHES)
-        self.stylized: queue.Queue = queue.Queue(QUEUE_BATCHES)
+        self.decoded = _BatchQueue(QUEUE_BATCHES)
+        self.stylized = _BatchQueue(QUEUE_BATCHES)
         self.stopping = threading.Event()
         self.error: BaseException | None = None
 
@@ -154,21 +165,24 @@ class _Stage:
             self.error = exc
         self.stopping.set()
 
-    def put(self, q: queue.Queue, item: object) -> None:
-        while not self.stopping.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-        raise _Stop
+    def put(self, q: _BatchQueue, item: object) -> None:
+        if isinstance(item, _FrameBatch):
+            while not q.room.acquire(timeout=0.1):
+                if self.stopping.is_set():
+                    raise _Stop
+        if self.stopping.is_set():
+            raise _Stop
+        q.items.put(item)
 
-    def get(self, q: queue.Queue) -> object:
+    def get(self, q: _BatchQueue) -> object:
         while not self.stopping.is_set():
             try:
-                return q.get(timeout=0.1)
+                item = q.items.get(timeout=0.1)
             except queue.Empty:
                 continue
+            if isinstance(item, _FrameBatch):
+                q.room.release()
+            return item
         raise _Stop
 
     def run(self, target: Callable[[], None], ffmpeg_failure: str) -> threading.Thread:

@@ -266,27 +266,30 @@ class TemporalBlend:
         self.flicker: torch.Tensor | None = None  # the last frame's flicker, for FLICKER_MEMORY
 
     def __call__(self, values: torch.Tensor, motions: list[Motion | None]) -> torch.Tensor:
-        blended = values.to(torch.float32, copy=True)  # blended in a copy: the caller keeps its values
+        # Blended in a copy (the caller keeps its values), in the values' own layout: the frames'
+        # channels interleaved, which OpenCV resamples in one pass (_resample).
+        blended = values.to(torch.float32, copy=True)
         for index, motion in enumerate(motions):
             current = blended[index:index + 1]
             own = current[:, ::_flicker_step(current)].clone()  # before blending: what _flicker reads
             if motion is not None and self.continues(current) and self.strength > 0:
                 height, width = current.shape[-2:]
-                flow, weight = _at_size(motion, height, width, self.stride)
+                positions, weight = _at_size(motion, height, width, self.stride)
+                positions = torch.from_numpy(positions).to(current.device)[None]
                 trust = torch.from_numpy(weight).to(current.device)[None, None]
-                grid = sampling_grid(torch.from_numpy(flow).to(current.device), height, width)[None]
-                carried, carried_trust = self.carry(grid, trust)
-                change = carried - current
-                flicker = _flicker(_resample(self.previous_own, grid) - own, trust)
+                carried, carried_trust = self.carry(positions, trust)
+                change = carried.sub_(current)  # carried is the carry's own: changed in place
+                flicker = _flicker(_resample(self.previous_own, positions).sub_(own), trust)
                 if self.flicker is not None:
                     flicker = torch.maximum(flicker, FLICKER_MEMORY * self.flicker)
-                steadied = current + self.strength * carried_trust * _agreement(change, flicker) * change
+                share = _agreement(change, flicker).mul_(carried_trust).mul_(self.strength)
+                steadied = torch.addcmul(current, share, change)
                 self.flicker = flicker
                 self.remember(steadied, current, start=False)
                 current.copy_(steadied)
             else:
                 self.flicker = None
-                self.remember(current, current, start=True)
+                self.remember(current.clone(), current, start=True)
             self.previous_own = own
         return blended.to(values.dtype) if values.is_floating_point() else blended
 
@@ -294,15 +297,17 @@ class TemporalBlend:
         """Whether there is a past to carry into these values."""
         return self.previous is not None and self.previous.shape == values.shape
 
-    def carry(self, grid: torch.Tensor, trust: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """What the past brings to this frame along the motion's `grid`, and how far to trust it
-        ((1, 1, h, w)): here, the previous frame's blended values."""
-        return _resample(self.previous, grid), trust
+    def carry(self, positions: torch.Tensor, trust: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the past brings to this frame from the motion's `positions` (where each pixel was in
+        the previous frame), a tensor of its own, and how far to trust it ((1, 1, h, w)): here, the
+        previous frame's blended values."""
+        return _resample(self.previous, positions), trust
 
     def remember(self, blended: torch.Tensor, own: torch.Tensor, start: bool) -> None:
-        """Keep what the next frame's `carry` needs from this frame's blended and `own` values (both
-        overwritten once this returns); `start`: this frame began a run, nothing was carried into it."""
-        self.previous = blended.clone()
+        """Keep what the next frame's `carry` needs from this frame's `blended` values (the caller's
+        no longer) and its `own` (overwritten once this returns); `start`: this frame began a run,
+        nothing was carried into it."""
+        self.previous = blended
 
 
 class KeyframeBlend(TemporalBlend):
@@ -325,14 +330,18 @@ class KeyframeBlend(TemporalBlend):
     def continues(self, values: torch.Tensor) -> bool:
         return bool(self.keys) and self.keys[0].values.shape == values.shape
 
-    def carry(self, grid: torch.Tensor, trust: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def carry(self, positions: torch.Tensor, trust: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         for key in self.keys:
-            key.follow(grid, trust)
+            key.follow(positions, trust)
         newer = min(1.0, self.age / KEY_INTERVAL) if len(self.keys) == 2 else 1.0
         shares = [(1 - newer) * self.keys[0].trust, newer * self.keys[-1].trust][-len(self.keys):]
         keyed = sum(shares)
-        carried = sum(share * key.carried() for share, key in zip(shares, self.keys))
-        return carried / keyed.clamp(min=1e-6), keyed
+        # The shares normalised on one channel, then each keyframe's features scaled in place.
+        shares = [share / keyed.clamp(min=1e-6) for share in shares]
+        carried = self.keys[0].carried().mul_(shares[0])
+        for share, key in zip(shares[1:], self.keys[1:]):
+            carried.addcmul_(share, key.carried())
+        return carried, keyed
 
     def remember(self, blended: torch.Tensor, own: torch.Tensor, start: bool) -> None:
         self.age = 0 if start else self.age + 1
@@ -349,37 +358,48 @@ class Keyframe:
     def __init__(self, values: torch.Tensor):
         self.values = values
         height, width = values.shape[-2:]
-        self.grid = sampling_grid(torch.zeros(height, width, 2, device=values.device), height, width)[None]
+        self.positions = torch.from_numpy(np.stack(pixel_grid(height, width)))[None].to(values.device)
         self.trust = torch.ones(1, 1, height, width, device=values.device)
 
-    def follow(self, grid: torch.Tensor, trust: torch.Tensor) -> None:
-        """One more frame: each pixel was at `grid` in the frame before, so in the keyframe where that
-        point was. A path is trusted as far as its least trusted step, and not at all once it left the frame."""
-        path = torch.cat((self.grid.permute(0, 3, 1, 2), self.trust), 1)
-        moved = F.grid_sample(path, grid, mode="bilinear", padding_mode="border", align_corners=True)
-        inside = (grid.abs() <= 1 + 1e-4).all(-1)[:, None]
-        self.grid = moved[:, :2].permute(0, 2, 3, 1)
+    def follow(self, positions: torch.Tensor, trust: torch.Tensor) -> None:
+        """One more frame: each pixel was at `positions` in the frame before, so in the keyframe where
+        that point was. A path is trusted as far as its least trusted step, and not at all once it left the frame."""
+        path = torch.cat((self.positions, self.trust), 1)
+        moved = _resample(path, positions, cubic=False)
+        height, width = positions.shape[-2:]
+        # Within the frame, to a ten-thousandth of its half-size (grid_sample's units) for rounding.
+        x, y, margin_x, margin_y = positions[:, :1], positions[:, 1:], 5e-5 * (width - 1), 5e-5 * (height - 1)
+        inside = (x >= -margin_x) & (x <= width - 1 + margin_x) & (y >= -margin_y) & (y <= height - 1 + margin_y)
+        self.positions = moved[:, :2]
         self.trust = torch.minimum(moved[:, 2:] * inside, trust)
 
     def carried(self) -> torch.Tensor:
-        return _resample(self.values, self.grid)
+        return _resample(self.values, self.positions)
 
 
-def _resample(values: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """values (1, C, h, w) sampled bicubically at grid_sample's `grid` (align_corners=True), edges repeated."""
+def _resample(values: torch.Tensor, positions: torch.Tensor, cubic: bool = True) -> torch.Tensor:
+    """values (1, C, h, w) float32 sampled at `positions` ((1, 2, h, w): x and y in pixels), bicubically
+    (else bilinearly), edges repeated: a new tensor in the values' layout."""
+    height, width = values.shape[-2:]
     if values.device.type != "cpu":
-        return F.grid_sample(values, grid, mode="bicubic", padding_mode="border", align_corners=True)
+        grid = torch.stack((positions[0, 0] * (2 / max(width - 1, 1)) - 1,
+                            positions[0, 1] * (2 / max(height - 1, 1)) - 1), dim=-1)[None]
+        return F.grid_sample(values, grid, mode="bicubic" if cubic else "bilinear", padding_mode="border",
+                             align_corners=True)
     # On a CPU OpenCV's remap gives the same values (within 0.001 of 255) in about 0.6 of grid_sample's
     # bicubic time: the stage is a large share of a compact network's frame (docs/temporal.md).
-    height, width = values.shape[-2:]
-    # Float maps (contiguous, or remap copies them): not rounded to 1/32 of a pixel.
-    map_x = grid[0, ..., 0].add(1).mul_((width - 1) / 2).numpy()
-    map_y = grid[0, ..., 1].add(1).mul_((height - 1) / 2).numpy()
+    map_x, map_y = positions[0].numpy()  # float maps (contiguous planes): not rounded to 1/32 of a pixel
+    interpolation = cv2.INTER_CUBIC if cubic else cv2.INTER_LINEAR
+    interleaved = values[0].permute(1, 2, 0)
+    if values.shape[1] <= 4 and interleaved.is_contiguous():
+        # A frame's channels interleaved (the input's layout): one pass, 0.6 of three planes' time.
+        moved = cv2.remap(interleaved.numpy(), map_x, map_y, interpolation, borderMode=cv2.BORDER_REPLICATE)
+        return torch.from_numpy(moved.reshape(height, width, -1)).permute(2, 0, 1)[None]
     # Plane by plane, in place: each channel is a contiguous image already (no transposing copy).
-    planes = values[0].float().contiguous().numpy()
+    planes = values[0].contiguous().numpy()
     moved = np.empty_like(planes)
     for plane, out in zip(planes, moved):
-        cv2.remap(plane, map_x, map_y, cv2.INTER_CUBIC, dst=out, borderMode=cv2.BORDER_REPLICATE)
+        cv2.remap(plane, map_x, map_y, interpolation, dst=out, borderMode=cv2.BORDER_REPLICATE)
     return torch.from_numpy(moved)[None]
 
 
@@ -425,9 +445,10 @@ def _neighbour_counts(height: int, width: int) -> np.ndarray:
 
 
 def _at_size(motion: Motion, height: int, width: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
-    """The motion's flow (in pixels of values at 1/stride of the frame's size) and weight,
-    averaged down to height x width. Features cover the frame padded to the network's size
-    multiple: beyond the frame's share of them, edges are repeated."""
+    """Where the motion's flow takes each pixel of values at 1/stride of the frame's size ((2, height,
+    width): x and y in their pixels), and its weight, both averaged down to height x width. Features
+    cover the frame padded to the network's size multiple: beyond the frame's share of them, the
+    flow and weight at the edges are repeated."""
     frame_height, frame_width = motion.weight.shape
     inner = (min(width, max(1, round(frame_width / stride))), min(height, max(1, round(frame_height / stride))))
     if inner == (frame_width, frame_height):
@@ -435,13 +456,10 @@ def _at_size(motion: Motion, height: int, width: int, stride: int) -> tuple[np.n
     else:
         flow = cv2.resize(motion.flow, inner, interpolation=cv2.INTER_AREA) * np.float32(1 / stride)
         weight = cv2.resize(motion.weight, inner, interpolation=cv2.INTER_AREA)
-    pad = ((0, height - inner[1]), (0, width - inner[0]))
-    return np.pad(flow, pad + ((0, 0),), mode="edge"), np.pad(weight, pad, mode="edge")
-
-
-def sampling_grid(offsets: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """grid_sample's (H, W, 2) grid (align_corners=True) that samples each pixel + offsets (H, W, 2)."""
-    ys, xs = torch.meshgrid(torch.arange(height, device=offsets.device, dtype=torch.float32),
-                            torch.arange(width, device=offsets.device, dtype=torch.float32), indexing="ij")
-    return torch.stack(((xs + offsets[..., 0]) * (2 / max(width - 1, 1)) - 1,
-                        (ys + offsets[..., 1]) * (2 / max(height - 1, 1)) - 1), dim=-1)
+    if (height, width) != weight.shape:
+        pad = ((0, height - inner[1]), (0, width - inner[0]))
+        flow, weight = np.pad(flow, pad + ((0, 0),), mode="edge"), np.pad(weight, pad, mode="edge")
+    positions = np.empty((2, height, width), np.float32)
+    for axis, grid in enumerate(pixel_grid(height, width)):
+        np.add(grid, flow[..., axis], out=positions[axis])
+    return positions, weight
