@@ -23,7 +23,8 @@ All figures are measured in one run, at 640x360, on a synthetic sample clip
    the first frames. These children run with MALLOC_MMAP_THRESHOLD_=1048576:
    glibc then hands every large buffer back to the OS when it is freed, so the
    peak measures what the pipeline holds, repeatable to the MB, instead of how
-   its arenas happened to fragment (tens of MB either way from run to run).
+   its arenas happened to fragment (tens of MB either way from run to run). The setting also
+   turns off vidstyle.memory's, which keeps freed buffers for the next frame.
 
 Network-only and end-to-end are measured alternately --repeats times; the
 headline figures are the best of those (least disturbed by other processes

@@ -14,6 +14,7 @@ import ctypes
 import ctypes.util
 import functools
 import logging
+import os
 
 log = logging.getLogger("vidstyle")
 
@@ -28,7 +29,10 @@ TRIM_THRESHOLD = 1 << 30
 @functools.cache
 def keep_freed_memory() -> bool:
     """Serve large allocations from the heap and keep freed memory for the next frame (glibc only;
-    elsewhere nothing changes). Process-wide and idempotent; whether it took effect."""
+    elsewhere nothing changes). Process-wide and idempotent; whether it took effect. A person's own
+    settings of glibc's (MALLOC_MMAP_THRESHOLD_ and the like) win: then nothing changes either."""
+    if any(name.startswith("MALLOC_") for name in os.environ) or "malloc" in os.environ.get("GLIBC_TUNABLES", ""):
+        return False
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name)
