@@ -131,7 +131,7 @@ def train(config: TrainConfig, on_iteration: Callable[[TrainingProgress], bool] 
     after each iteration, returned True."""
     if config.threads:
         torch.set_num_threads(config.threads)
-    keep_freed_memory()  # each iteration's activations reused, not mapped afresh: 1.24x the speed (vidstyle.memory)
+    keep_freed_memory()  # the smaller buffers reused (vidstyle.memory); VGG's largest at 256 px exceed its threshold
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     precision = config.precision or ("bf16" if has_native_bf16(device) else "fp32")
     schedule = config.schedule()

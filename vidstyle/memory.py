@@ -45,5 +45,5 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError, TypeError):  # not glibc (musl, macOS): its own allocator decides
         return False
     applied = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
-    log.debug("allocator: large blocks from the heap: %s", applied)
+    log.debug("allocator: blocks under 32 MB kept in the heap: %s", applied)
     return applied
