@@ -1,6 +1,6 @@
 """What the temporal stage costs: end-to-end speed with it on against --no-temporal, in one run.
 
-    python benchmarks/temporal.py [--clip ../shared/videos/chaplin.mp4] [--frames 48] [--style udnie] [--compile]
+    python benchmarks/temporal.py [--clip ../shared/videos/chaplin.mp4] [--frames 48] [--style udnie] [--network auto] [--compile]
 
 The clip's first --frames frames are cut into a file of their own (copied, not
 re-encoded); then `stylize_file` stylizes it with the temporal stage on and
