@@ -28,6 +28,9 @@ def test_compiling_pays_only_for_long_clips_unless_forced() -> None:
     assert not should_compile(0, 360, 640, CPU)  # unknown length (MKV without a duration)
     assert should_compile(1, 360, 640, CPU, forced=True)
     assert not should_compile(100_000, 1080, 1920, CPU, forced=False)
+    # A compact network runs no faster compiled on a CPU: only when forced.
+    assert not should_compile(100_000, 360, 640, CPU, network="CompactTransformerNet")
+    assert should_compile(2, 360, 640, CPU, forced=True, network="CompactTransformerNet")
 
 
 def between_break_evens() -> int:

@@ -198,16 +198,18 @@ def compile_setting() -> bool | None:
     return None if value == "auto" else value == "1"
 
 
-# The cost model of compiling, per device type. CPU: this 2-core AMD EPYC with
-# AVX512-BF16, bfloat16, batches of 4 at 640x360, the machine idle: eager
-# 0.25 s a frame, compiled 0.123 (8.11 frames/s, benchmarks/pipeline.py), so
-# each frame saves 0.127 s, 0.55 s per megapixel; compiling a new frame size
-# takes about 42 s with an empty cache (38 s more than eager's first batch in
-# benchmarks/startup.py, loaded), and about 3 s more than an eager first batch
-# when Inductor's on-disk caches hold the graph (the weights are not frozen into
-# it, so its FX graph and AOTAutograd entries load whole; benchmarks/compile_modes.py,
-# one thread, loaded: 4.1 s more, frozen weights 22.5 s). Both scale alike with
-# load, so the break-even counts hold: about 330 frames at 640x360 cold, 25 cached.
+# The cost model of compiling, per device type. CPU: a 2-core AMD EPYC with
+# AVX512-BF16, bfloat16, udnie's TransformerNet in batches of 4 at 640x360, the
+# machine idle: eager 314 ms a frame, compiled 245 (a scratch run of two Stylizers,
+# best of 3; before instance norms ran as group norms, eager was twice as slow
+# as compiled), so each frame saves 69 ms, 0.30 s per megapixel; compiling a new
+# frame size takes about 42 s with an empty cache (38 s more than eager's first
+# batch in benchmarks/startup.py, loaded), and about 3 s more than an eager first
+# batch when Inductor's on-disk caches hold the graph (the weights are not frozen
+# into it, so its FX graph and AOTAutograd entries load whole;
+# benchmarks/compile_modes.py, one thread, loaded: 4.1 s more, frozen weights
+# 22.5 s). Both scale alike with load, so the break-even counts hold: about 600
+# frames at 640x360 cold, 45 cached.
 # CUDA: estimates, no GPU was at hand. Triton compiles for longer (about a
 # minute cold), and a frame takes milliseconds either way (about 5 ms saved per
 # 1080p frame): in absolute time a GPU frame saves far less than a CPU frame, so
@@ -215,7 +217,10 @@ def compile_setting() -> bool | None:
 # cached, 14,000 cold), not fewer frames than on the CPU.
 COMPILE_SECONDS = {"cpu": 42.0, "cuda": 60.0}
 CACHED_COMPILE_SECONDS = {"cpu": 3.0, "cuda": 8.0}
-GAIN_SECONDS_PER_MEGAPIXEL = {"cpu": 0.55, "cuda": 0.002}
+GAIN_SECONDS_PER_MEGAPIXEL = {"cpu": 0.30, "cuda": 0.002}
+# Networks that run no faster compiled on a device, so never compiled there unless forced: the
+# compact network on a CPU ran 18.8 ms a frame eager and 21.8 compiled (same run as above).
+EAGER_NETWORKS = {"cpu": {"CompactTransformerNet"}}
 # The graphs compiled in this process (Stylizer._compiled_key): running one again costs
 # nothing, whichever network of its kind it is for.
 COMPILED_IN_PROCESS: set[str] = set()
@@ -223,14 +228,14 @@ COMPILED_SIZES_PER_PROCESS = 64  # torch's limit of graphs per function (default
 
 
 def should_compile(frames: int, height: int, width: int, device: torch.device,
-                   forced: bool | None = None, cached: bool = False) -> bool:
-    """Whether compiling the network pays for `frames` frames of height x width:
+                   forced: bool | None = None, cached: bool = False, network: str = "TransformerNet") -> bool:
+    """Whether compiling the network (its class's name) pays for `frames` frames of height x width:
     when the frames' expected saving exceeds the expected compile cost (smaller
     when `cached`). `forced` (--compile/--no-compile, VIDSTYLE_COMPILE) wins;
-    a still (one frame) and an unknown count (0) run eager."""
+    a still (one frame), an unknown count (0) and one of EAGER_NETWORKS run eager."""
     if forced is not None:
         return forced
-    if frames <= 1:
+    if frames <= 1 or network in EAGER_NETWORKS.get(device.type, ()):
         return False
     cost = (CACHED_COMPILE_SECONDS if cached else COMPILE_SECONDS)[device.type]
     return frames * GAIN_SECONDS_PER_MEGAPIXEL[device.type] * height * width / 1e6 > cost
@@ -315,7 +320,8 @@ class Stylizer:
         self.autocast_dtype = autocast_dtype(device, precision)
         # What a compiled graph depends on besides the input's shape: the network's architecture
         # (its layers as printed: an upscaler's depth and upsampling vary), not its weights.
-        self.kind = f"{type(net).__name__}{net.factor}-{hashlib.sha256(repr(net).encode()).hexdigest()[:12]}"
+        self.network = type(net).__name__
+        self.kind = f"{self.network}{net.factor}-{hashlib.sha256(repr(net).encode()).hexdigest()[:12]}"
 
     def expect(self, frames: int, height: int, width: int, batch_size: int) -> bool:
         """Decide whether the coming `frames` frames (0: unknown) of height x width,
@@ -329,7 +335,7 @@ class Stylizer:
             # By the output's size: an upscaler's work, and what compiling saves, grows with it
             # (x4 from 320x180: 2.7x faster compiled, 1.5 s a frame; docs/super-resolution.md).
             compiling = should_compile(frames, height * self.factor, width * self.factor, self.device,
-                                       self.forced_compile, cached)
+                                       self.forced_compile, cached, self.network)
         self.compiled_run = (batch_size, height, width) if compiling else None
         return compiling
 
