@@ -154,7 +154,7 @@ def test_style_then_upscale_in_parts_equals_the_whole_frame(device: str) -> None
 def test_an_upscaler_compiles_by_its_output_size(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("VIDSTYLE_COMPILE", "auto")
     monkeypatch.setenv("VIDSTYLE_CACHE_DIR", str(tmp_path))  # nothing compiled yet
-    frames = 100  # of 320x180: pays at 1280x720, not at 320x180
+    frames = 200  # of 320x180: pays at 1280x720 (200 x 0.30 s x 0.92 megapixels > 42 s), not at 320x180
     assert Stylizer(UpscalerNet(4), resolve_device("cpu")).expect(frames, 180, 320, 1)
     assert not Stylizer(TransformerNet(), resolve_device("cpu")).expect(frames, 180, 320, 1)
 
