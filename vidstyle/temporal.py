@@ -296,7 +296,7 @@ class TemporalBlend:
                 if self.flicker is not None:
                     flicker = torch.maximum(flicker, FLICKER_MEMORY * self.flicker)
                 share = _agreement(change, flicker).mul_(carried_trust).mul_(self.strength)
-                steadied = torch.addcmul(current, share, change)
+                steadied = _add_scaled(current, share, change)
                 self.flicker = flicker
                 self.remember(steadied, current, start=False)
                 current.copy_(steadied)
@@ -465,6 +465,16 @@ def _agreement(change: torch.Tensor, flicker: torch.Tensor) -> torch.Tensor:
     # together (udnie on big_buck_bunny, last third: style loss x1.080 -> x1.070).
     distance = _neighbour_mean(distance)
     return torch.exp(distance * (-0.5 / AGREEMENT_TOLERANCE ** 2))
+
+
+def _add_scaled(values: torch.Tensor, share: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
+    """values + share x change, share (1, 1, h, w) for every channel: a new tensor in values' layout."""
+    if values.is_contiguous():
+        return torch.addcmul(values, share, change)
+    # A frame's channels interleaved: torch spreads a plane over them at a third of the speed of the
+    # same sum written in (N, H, W, C) order (640x360, one thread: 1.8 against 0.64 ms, the same values).
+    last = (0, 2, 3, 1)
+    return torch.addcmul(values.permute(last), share.permute(last), change.permute(last)).permute(0, 3, 1, 2)
 
 
 def _mean_square(values: torch.Tensor) -> torch.Tensor:
