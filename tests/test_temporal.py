@@ -263,12 +263,12 @@ def test_a_thin_line_shows_as_soon_as_it_is_uncovered(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("channels, height, width, interleaved", [(3, 36, 64, True), (3, 36, 64, False), (64, 23, 40, False),
-                                                                  (1, 1, 5, False)])
+                                                                  (6, 23, 40, False), (1, 1, 5, False)])
 def test_the_cpu_s_resampling_and_gate_compute_what_grid_sample_and_avg_pool_do(channels: int, height: int, width: int,
                                                                                 interleaved: bool) -> None:
     """On a CPU the stage resamples with OpenCV's remap (a frame's interleaved channels in one pass) and
     gates with its box filter (about 0.7 of the stage's time); both must give torch's own operations'
-    values, edges and motion out of the frame included."""
+    values, edges and motion out of the frame included; many channels four at a time, a remainder too."""
     generator = torch.Generator().manual_seed(0)
     values = torch.rand(1, channels, height, width, generator=generator) * 255
     if interleaved:
@@ -278,7 +278,9 @@ def test_the_cpu_s_resampling_and_gate_compute_what_grid_sample_and_avg_pool_do(
     grid = torch.stack((positions[0, 0] * 2 / max(width - 1, 1) - 1, positions[0, 1] * 2 / max(height - 1, 1) - 1), -1)[None]
     for cubic, mode in ((True, "bicubic"), (False, "bilinear")):
         expected = torch.nn.functional.grid_sample(values, grid, mode=mode, padding_mode="border", align_corners=True)
-        assert torch.allclose(_resample(values, positions, cubic), expected, atol=1e-2)
+        moved = _resample(values, positions, cubic)
+        assert torch.allclose(moved, expected, atol=1e-2)
+        assert moved.is_contiguous(memory_format=torch.channels_last if interleaved else torch.contiguous_format)
 
     change, flicker = values - values.flip(-1), torch.tensor(300.0)
     distance = change.square().mean(1, keepdim=True) / flicker
