@@ -151,10 +151,10 @@ def reliable_motion(
     grid_x, grid_y = pixel_grid(height, width)
     map_x, map_y = grid_x + backward[..., 0], grid_y + backward[..., 1]
 
-    def sample(image: np.ndarray, flow: np.ndarray = backward) -> np.ndarray:
-        """image (at `before`'s time) moved along a backward flow onto `now`."""
-        return cv2.remap(image, grid_x + flow[..., 0], grid_y + flow[..., 1], cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_REPLICATE)
+    def sample(image: np.ndarray, flow: np.ndarray | None = None) -> np.ndarray:
+        """image (at `before`'s time) moved along a backward flow (by default the estimated one) onto `now`."""
+        maps = (map_x, map_y) if flow is None else (grid_x + flow[..., 0], grid_y + flow[..., 1])
+        return cv2.remap(image, *maps, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
     inside = (map_x >= 0) & (map_x <= width - 1) & (map_y >= 0) & (map_y <= height - 1)
     # Forward-backward check (Sundaram et al. 2010): the flows must cancel where the pixel is visible in both.
@@ -171,7 +171,7 @@ def reliable_motion(
     weight[~reliable] = 0
     camera = camera_motion(backward, reliable & (weight > 0.5), now)
     with_camera = photometric_match(sample(before, camera), now)
-    backward = np.where((with_camera > weight - CAMERA_PREFERENCE)[..., None], camera, backward)
+    np.copyto(backward, camera, where=(with_camera > weight - CAMERA_PREFERENCE)[..., None])
     weight = np.maximum(weight, with_camera)
     if weight.mean() < SCENE_CUT_TRUST:
         weight[:] = 0  # a cut: what matches here matches by chance
@@ -183,9 +183,8 @@ def camera_motion(backward: np.ndarray, reliable: np.ndarray, now: np.ndarray) -
     RANSAC to the flow where it is reliable and the picture has texture, every 4th pixel; zero where
     too little of the frame agrees on one (a tripod shot agrees on zero)."""
     height, width = now.shape
-    gray = now.astype(np.float32)
     every_4th = np.s_[::4, ::4]
-    gradient_x, gradient_y = (cv2.Sobel(gray, cv2.CV_32F, *order)[every_4th] for order in ((1, 0), (0, 1)))
+    gradient_x, gradient_y = _sobel_at_every_4th(now)
     pick = reliable[every_4th] & (np.hypot(gradient_x, gradient_y) > TEXTURE_GRADIENT)
     if pick.sum() >= 50:
         grid_x, grid_y = (grid[every_4th] for grid in pixel_grid(height, width))
@@ -201,6 +200,21 @@ def camera_motion(backward: np.ndarray, reliable: np.ndarray, now: np.ndarray) -
             field[..., 1] = (c * xs)[None, :] + ((d - 1) * ys + shift_y)[:, None]
             return field
     return np.zeros_like(backward)
+
+
+def _sobel_at_every_4th(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """3x3 Sobel gradients (x, y) of a uint8 frame at every 4th pixel each way, its edges mirrored as
+    cv2.Sobel's are: the same values (sums of integers, exact in float32) for a sixteenth of the work."""
+    padded = cv2.copyMakeBorder(gray, 1, 1, 1, 1, cv2.BORDER_REFLECT_101).astype(np.float32)
+    height, width = gray.shape
+
+    def at(dy: int, dx: int) -> np.ndarray:
+        """Each sampled pixel's neighbour at (dy, dx), -1..1."""
+        return padded[1 + dy:1 + dy + height:4, 1 + dx:1 + dx + width:4]
+
+    gradient_x = (at(-1, 1) - at(-1, -1)) + 2 * (at(0, 1) - at(0, -1)) + (at(1, 1) - at(1, -1))
+    gradient_y = (at(1, -1) - at(-1, -1)) + 2 * (at(1, 0) - at(-1, 0)) + (at(1, 1) - at(-1, 1))
+    return gradient_x, gradient_y
 
 
 def _squared_norm(vectors: np.ndarray) -> np.ndarray:
