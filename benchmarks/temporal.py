@@ -8,14 +8,17 @@ off, alternately --repeats times, with one warm Stylizer (so compilation, with
 --compile, is paid before the first measurement). Prints frames/s each way
 (best of the repeats, the least disturbed on a shared machine) and their ratio
 (target >= 0.80), and the stage's own cost per frame: motion (DIS flow and its
-reliability, in the decoding thread) and the blend.
+reliability) and the input's blend, in the decoding thread, and the features'
+blend, between the network's halves.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import av
 import numpy as np
@@ -96,14 +99,26 @@ def main() -> None:
     for frame in frames[1:]:
         stage.prepare(frame[None])  # motion again, and the input's blend
     blend_ms = (time.perf_counter() - started) / len(motions) * 1000 - motion_ms
+    stage, feature_seconds = TemporalConsistency(DEFAULT_STRENGTH, stylizer.feature_stride), []
+
+    def timed(blend: Callable[[torch.Tensor], torch.Tensor], features: torch.Tensor) -> torch.Tensor:
+        started = time.perf_counter()
+        blended = blend(features)
+        feature_seconds.append(time.perf_counter() - started)
+        return blended
+
+    for frame in frames:
+        batch, frame_motions = stage.prepare(frame[None])
+        stylizer(batch, between=functools.partial(timed, stage.feature_blend(frame_motions)))
+    feature_ms = sum(feature_seconds[1:]) / len(motions) * 1000  # the first frame has nothing to carry
 
     print(f"{args.clip.name}: {args.frames} frames at {info.width}x{info.height}, style {args.style} ({style.card.get('network', 'full')} network), "
           f"{'compiled' if args.compile else 'eager'}, {torch.get_num_threads()} threads")
     print(f"  --no-temporal  {off:6.2f} frames/s   (runs: {', '.join(f'{v:.2f}' for v in speeds['off'])})")
     print(f"  temporal       {on:6.2f} frames/s   (runs: {', '.join(f'{v:.2f}' for v in speeds['on'])})")
     print(f"  ratio          {on / off:6.2f}   (target >= 0.80)")
-    print(f"  stage per frame: motion {motion_ms:.1f} ms and input blend {blend_ms:.1f} ms (decoding thread); "
-          f"network + codec {1000 / off:.0f} ms")
+    print(f"  stage per frame: motion {motion_ms:.1f} ms and input blend {blend_ms:.1f} ms (decoding thread), "
+          f"feature blend {feature_ms:.1f} ms (between the network's halves); network + codec {1000 / off:.0f} ms")
 
 
 if __name__ == "__main__":
