@@ -93,13 +93,7 @@ def main() -> None:
     started = time.perf_counter()
     motions = [tracker(frame) for frame in frames[1:]]
     motion_ms = (time.perf_counter() - started) / len(motions) * 1000
-    stage = TemporalConsistency()
-    stage.prepare(frames[0][None])
-    started = time.perf_counter()
-    for frame in frames[1:]:
-        stage.prepare(frame[None])  # motion again, and the input's blend
-    blend_ms = (time.perf_counter() - started) / len(motions) * 1000 - motion_ms
-    stage, feature_seconds = TemporalConsistency(DEFAULT_STRENGTH, stylizer.feature_stride), []
+    stage, prepare_seconds, feature_seconds = TemporalConsistency(DEFAULT_STRENGTH, stylizer.feature_stride), [], []
 
     def timed(blend: Callable[[torch.Tensor], torch.Tensor], features: torch.Tensor) -> torch.Tensor:
         started = time.perf_counter()
@@ -108,9 +102,13 @@ def main() -> None:
         return blended
 
     for frame in frames:
-        batch, frame_motions = stage.prepare(frame[None])
+        started = time.perf_counter()
+        batch, frame_motions = stage.prepare(frame[None])  # motion again, and the input's blend
+        prepare_seconds.append(time.perf_counter() - started)
         stylizer(batch, between=functools.partial(timed, stage.feature_blend(frame_motions)))
-    feature_ms = sum(feature_seconds[1:]) / len(motions) * 1000  # the first frame has nothing to carry
+    # The first frame has nothing to carry.
+    blend_ms = sum(prepare_seconds[1:]) / len(motions) * 1000 - motion_ms
+    feature_ms = sum(feature_seconds[1:]) / len(motions) * 1000
 
     print(f"{args.clip.name}: {args.frames} frames at {info.width}x{info.height}, style {args.style} ({style.card.get('network', 'full')} network), "
           f"{'compiled' if args.compile else 'eager'}, {torch.get_num_threads()} threads")
